@@ -1,0 +1,1 @@
+//! Production runtime for Reprise stores on tokio

@@ -1,0 +1,1 @@
+//! Named fault plans shared by the simulator and real-infrastructure runs

@@ -1,0 +1,1 @@
+//! The reprise command: list, run, sweep and check-determinism scenarios

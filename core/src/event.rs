@@ -1,0 +1,381 @@
+//! Events as stored and transported: identity, type, schema version, payload, metadata.
+//!
+//! **Serialization format: JSON** (`serde_json`). Events outlive the code that wrote them,
+//! so the format must survive schema evolution: JSON is self-describing (a new optional
+//! field deserializes old events through `#[serde(default)]`, a removed field is ignored),
+//! an upcaster can rewrite old shapes as plain `serde_json::Value` surgery, and the
+//! PostgreSQL adapter stores it as `jsonb` that an operator can query during an incident.
+//! Compact binary formats (bincode, postcard) are positional and break on the first field
+//! added in the middle; schema-registry formats (Avro, Protobuf) need a code generator and
+//! a registry for a gain that matters only at volumes where the bus compresses anyway.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::time::Timestamp;
+
+/// A domain event type.
+pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The stable name stored with every event (`"OrderPlaced"`). Renaming a Rust type
+    /// must not change it.
+    fn event_type(&self) -> &'static str;
+
+    /// The schema version of this type as written by the current code. Bump it when the
+    /// shape changes incompatibly, and register an [`Upcaster`] for the old version.
+    fn schema_version() -> u32 {
+        1
+    }
+}
+
+/// The name of an event stream, e.g. `order-42`. One aggregate instance, one stream.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StreamId(Arc<str>);
+
+impl StreamId {
+    #[must_use]
+    pub fn new(name: impl Into<Arc<str>>) -> Self {
+        StreamId(name.into())
+    }
+
+    /// `category-id`, the usual naming scheme.
+    #[must_use]
+    pub fn of(category: &str, id: impl fmt::Display) -> Self {
+        StreamId(format!("{category}-{id}").into())
+    }
+
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The part before the first `-`: the aggregate type.
+    #[must_use]
+    pub fn category(&self) -> &str {
+        self.0.split('-').next().unwrap_or(&self.0)
+    }
+}
+
+impl fmt::Debug for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for StreamId {
+    fn from(value: &str) -> Self {
+        StreamId::new(value)
+    }
+}
+
+impl From<String> for StreamId {
+    fn from(value: String) -> Self {
+        StreamId::new(value)
+    }
+}
+
+/// A globally unique event id. Producers choose it (from the environment's entropy), so a
+/// retried append carries the same ids and consumers deduplicate on them.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventId(pub u128);
+
+impl fmt::Debug for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl fmt::Display for EventId {
+    /// Formatted as a UUID so it round-trips through `uuid` columns and headers.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let h = format!("{:032x}", self.0);
+        write!(f, "{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    }
+}
+
+/// Serialized event body (JSON text). Cheap to clone: stores and buses pass it around a lot.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Payload(Arc<str>);
+
+impl Payload {
+    /// Serializes a value as JSON.
+    ///
+    /// # Errors
+    /// Fails if the value's `Serialize` impl fails (e.g. a map with non-string keys).
+    pub fn encode<T: Serialize>(value: &T) -> Result<Self, serde_json::Error> {
+        Ok(Payload(serde_json::to_string(value)?.into()))
+    }
+
+    /// Takes JSON text as it is (from a database row or a message).
+    #[must_use]
+    pub fn from_json_text(text: impl Into<Arc<str>>) -> Self {
+        Payload(text.into())
+    }
+
+    /// # Errors
+    /// Fails if the text does not deserialize into `T`.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(&self.0)
+    }
+
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for Payload {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Payload::from_json_text)
+    }
+}
+
+/// Who caused an event and under which trace: carried from command to subscriber.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// The id shared by everything one user request caused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<u128>,
+    /// The id of the message (command or event) that directly caused this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<u128>,
+    /// W3C `traceparent` of the span that produced the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+/// An event about to be appended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewEvent {
+    pub event_id: EventId,
+    pub event_type: Arc<str>,
+    pub schema_version: u32,
+    pub payload: Payload,
+    pub metadata: Metadata,
+}
+
+impl NewEvent {
+    /// Serializes a domain event.
+    ///
+    /// # Errors
+    /// Fails if the event's `Serialize` impl fails.
+    pub fn encode<E: Event>(
+        event_id: EventId,
+        event: &E,
+        metadata: Metadata,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(NewEvent {
+            event_id,
+            event_type: event.event_type().into(),
+            schema_version: E::schema_version(),
+            payload: Payload::encode(event)?,
+            metadata,
+        })
+    }
+}
+
+/// An event as the store recorded it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedEvent {
+    pub stream: StreamId,
+    /// 1-based position within the stream.
+    pub version: u64,
+    /// 1-based position across all streams; gap-free for readers in commit order.
+    pub position: u64,
+    pub event_id: EventId,
+    pub event_type: Arc<str>,
+    pub schema_version: u32,
+    pub payload: Payload,
+    pub metadata: Metadata,
+    pub recorded_at: Timestamp,
+}
+
+impl RecordedEvent {
+    /// Deserializes the payload after running the registered upcasters.
+    ///
+    /// # Errors
+    /// [`DecodeError`] when no upcaster bridges the stored schema version or the payload
+    /// does not match the type.
+    pub fn decode<E: Event>(&self, upcasters: &Upcasters) -> Result<E, DecodeError> {
+        let current = E::schema_version();
+        if self.schema_version == current {
+            return self.payload.decode().map_err(|e| DecodeError::Payload {
+                event_type: self.event_type.to_string(),
+                reason: e.to_string(),
+            });
+        }
+        let value = upcasters.upcast(&self.event_type, self.schema_version, current, &self.payload)?;
+        serde_json::from_value(value).map_err(|e| DecodeError::Payload {
+            event_type: self.event_type.to_string(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Why a stored event could not be turned back into a domain event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("event {event_type}: payload does not match the type: {reason}")]
+    Payload { event_type: String, reason: String },
+    #[error("event {event_type}: no upcaster from schema v{from} towards v{to}")]
+    NoUpcaster { event_type: String, from: u32, to: u32 },
+    #[error("event {event_type}: stored schema v{stored} is newer than this code's v{known}")]
+    FromTheFuture { event_type: String, stored: u32, known: u32 },
+}
+
+type UpcastFn = Arc<dyn Fn(serde_json::Value) -> serde_json::Value + Send + Sync>;
+
+/// Rewrites stored payloads of old schema versions into the current shape, one version
+/// step at a time (v1 → v2 → v3), so each upcaster stays small and testable.
+#[derive(Clone, Default)]
+pub struct Upcasters {
+    steps: std::collections::BTreeMap<(String, u32), UpcastFn>,
+}
+
+impl Upcasters {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers the step from `from_version` to `from_version + 1` for `event_type`.
+    #[must_use]
+    pub fn with(
+        mut self,
+        event_type: &str,
+        from_version: u32,
+        step: impl Fn(serde_json::Value) -> serde_json::Value + Send + Sync + 'static,
+    ) -> Self {
+        self.steps.insert((event_type.to_owned(), from_version), Arc::new(step));
+        self
+    }
+
+    /// # Errors
+    /// See [`DecodeError`].
+    pub fn upcast(
+        &self,
+        event_type: &str,
+        from: u32,
+        to: u32,
+        payload: &Payload,
+    ) -> Result<serde_json::Value, DecodeError> {
+        if from > to {
+            return Err(DecodeError::FromTheFuture {
+                event_type: event_type.to_owned(),
+                stored: from,
+                known: to,
+            });
+        }
+        let mut value: serde_json::Value =
+            serde_json::from_str(payload.as_str()).map_err(|e| DecodeError::Payload {
+                event_type: event_type.to_owned(),
+                reason: e.to_string(),
+            })?;
+        for version in from..to {
+            let step = self.steps.get(&(event_type.to_owned(), version)).ok_or_else(|| {
+                DecodeError::NoUpcaster { event_type: event_type.to_owned(), from: version, to }
+            })?;
+            value = step(value);
+        }
+        Ok(value)
+    }
+}
+
+impl fmt::Debug for Upcasters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.steps.keys()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct Renamed {
+        full_name: String,
+        #[serde(default)]
+        nickname: Option<String>,
+    }
+
+    impl Event for Renamed {
+        fn event_type(&self) -> &'static str {
+            "Renamed"
+        }
+        fn schema_version() -> u32 {
+            3
+        }
+    }
+
+    fn recorded(schema_version: u32, json: &str) -> RecordedEvent {
+        RecordedEvent {
+            stream: "person-1".into(),
+            version: 1,
+            position: 1,
+            event_id: EventId(1),
+            event_type: "Renamed".into(),
+            schema_version,
+            payload: Payload::from_json_text(json),
+            metadata: Metadata::default(),
+            recorded_at: Timestamp::EPOCH,
+        }
+    }
+
+    fn upcasters() -> Upcasters {
+        Upcasters::new()
+            .with("Renamed", 1, |mut v| {
+                v["name"] = serde_json::Value::String(v["first"].as_str().unwrap_or("").into());
+                v
+            })
+            .with("Renamed", 2, |mut v| {
+                let name = v["name"].take();
+                serde_json::json!({ "full_name": name })
+            })
+    }
+
+    #[test]
+    fn upcasters_chain_old_versions_to_the_current_shape() {
+        let event: Renamed = recorded(1, r#"{"first":"Ada"}"#).decode(&upcasters()).unwrap();
+        assert_eq!(event, Renamed { full_name: "Ada".into(), nickname: None });
+    }
+
+    #[test]
+    fn a_missing_upcaster_step_is_a_typed_error() {
+        let partial = Upcasters::new().with("Renamed", 2, |v| v);
+        let err = recorded(1, "{}").decode::<Renamed>(&partial).unwrap_err();
+        assert_eq!(err, DecodeError::NoUpcaster { event_type: "Renamed".into(), from: 1, to: 3 });
+    }
+
+    #[test]
+    fn a_newer_stored_schema_is_refused_not_misread() {
+        let err = recorded(4, "{}").decode::<Renamed>(&upcasters()).unwrap_err();
+        assert!(matches!(err, DecodeError::FromTheFuture { stored: 4, known: 3, .. }));
+    }
+
+    #[test]
+    fn event_ids_print_as_uuids() {
+        assert_eq!(EventId(0xabc).to_string(), "00000000-0000-0000-0000-000000000abc");
+    }
+}

@@ -1,0 +1,220 @@
+//! The effect interpreter shared by [`Store`](crate::Store) and
+//! [`TestStore`](crate::testing::TestStore): turns effect descriptions into futures on the
+//! host's runtime, feeds resulting actions back through the host, and keeps the
+//! cancellation registry. Sharing it is what guarantees that a test exercises exactly the
+//! execution semantics production uses.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::future::{AbortHandle, Abortable};
+use parking_lot::Mutex;
+use tracing::Instrument;
+
+use crate::effect::{Effect, EffectId, Effects};
+use crate::event_bus::EventBus;
+use crate::event_store::EventStore;
+use crate::instrument::{self as names};
+use crate::runtime::{BoxFuture, SharedRuntime};
+use crate::tracker::{Tracker, Work};
+
+/// The platform an effect runs against.
+#[derive(Clone)]
+pub struct Dependencies {
+    pub runtime: SharedRuntime,
+    pub event_store: Arc<dyn EventStore>,
+    pub event_bus: Arc<dyn EventBus>,
+}
+
+impl std::fmt::Debug for Dependencies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dependencies").field("runtime", &self.runtime).finish_non_exhaustive()
+    }
+}
+
+/// Pending cancellable effects by id.
+#[derive(Debug, Default)]
+pub(crate) struct Cancellables {
+    next_registration: AtomicU64,
+    pending: Mutex<BTreeMap<EffectId, Vec<(u64, AbortHandle)>>>,
+}
+
+impl Cancellables {
+    pub(crate) fn cancel(&self, id: &EffectId) -> usize {
+        let handles = self.pending.lock().remove(id).unwrap_or_default();
+        for (_, handle) in &handles {
+            handle.abort();
+        }
+        handles.len()
+    }
+
+    pub(crate) fn cancel_all(&self) -> usize {
+        let all = std::mem::take(&mut *self.pending.lock());
+        let mut n = 0;
+        for (_, handles) in all {
+            for (_, handle) in handles {
+                handle.abort();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    pub(crate) fn pending_ids(&self) -> Vec<EffectId> {
+        self.pending.lock().keys().cloned().collect()
+    }
+
+    fn register(
+        self: &Arc<Self>,
+        id: EffectId,
+        work: BoxFuture<'static, ()>,
+    ) -> BoxFuture<'static, ()> {
+        let (handle, registration) = AbortHandle::new_pair();
+        let seq = self.next_registration.fetch_add(1, Ordering::Relaxed);
+        self.pending.lock().entry(id.clone()).or_default().push((seq, handle));
+        let this = Arc::clone(self);
+        Box::pin(async move {
+            let _ = Abortable::new(work, registration).await;
+            let mut pending = this.pending.lock();
+            if let Some(handles) = pending.get_mut(&id) {
+                handles.retain(|(s, _)| *s != seq);
+                if handles.is_empty() {
+                    pending.remove(&id);
+                }
+            }
+        })
+    }
+}
+
+/// What the interpreter needs from whoever owns the state.
+pub(crate) trait EffectHost: Send + Sync + Sized + 'static {
+    type Action: Send + 'static;
+
+    fn dependencies(&self) -> &Dependencies;
+    fn cancellables(&self) -> &Arc<Cancellables>;
+    fn store_name(&self) -> &'static str;
+    /// An effect produced `action` as part of the work tracked by `cause`.
+    fn feed(self: &Arc<Self>, action: Self::Action, cause: &Arc<Tracker>);
+}
+
+/// Starts every effect; each non-trivial top-level effect becomes one spawned task.
+pub(crate) fn start<H: EffectHost>(
+    host: &Arc<H>,
+    effects: Effects<H::Action>,
+    cause: &Arc<Tracker>,
+) {
+    for effect in effects {
+        let kind = effect.kind();
+        let Some(work) = prepare(host, effect, cause) else {
+            continue;
+        };
+        let guard = Work::start(cause);
+        let runtime = Arc::clone(&host.dependencies().runtime);
+        let store = host.store_name();
+        let span = tracing::debug_span!("reprise.effect", store, kind);
+        let timed = Arc::clone(&runtime);
+        let task = async move {
+            let started = timed.stopwatch_nanos();
+            work.await;
+            let elapsed = timed.stopwatch_nanos().saturating_sub(started);
+            #[allow(clippy::cast_precision_loss)]
+            metrics::histogram!(names::EFFECT_DURATION, "store" => store, "kind" => kind)
+                .record(elapsed as f64 / 1e9);
+            drop(guard);
+        };
+        runtime.spawn("effect", Box::pin(task.instrument(span)));
+    }
+}
+
+fn prepare<H: EffectHost>(
+    host: &Arc<H>,
+    effect: Effect<H::Action>,
+    cause: &Arc<Tracker>,
+) -> Option<BoxFuture<'static, ()>> {
+    match effect {
+        Effect::None => None,
+        Effect::Cancel(id) => {
+            let cancelled = host.cancellables().cancel(&id);
+            tracing::trace!(%id, cancelled, "cancel");
+            None
+        }
+        Effect::Run { id, label, work } => {
+            let (host2, cause) = (Arc::clone(host), Arc::clone(cause));
+            let fut: BoxFuture<'static, ()> = Box::pin(async move {
+                if let Some(action) = work.await {
+                    host2.feed(action, &cause);
+                }
+            });
+            tracing::trace!(label, "run");
+            Some(match id {
+                Some(id) => host.cancellables().register(id, fut),
+                None => fut,
+            })
+        }
+        Effect::Timer { id, after, action } => {
+            // A timer re-armed under the same id replaces the pending one.
+            host.cancellables().cancel(&id);
+            let sleep = host.dependencies().runtime.sleep(after);
+            let (host2, cause) = (Arc::clone(host), Arc::clone(cause));
+            let fut: BoxFuture<'static, ()> = Box::pin(async move {
+                sleep.await;
+                host2.feed(action, &cause);
+            });
+            Some(host.cancellables().register(id, fut))
+        }
+        Effect::Parallel(effects) => {
+            let futures: Vec<_> =
+                effects.into_iter().filter_map(|e| prepare(host, e, cause)).collect();
+            match futures.len() {
+                0 => None,
+                _ => Some(Box::pin(async move {
+                    futures::future::join_all(futures).await;
+                })),
+            }
+        }
+        Effect::Sequential(effects) => {
+            let (host, cause) = (Arc::clone(host), Arc::clone(cause));
+            Some(Box::pin(async move {
+                // Prepared one at a time so a timer's delay starts when its turn comes.
+                for effect in effects {
+                    if let Some(fut) = prepare(&host, effect, &cause) {
+                        fut.await;
+                    }
+                }
+            }))
+        }
+        Effect::Append { batch, then } => {
+            let store = Arc::clone(&host.dependencies().event_store);
+            let name = host.store_name();
+            let (host, cause) = (Arc::clone(host), Arc::clone(cause));
+            Some(Box::pin(async move {
+                let result = store.append(batch).await;
+                if let Err(error) = &result {
+                    metrics::counter!(names::EFFECT_ERRORS, "store" => name, "kind" => "append", "error" => error.kind())
+                        .increment(1);
+                    tracing::warn!(store = name, %error, "append failed");
+                }
+                if let Some(action) = then(result) {
+                    host.feed(action, &cause);
+                }
+            }))
+        }
+        Effect::Publish { messages, then } => {
+            let bus = Arc::clone(&host.dependencies().event_bus);
+            let name = host.store_name();
+            let (host, cause) = (Arc::clone(host), Arc::clone(cause));
+            Some(Box::pin(async move {
+                let result = bus.publish(messages).await;
+                if let Err(error) = &result {
+                    metrics::counter!(names::EFFECT_ERRORS, "store" => name, "kind" => "publish", "error" => error.kind())
+                        .increment(1);
+                    tracing::warn!(store = name, %error, "publish failed");
+                }
+                if let Some(action) = then(result) {
+                    host.feed(action, &cause);
+                }
+            }))
+        }
+    }
+}

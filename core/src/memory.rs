@@ -1,0 +1,566 @@
+//! In-memory implementations of [`EventStore`] and [`EventBus`], for unit tests and as the
+//! state behind the simulator's fault-injecting versions (which add latency and failures
+//! around the synchronous `*_now` operations here).
+//!
+//! Both pass [`crate::conformance`], the same suite the PostgreSQL and Kafka adapters run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+
+use parking_lot::Mutex;
+
+use crate::event::{EventId, RecordedEvent, StreamId};
+use crate::event_bus::{BusError, Delivery, EventBus, Headers, OutgoingMessage, Subscription, partition_for_key};
+use crate::event_store::{AppendBatch, AppendReceipt, EventStore, Snapshot, StoreError};
+use crate::event::Payload;
+use crate::runtime::{BoxFuture, Clock};
+use crate::time::Timestamp;
+
+// ---------------------------------------------------------------------------------------
+// Event store
+// ---------------------------------------------------------------------------------------
+
+/// An event store in a `Vec`.
+#[derive(Default)]
+pub struct InMemoryEventStore {
+    clock: Option<Arc<dyn Clock>>,
+    state: Mutex<StoreState>,
+}
+
+#[derive(Default, Clone)]
+struct StoreState {
+    all: Vec<RecordedEvent>,
+    /// Stream → indices into `all`, in version order.
+    streams: BTreeMap<StreamId, Vec<usize>>,
+    ids: BTreeMap<EventId, usize>,
+    snapshots: BTreeMap<StreamId, Snapshot>,
+}
+
+impl std::fmt::Debug for InMemoryEventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InMemoryEventStore").field("events", &self.state.lock().all.len()).finish()
+    }
+}
+
+impl InMemoryEventStore {
+    /// A store whose events are recorded at the Unix epoch.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A store that stamps `recorded_at` from `clock`.
+    #[must_use]
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        InMemoryEventStore { clock: Some(clock), state: Mutex::default() }
+    }
+
+    fn now(&self) -> Timestamp {
+        self.clock.as_ref().map_or(Timestamp::EPOCH, |c| c.now())
+    }
+
+    /// [`EventStore::append`], synchronously.
+    ///
+    /// # Errors
+    /// See [`StoreError`].
+    pub fn append_now(&self, batch: &AppendBatch) -> Result<AppendReceipt, StoreError> {
+        batch.validate()?;
+        let now = self.now();
+        let mut state = self.state.lock();
+        if let Some(receipt) = state.already_committed(batch)? {
+            return Ok(receipt);
+        }
+        for append in &batch.streams {
+            let current = state.version_of(&append.stream);
+            if !append.expected.admits(current) {
+                return Err(StoreError::Conflict {
+                    stream: append.stream.clone(),
+                    expected: append.expected,
+                    actual: current,
+                });
+            }
+        }
+        // Every check passed: nothing below can fail, so the batch lands whole.
+        let mut stream_versions = Vec::with_capacity(batch.streams.len());
+        for append in &batch.streams {
+            let mut version = state.version_of(&append.stream);
+            for event in &append.events {
+                version += 1;
+                let index = state.all.len();
+                state.all.push(RecordedEvent {
+                    stream: append.stream.clone(),
+                    version,
+                    position: index as u64 + 1,
+                    event_id: event.event_id,
+                    event_type: Arc::clone(&event.event_type),
+                    schema_version: event.schema_version,
+                    payload: event.payload.clone(),
+                    metadata: event.metadata.clone(),
+                    recorded_at: now,
+                });
+                state.streams.entry(append.stream.clone()).or_default().push(index);
+                state.ids.insert(event.event_id, index);
+            }
+            stream_versions.push((append.stream.clone(), version));
+        }
+        Ok(AppendReceipt { stream_versions, last_position: state.all.len() as u64, was_duplicate: false })
+    }
+
+    /// [`EventStore::read_stream`], synchronously.
+    #[must_use]
+    pub fn read_stream_now(&self, stream: &StreamId, from_version: u64, limit: usize) -> Vec<RecordedEvent> {
+        let state = self.state.lock();
+        let Some(indices) = state.streams.get(stream) else {
+            return Vec::new();
+        };
+        let skip = usize::try_from(from_version.saturating_sub(1)).unwrap_or(usize::MAX);
+        indices.iter().skip(skip).take(limit).map(|&i| state.all[i].clone()).collect()
+    }
+
+    /// [`EventStore::read_all`], synchronously.
+    #[must_use]
+    pub fn read_all_now(&self, from_position: u64, limit: usize) -> Vec<RecordedEvent> {
+        let state = self.state.lock();
+        let skip = usize::try_from(from_position.saturating_sub(1)).unwrap_or(usize::MAX);
+        state.all.iter().skip(skip).take(limit).cloned().collect()
+    }
+
+    #[must_use]
+    pub fn stream_version_now(&self, stream: &StreamId) -> u64 {
+        self.state.lock().version_of(stream)
+    }
+
+    /// Number of events stored.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.state.lock().all.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every stream name, sorted.
+    #[must_use]
+    pub fn streams(&self) -> Vec<StreamId> {
+        self.state.lock().streams.keys().cloned().collect()
+    }
+
+    pub fn save_snapshot_now(&self, snapshot: Snapshot) {
+        self.state.lock().snapshots.insert(snapshot.stream.clone(), snapshot);
+    }
+
+    #[must_use]
+    pub fn load_snapshot_now(&self, stream: &StreamId) -> Option<Snapshot> {
+        self.state.lock().snapshots.get(stream).cloned()
+    }
+}
+
+impl StoreState {
+    fn version_of(&self, stream: &StreamId) -> u64 {
+        self.streams.get(stream).map_or(0, |v| v.len() as u64)
+    }
+
+    /// `Some(receipt)` if this exact batch committed before (a retry after a lost ack).
+    fn already_committed(&self, batch: &AppendBatch) -> Result<Option<AppendReceipt>, StoreError> {
+        let mut seen = 0usize;
+        let mut total = 0usize;
+        let mut stream_versions = Vec::new();
+        let mut last_position = 0;
+        for append in &batch.streams {
+            let mut last_version = 0;
+            for event in &append.events {
+                total += 1;
+                if let Some(&index) = self.ids.get(&event.event_id) {
+                    let stored = &self.all[index];
+                    if stored.stream != append.stream {
+                        return Err(StoreError::DuplicateEventId(event.event_id.to_string()));
+                    }
+                    seen += 1;
+                    last_version = stored.version;
+                    last_position = last_position.max(stored.position);
+                }
+            }
+            stream_versions.push((append.stream.clone(), last_version));
+        }
+        match seen {
+            0 => Ok(None),
+            n if n == total => Ok(Some(AppendReceipt { stream_versions, last_position, was_duplicate: true })),
+            _ => Err(StoreError::DuplicateEventId(
+                "part of the batch is already stored: batches are atomic, so this is a different batch".into(),
+            )),
+        }
+    }
+}
+
+impl EventStore for InMemoryEventStore {
+    fn append(&self, batch: AppendBatch) -> BoxFuture<'static, Result<AppendReceipt, StoreError>> {
+        let result = self.append_now(&batch);
+        Box::pin(std::future::ready(result))
+    }
+
+    fn read_stream(&self, stream: &StreamId, from_version: u64, limit: usize) -> BoxFuture<'static, Result<Vec<RecordedEvent>, StoreError>> {
+        Box::pin(std::future::ready(Ok(self.read_stream_now(stream, from_version, limit))))
+    }
+
+    fn read_all(&self, from_position: u64, limit: usize) -> BoxFuture<'static, Result<Vec<RecordedEvent>, StoreError>> {
+        Box::pin(std::future::ready(Ok(self.read_all_now(from_position, limit))))
+    }
+
+    fn stream_version(&self, stream: &StreamId) -> BoxFuture<'static, Result<u64, StoreError>> {
+        Box::pin(std::future::ready(Ok(self.stream_version_now(stream))))
+    }
+
+    fn save_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'static, Result<(), StoreError>> {
+        self.save_snapshot_now(snapshot);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn load_snapshot(&self, stream: &StreamId) -> BoxFuture<'static, Result<Option<Snapshot>, StoreError>> {
+        Box::pin(std::future::ready(Ok(self.load_snapshot_now(stream))))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Event bus
+// ---------------------------------------------------------------------------------------
+
+type TopicPartition = (Arc<str>, u32);
+
+/// A Kafka-shaped bus in memory: topics with partitions, consumer groups with
+/// round-robin assignment, committed offsets, rebalances when members come and go.
+pub struct InMemoryEventBus {
+    default_partitions: u32,
+    state: Arc<Mutex<BusState>>,
+}
+
+impl std::fmt::Debug for InMemoryEventBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InMemoryEventBus").field("topics", &self.state.lock().topics.len()).finish()
+    }
+}
+
+#[derive(Default)]
+struct BusState {
+    topics: BTreeMap<Arc<str>, Vec<Vec<StoredMessage>>>,
+    groups: BTreeMap<String, Group>,
+    members: BTreeMap<u64, Member>,
+    next_member: u64,
+    waiting: Vec<Waker>,
+}
+
+#[derive(Clone)]
+struct StoredMessage {
+    key: Arc<str>,
+    payload: Payload,
+    headers: Headers,
+}
+
+#[derive(Default)]
+struct Group {
+    members: BTreeSet<u64>,
+    committed: BTreeMap<TopicPartition, u64>,
+    generation: u64,
+}
+
+struct Member {
+    group: String,
+    topics: Vec<Arc<str>>,
+    /// Per assigned partition: next offset to deliver, and the handled-but-uncommitted set.
+    assigned: BTreeMap<TopicPartition, PartitionCursor>,
+    /// Round-robin fairness between partitions.
+    next_partition: usize,
+}
+
+#[derive(Clone, Debug)]
+struct PartitionCursor {
+    next_offset: u64,
+    commit_point: u64,
+    handled: BTreeSet<u64>,
+}
+
+impl Default for InMemoryEventBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InMemoryEventBus {
+    /// A bus whose auto-created topics have 4 partitions.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::with_partitions(4)
+    }
+
+    #[must_use]
+    pub fn with_partitions(default_partitions: u32) -> Self {
+        assert!(default_partitions > 0);
+        InMemoryEventBus { default_partitions, state: Arc::default() }
+    }
+
+    /// Creates a topic (no-op if it exists).
+    pub fn create_topic(&self, topic: &str, partitions: u32) {
+        assert!(partitions > 0);
+        let mut state = self.state.lock();
+        state.topics.entry(topic.into()).or_insert_with(|| vec![Vec::new(); partitions as usize]);
+    }
+
+    /// [`EventBus::publish`], synchronously.
+    pub fn publish_now(&self, messages: &[OutgoingMessage]) {
+        let mut state = self.state.lock();
+        let mut new_topic = false;
+        for message in messages {
+            let partitions = state.topics.entry(Arc::clone(&message.topic)).or_insert_with(|| {
+                new_topic = true;
+                vec![Vec::new(); self.default_partitions as usize]
+            });
+            let count = u32::try_from(partitions.len()).unwrap_or(u32::MAX);
+            let p = partition_for_key(message.key.as_bytes(), count) as usize;
+            partitions[p].push(StoredMessage {
+                key: Arc::clone(&message.key),
+                payload: message.payload.clone(),
+                headers: message.headers.clone(),
+            });
+        }
+        if new_topic {
+            let groups: Vec<String> = state.groups.keys().cloned().collect();
+            for group in groups {
+                state.rebalance(&group);
+            }
+        }
+        for waker in state.waiting.drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// Messages not yet committed by `group`, over all partitions of its topics.
+    #[must_use]
+    pub fn lag(&self, group: &str) -> u64 {
+        let state = self.state.lock();
+        let Some(g) = state.groups.get(group) else { return 0 };
+        let topics: BTreeSet<&Arc<str>> = g.members.iter().filter_map(|m| state.members.get(m)).flat_map(|m| m.topics.iter()).collect();
+        let mut lag = 0;
+        for topic in topics {
+            if let Some(partitions) = state.topics.get(topic) {
+                for (p, messages) in partitions.iter().enumerate() {
+                    let committed = g.committed.get(&(Arc::clone(topic), p as u32)).copied().unwrap_or(0);
+                    lag += (messages.len() as u64).saturating_sub(committed);
+                }
+            }
+        }
+        lag
+    }
+
+    /// Committed offset of `group` on one partition.
+    #[must_use]
+    pub fn committed(&self, group: &str, topic: &str, partition: u32) -> u64 {
+        let state = self.state.lock();
+        state.groups.get(group).and_then(|g| g.committed.get(&(Arc::from(topic), partition)).copied()).unwrap_or(0)
+    }
+
+    /// Every message of a topic, partition by partition (for checkers).
+    #[must_use]
+    pub fn messages(&self, topic: &str) -> Vec<Delivery> {
+        let state = self.state.lock();
+        let Some(partitions) = state.topics.get(topic) else { return Vec::new() };
+        let topic: Arc<str> = Arc::from(topic);
+        partitions
+            .iter()
+            .enumerate()
+            .flat_map(|(p, messages)| {
+                let topic = Arc::clone(&topic);
+                messages.iter().enumerate().map(move |(o, m)| to_delivery(&topic, p as u32, o as u64, m))
+            })
+            .collect()
+    }
+
+    /// Joins a group synchronously.
+    #[must_use]
+    pub fn subscribe_now(&self, group: &str, topics: &[&str]) -> InMemorySubscription {
+        let mut state = self.state.lock();
+        let id = state.next_member;
+        state.next_member += 1;
+        for topic in topics {
+            state.topics.entry(Arc::from(*topic)).or_insert_with(|| vec![Vec::new(); self.default_partitions as usize]);
+        }
+        state.members.insert(
+            id,
+            Member {
+                group: group.to_owned(),
+                topics: topics.iter().map(|t| Arc::from(*t)).collect(),
+                assigned: BTreeMap::new(),
+                next_partition: 0,
+            },
+        );
+        state.groups.entry(group.to_owned()).or_default().members.insert(id);
+        state.rebalance(group);
+        InMemorySubscription { member: id, state: Arc::clone(&self.state) }
+    }
+}
+
+fn to_delivery(topic: &Arc<str>, partition: u32, offset: u64, m: &StoredMessage) -> Delivery {
+    Delivery {
+        topic: Arc::clone(topic),
+        partition,
+        offset,
+        key: Arc::clone(&m.key),
+        payload: m.payload.clone(),
+        headers: m.headers.clone(),
+    }
+}
+
+impl BusState {
+    /// Reassigns the group's partitions round-robin over its members (in id order).
+    /// Partitions a member keeps keep their cursor; moved partitions restart at the
+    /// group's committed offset, so uncommitted work is redelivered to the new owner.
+    fn rebalance(&mut self, group: &str) {
+        let Some(g) = self.groups.get_mut(group) else { return };
+        g.generation += 1;
+        let members: Vec<u64> = g.members.iter().copied().collect();
+        let mut wanted: BTreeMap<u64, BTreeSet<TopicPartition>> = members.iter().map(|m| (*m, BTreeSet::new())).collect();
+        let topics: BTreeSet<Arc<str>> = members.iter().filter_map(|m| self.members.get(m)).flat_map(|m| m.topics.iter().cloned()).collect();
+        for topic in topics {
+            let eligible: Vec<u64> = members.iter().copied().filter(|m| self.members[m].topics.contains(&topic)).collect();
+            let partitions = self.topics.get(&topic).map_or(0, Vec::len);
+            for p in 0..partitions {
+                let owner = eligible[p % eligible.len()];
+                wanted.get_mut(&owner).expect("eligible members are group members").insert((Arc::clone(&topic), p as u32));
+            }
+        }
+        for (member_id, partitions) in wanted {
+            let member = self.members.get_mut(&member_id).expect("group members exist");
+            member.assigned.retain(|tp, _| partitions.contains(tp));
+            for tp in partitions {
+                let committed = g.committed.get(&tp).copied().unwrap_or(0);
+                member.assigned.entry(tp).or_insert(PartitionCursor { next_offset: committed, commit_point: committed, handled: BTreeSet::new() });
+            }
+        }
+        for waker in self.waiting.drain(..) {
+            waker.wake();
+        }
+    }
+
+    fn leave(&mut self, member: u64) {
+        if let Some(m) = self.members.remove(&member) {
+            if let Some(g) = self.groups.get_mut(&m.group) {
+                g.members.remove(&member);
+            }
+            self.rebalance(&m.group);
+        }
+    }
+}
+
+/// A member of a consumer group on the [`InMemoryEventBus`]. Dropping it leaves the group.
+pub struct InMemorySubscription {
+    member: u64,
+    state: Arc<Mutex<BusState>>,
+}
+
+impl std::fmt::Debug for InMemorySubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InMemorySubscription").field("member", &self.member).finish()
+    }
+}
+
+impl InMemorySubscription {
+    /// The next available message, without waiting.
+    #[must_use]
+    pub fn try_next(&self) -> Option<Delivery> {
+        let mut state = self.state.lock();
+        let BusState { topics, members, .. } = &mut *state;
+        let member = members.get_mut(&self.member)?;
+        let count = member.assigned.len();
+        for i in 0..count {
+            let index = (member.next_partition + i) % count;
+            let (tp, cursor) = member.assigned.iter_mut().nth(index).expect("index below len");
+            let Some(messages) = topics.get(&tp.0).and_then(|p| p.get(tp.1 as usize)) else { continue };
+            if let Some(message) = usize::try_from(cursor.next_offset).ok().and_then(|o| messages.get(o)) {
+                let delivery = to_delivery(&tp.0, tp.1, cursor.next_offset, message);
+                cursor.next_offset += 1;
+                member.next_partition = index + 1;
+                return Some(delivery);
+            }
+        }
+        None
+    }
+
+    /// The partitions currently assigned to this member.
+    #[must_use]
+    pub fn assignment(&self) -> Vec<(String, u32)> {
+        let state = self.state.lock();
+        state.members.get(&self.member).map(|m| m.assigned.keys().map(|(t, p)| (t.to_string(), *p)).collect()).unwrap_or_default()
+    }
+
+    /// [`Subscription::commit`], synchronously.
+    ///
+    /// # Errors
+    /// [`BusError::Closed`] if the member left the group.
+    pub fn commit_now(&self) -> Result<(), BusError> {
+        let mut state = self.state.lock();
+        let BusState { groups, members, .. } = &mut *state;
+        let member = members.get_mut(&self.member).ok_or(BusError::Closed)?;
+        let group = groups.get_mut(&member.group).ok_or(BusError::Closed)?;
+        for (tp, cursor) in &mut member.assigned {
+            while cursor.handled.remove(&cursor.commit_point) {
+                cursor.commit_point += 1;
+            }
+            group.committed.insert(tp.clone(), cursor.commit_point);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for InMemorySubscription {
+    fn drop(&mut self) {
+        self.state.lock().leave(self.member);
+    }
+}
+
+impl Subscription for InMemorySubscription {
+    fn next(&mut self) -> BoxFuture<'_, Result<Delivery, BusError>> {
+        Box::pin(futures::future::poll_fn(move |cx| {
+            if let Some(delivery) = self.try_next() {
+                return Poll::Ready(Ok(delivery));
+            }
+            let mut state = self.state.lock();
+            if !state.members.contains_key(&self.member) {
+                return Poll::Ready(Err(BusError::Closed));
+            }
+            state.waiting.push(cx.waker().clone());
+            drop(state);
+            // A publish may have slipped in between the check and the registration.
+            match self.try_next() {
+                Some(delivery) => Poll::Ready(Ok(delivery)),
+                None => Poll::Pending,
+            }
+        }))
+    }
+
+    fn ack(&mut self, delivery: &Delivery) {
+        let mut state = self.state.lock();
+        let Some(member) = state.members.get_mut(&self.member) else { return };
+        if let Some(cursor) = member.assigned.get_mut(&(Arc::clone(&delivery.topic), delivery.partition)) {
+            if delivery.offset >= cursor.commit_point {
+                cursor.handled.insert(delivery.offset);
+            }
+        }
+    }
+
+    fn commit(&mut self) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(std::future::ready(self.commit_now()))
+    }
+}
+
+impl EventBus for InMemoryEventBus {
+    fn publish(&self, messages: Vec<OutgoingMessage>) -> BoxFuture<'static, Result<(), BusError>> {
+        self.publish_now(&messages);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn subscribe(&self, group: &str, topics: &[&str]) -> BoxFuture<'static, Result<Box<dyn Subscription>, BusError>> {
+        let subscription: Box<dyn Subscription> = Box::new(self.subscribe_now(group, topics));
+        Box::pin(std::future::ready(Ok(subscription)))
+    }
+}

@@ -1,0 +1,306 @@
+//! The [`Store`]: owns a feature's state, runs its reducer, executes the effects on the
+//! runtime and feeds their results back in.
+//!
+//! The state lock is held only while the reducer runs, never across an effect, so a
+//! store is safe to share across tasks and the reducer sees actions one at a time.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::effect::Effects;
+use crate::instrument as names;
+use crate::interpret::{self, Cancellables, Dependencies, EffectHost};
+use crate::memory::{InMemoryEventBus, InMemoryEventStore};
+use crate::reducer::Reducer;
+use crate::runtime::SharedRuntime;
+use crate::tracker::{Idle, Tracker};
+
+/// A running feature. Cheap to clone: clones share the state.
+pub struct Store<R: Reducer> {
+    inner: Arc<Inner<R>>,
+}
+
+impl<R: Reducer> Clone for Store<R> {
+    fn clone(&self) -> Self {
+        Store { inner: Arc::clone(&self.inner) }
+    }
+}
+
+impl<R: Reducer> std::fmt::Debug for Store<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("name", &self.inner.name).finish_non_exhaustive()
+    }
+}
+
+struct Inner<R: Reducer> {
+    name: &'static str,
+    reducer: R,
+    env: R::Env,
+    state: Mutex<R::State>,
+    deps: Dependencies,
+    cancellables: Arc<Cancellables>,
+    all_work: Arc<Tracker>,
+    closing: AtomicBool,
+    sends: AtomicU64,
+}
+
+impl<R: Reducer> Inner<R> {
+    fn reduce(&self, action: R::Action) -> Effects<R::Action> {
+        let action_name = self.reducer.action_name(&action);
+        let _span = tracing::debug_span!("reprise.reduce", store = self.name, action = action_name)
+            .entered();
+        metrics::counter!(names::ACTIONS, "store" => self.name, "action" => action_name)
+            .increment(1);
+        let sample = self.sends.fetch_add(1, Ordering::Relaxed) % names::REDUCER_TIMING_SAMPLE_EVERY == 0;
+        let started = if sample { self.deps.runtime.stopwatch_nanos() } else { 0 };
+        let effects = {
+            let mut state = self.state.lock();
+            self.reducer.reduce(&mut state, action, &self.env)
+        };
+        if sample {
+            let elapsed = self.deps.runtime.stopwatch_nanos().saturating_sub(started);
+            #[allow(clippy::cast_precision_loss)]
+            metrics::histogram!(names::REDUCER_DURATION, "store" => self.name)
+                .record(elapsed as f64 / 1e9);
+        }
+        effects
+    }
+}
+
+impl<R: Reducer> EffectHost for Inner<R> {
+    type Action = R::Action;
+
+    fn dependencies(&self) -> &Dependencies {
+        &self.deps
+    }
+
+    fn cancellables(&self) -> &Arc<Cancellables> {
+        &self.cancellables
+    }
+
+    fn store_name(&self) -> &'static str {
+        self.name
+    }
+
+    fn feed(self: &Arc<Self>, action: R::Action, cause: &Arc<Tracker>) {
+        let effects = self.reduce(action);
+        if !effects.iter().all(crate::Effect::is_none) {
+            interpret::start(self, effects, cause);
+        }
+    }
+}
+
+impl<R: Reducer> Store<R> {
+    /// Starts building a store. Without further configuration it runs on `runtime` with
+    /// an in-memory event store and bus.
+    pub fn builder(
+        reducer: R,
+        initial_state: R::State,
+        env: R::Env,
+        runtime: SharedRuntime,
+    ) -> StoreBuilder<R> {
+        StoreBuilder {
+            name: crate::reducer::short_type_name::<R::State>(),
+            reducer,
+            state: initial_state,
+            env,
+            runtime,
+            event_store: None,
+            event_bus: None,
+        }
+    }
+
+    /// Reduces `action` and starts its effects. The handle completes when the action and
+    /// every effect and feedback action it caused (transitively) have finished. Dropping
+    /// the handle does not cancel anything.
+    ///
+    /// While the store shuts down, new actions from outside are refused (counted in
+    /// `reprise_actions_rejected_total`); actions fed back by in-flight effects still run.
+    pub fn send(&self, action: R::Action) -> SendHandle {
+        if self.inner.closing.load(Ordering::Acquire) {
+            metrics::counter!(names::ACTIONS_REJECTED, "store" => self.inner.name).increment(1);
+            tracing::warn!(store = self.inner.name, "action refused: store is shutting down");
+            return SendHandle { tracker: None, refused: true };
+        }
+        let effects = self.inner.reduce(action);
+        if effects.iter().all(crate::Effect::is_none) {
+            return SendHandle { tracker: None, refused: false };
+        }
+        let tracker = Tracker::child(&self.inner.all_work);
+        interpret::start(&self.inner, effects, &tracker);
+        SendHandle { tracker: Some(tracker), refused: false }
+    }
+
+    /// Reads the state under the lock.
+    pub fn with_state<T>(&self, read: impl FnOnce(&R::State) -> T) -> T {
+        read(&self.inner.state.lock())
+    }
+
+    /// A copy of the state.
+    #[must_use]
+    pub fn state(&self) -> R::State
+    where
+        R::State: Clone,
+    {
+        self.inner.state.lock().clone()
+    }
+
+    #[must_use]
+    pub fn env(&self) -> &R::Env {
+        &self.inner.env
+    }
+
+    #[must_use]
+    pub fn dependencies(&self) -> &Dependencies {
+        &self.inner.deps
+    }
+
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        self.inner.name
+    }
+
+    /// Effects still running (timers included).
+    #[must_use]
+    pub fn in_flight(&self) -> usize {
+        self.inner.all_work.pending()
+    }
+
+    /// Completes when no effect is in flight.
+    #[must_use]
+    pub fn idle(&self) -> Idle {
+        self.inner.all_work.idle()
+    }
+
+    /// Refuses new actions, waits up to `grace` for in-flight effects, then cancels what
+    /// is still cancellable.
+    ///
+    /// # Errors
+    /// [`ShutdownError`] with the number of effects still running at the deadline.
+    pub async fn shutdown(&self, grace: Duration) -> Result<(), ShutdownError> {
+        self.inner.closing.store(true, Ordering::Release);
+        let idle = self.inner.all_work.idle();
+        let deadline = self.inner.deps.runtime.sleep(grace);
+        match futures::future::select(idle, deadline).await {
+            futures::future::Either::Left(_) => Ok(()),
+            futures::future::Either::Right(_) => {
+                let still_running = self.inner.all_work.pending();
+                let cancelled = self.inner.cancellables.cancel_all();
+                tracing::warn!(store = self.inner.name, still_running, cancelled, "shutdown deadline passed");
+                Err(ShutdownError { still_running, cancelled })
+            }
+        }
+    }
+}
+
+/// See [`Store::shutdown`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{still_running} effects still running at the shutdown deadline ({cancelled} cancelled)")]
+pub struct ShutdownError {
+    pub still_running: usize,
+    pub cancelled: usize,
+}
+
+/// Configures a [`Store`].
+pub struct StoreBuilder<R: Reducer> {
+    name: &'static str,
+    reducer: R,
+    state: R::State,
+    env: R::Env,
+    runtime: SharedRuntime,
+    event_store: Option<Arc<dyn crate::EventStore>>,
+    event_bus: Option<Arc<dyn crate::EventBus>>,
+}
+
+impl<R: Reducer> std::fmt::Debug for StoreBuilder<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreBuilder").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl<R: Reducer> StoreBuilder<R> {
+    /// The `store` label on spans and metrics (default: the state type's name).
+    #[must_use]
+    pub fn name(mut self, name: &'static str) -> Self {
+        self.name = name;
+        self
+    }
+
+    #[must_use]
+    pub fn event_store(mut self, store: Arc<dyn crate::EventStore>) -> Self {
+        self.event_store = Some(store);
+        self
+    }
+
+    #[must_use]
+    pub fn event_bus(mut self, bus: Arc<dyn crate::EventBus>) -> Self {
+        self.event_bus = Some(bus);
+        self
+    }
+
+    #[must_use]
+    pub fn build(self) -> Store<R> {
+        let runtime = self.runtime;
+        let event_store = self.event_store.unwrap_or_else(|| {
+            let clock: Arc<dyn crate::Clock> = runtime.clone();
+            Arc::new(InMemoryEventStore::with_clock(clock))
+        });
+        let event_bus = self.event_bus.unwrap_or_else(|| Arc::new(InMemoryEventBus::new()));
+        Store {
+            inner: Arc::new(Inner {
+                name: self.name,
+                reducer: self.reducer,
+                env: self.env,
+                state: Mutex::new(self.state),
+                deps: Dependencies { runtime, event_store, event_bus },
+                cancellables: Arc::default(),
+                all_work: Tracker::root(),
+                closing: AtomicBool::new(false),
+                sends: AtomicU64::new(0),
+            }),
+        }
+    }
+}
+
+/// Awaits everything one [`Store::send`] caused.
+#[derive(Debug)]
+#[must_use = "await the handle to wait for the action's effects, or drop it to fire and forget"]
+pub struct SendHandle {
+    tracker: Option<Arc<Tracker>>,
+    refused: bool,
+}
+
+impl SendHandle {
+    /// Whether the store refused the action (it was shutting down).
+    #[must_use]
+    pub fn was_refused(&self) -> bool {
+        self.refused
+    }
+
+    #[must_use]
+    pub fn is_finished(&self) -> bool {
+        self.tracker.as_ref().is_none_or(|t| t.pending() == 0)
+    }
+
+    /// Completes when everything the action caused has finished.
+    pub fn finished(self) -> impl Future<Output = ()> + Send {
+        self
+    }
+}
+
+impl Future for SendHandle {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match &self.tracker {
+            None => Poll::Ready(()),
+            Some(tracker) => Pin::new(&mut tracker.idle()).poll(cx),
+        }
+    }
+}

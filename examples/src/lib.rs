@@ -1,0 +1,1 @@
+//! Examples: a counter and an order aggregate, tested with TestStore

@@ -1,0 +1,1 @@
+//! Chaos scenarios: checkout saga and bank transfers, with invariants and planted bugs

@@ -1,0 +1,1 @@
+//! Deterministic simulator: seeded executor, virtual time, fault injection, replay by seed
