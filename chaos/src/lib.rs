@@ -1,1 +1,153 @@
-//! Named fault plans shared by the simulator and real-infrastructure runs
+//! # reprise-chaos
+//!
+//! Named fault plans: the vocabulary people use to talk about a run ("checkout passes
+//! 10,000 seeds of `partition-storm`"). A plan is data ([`FaultPlan`]), so the same name
+//! means the same faults to the simulator, to `reprise list`, to a failure report's
+//! reproduction command, and later to the real-infrastructure runner (which maps the
+//! network faults onto a TCP proxy).
+//!
+//! Each plan isolates one family of faults on purpose: a failure under `slow-payments` points
+//! at timeout handling, a failure under `duplicate-storm` at idempotency. `swarm` mixes them,
+//! drawing a different mix for every seed (swarm testing), and is the default for sweeps.
+//!
+//! Dependency names used here (`payments`) follow the scenarios in `reprise-scenarios`;
+//! a plan naming a dependency a scenario does not have simply never fires it.
+
+use reprise_sim::plan::{
+    BusFaults, Direction, Fault, FaultPlan, FaultSpec, Peer, PlanError, StoreFaults, DependencyFaults,
+};
+
+/// A named plan with a one-line description for `reprise list`.
+#[derive(Clone, Debug)]
+pub struct NamedPlan {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub plan: FaultPlan,
+}
+
+/// Every named plan, in the order `reprise list` shows them.
+#[must_use]
+pub fn all() -> Vec<NamedPlan> {
+    vec![
+        NamedPlan { name: "calm", description: "no faults: the baseline every scenario must pass", plan: FaultPlan::calm() },
+        NamedPlan { name: "swarm", description: "each seed draws its own mix of every fault family (swarm testing)", plan: FaultPlan::swarm() },
+        NamedPlan { name: "partition-storm", description: "frequent partitions between nodes and the store, bus and services, both ways and one-way", plan: partition_storm() },
+        NamedPlan { name: "crash-loop", description: "nodes crash and restart repeatedly; volatile state and in-flight work are lost", plan: crash_loop() },
+        NamedPlan { name: "slow-payments", description: "the payment gateway is slow, flaky, loses responses and goes down for whole windows", plan: slow_payments() },
+        NamedPlan { name: "flaky-store", description: "event-store latency, transient errors, timeouts and commit-unknown appends", plan: flaky_store() },
+        NamedPlan { name: "duplicate-storm", description: "the bus duplicates, delays and reorders deliveries, loses commits and rebalances", plan: duplicate_storm() },
+    ]
+}
+
+/// The plan called `name`, or a plan read from a JSON file when `name` ends in `.json`.
+///
+/// # Errors
+/// An unknown name (listing the known ones), an unreadable file or an invalid plan.
+pub fn by_name(name: &str) -> Result<FaultPlan, PlanError> {
+    if std::path::Path::new(name).extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
+        let text = std::fs::read_to_string(name).map_err(|e| PlanError::Parse(format!("{name}: {e}")))?;
+        return FaultPlan::from_json(&text);
+    }
+    all().into_iter().find(|p| p.name == name).map(|p| p.plan).ok_or_else(|| PlanError::Invalid {
+        fault: "plan",
+        message: format!("unknown plan {name:?}; known plans: {}", names().join(", ")),
+    })
+}
+
+/// The names of every plan.
+#[must_use]
+pub fn names() -> Vec<&'static str> {
+    all().into_iter().map(|p| p.name).collect()
+}
+
+fn partition_storm() -> FaultPlan {
+    let partition = |peer: Peer, direction: Direction| {
+        FaultSpec::new(Fault::Partition { peer, direction, per_tick_probability: 0.08, min_duration_ms: 200, max_duration_ms: 3_000 })
+    };
+    FaultPlan::named("partition-storm")
+        .with(partition(Peer::EventStore, Direction::Both))
+        .with(partition(Peer::EventBus, Direction::Both))
+        .with(partition(Peer::AnyDependency, Direction::Outbound))
+        .with(partition(Peer::Any, Direction::Inbound))
+}
+
+fn crash_loop() -> FaultPlan {
+    FaultPlan::named("crash-loop")
+        .with(FaultSpec::new(Fault::Crash { per_tick_probability: 0.05, min_downtime_ms: 100, max_downtime_ms: 5_000 }))
+        .with(FaultSpec::new(Fault::Pause { per_tick_probability: 0.02, min_duration_ms: 100, max_duration_ms: 2_000 }))
+}
+
+fn slow_payments() -> FaultPlan {
+    let payments = || Some("payments".to_owned());
+    FaultPlan::named("slow-payments")
+        .with(FaultSpec::new(Fault::Dependency {
+            dependency: payments(),
+            faults: DependencyFaults { slowdown_factor: 20.0, error_probability: 0.1, response_lost_probability: 0.05 },
+        }))
+        .with(FaultSpec::new(Fault::DependencyOutage {
+            dependency: payments(),
+            per_tick_probability: 0.03,
+            min_duration_ms: 1_000,
+            max_duration_ms: 20_000,
+        }))
+}
+
+fn flaky_store() -> FaultPlan {
+    FaultPlan::named("flaky-store").with(FaultSpec::new(Fault::Store(StoreFaults {
+        extra_latency_max_ms: 100,
+        transient_probability: 0.05,
+        timeout_probability: 0.03,
+        commit_unknown_probability: 0.05,
+    })))
+}
+
+fn duplicate_storm() -> FaultPlan {
+    FaultPlan::named("duplicate-storm")
+        .with(FaultSpec::new(Fault::Bus(BusFaults {
+            delivery_delay_max_ms: 200,
+            duplicate_probability: 0.25,
+            reorder_probability: 0.2,
+            publish_error_probability: 0.0,
+            publish_ack_lost_probability: 0.05,
+            commit_lost_probability: 0.2,
+        })))
+        .with(FaultSpec::new(Fault::Rebalance { per_tick_probability: 0.05 }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_named_plan_is_valid_and_carries_its_own_name() {
+        for named in all() {
+            named.plan.validate().unwrap_or_else(|e| panic!("plan {}: {e}", named.name));
+            assert_eq!(named.plan.name, named.name, "a plan's name must be the name that reproduces it");
+        }
+    }
+
+    #[test]
+    fn names_are_unique() {
+        let mut names = names();
+        let count = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), count);
+    }
+
+    #[test]
+    fn unknown_plans_are_a_clear_error() {
+        let err = by_name("hurricane").unwrap_err().to_string();
+        assert!(err.contains("unknown plan") && err.contains("partition-storm"), "{err}");
+    }
+
+    #[test]
+    fn plans_round_trip_through_json_files() {
+        let dir = std::env::temp_dir().join(format!("reprise-chaos-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("storm.json");
+        std::fs::write(&path, partition_storm().to_json()).unwrap();
+        assert_eq!(by_name(path.to_str().unwrap()).unwrap(), partition_storm());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -167,23 +167,44 @@ impl Clock for TestRuntime {
 
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
         let deadline = (self.now() + duration).as_unix_nanos();
-        let state = Arc::clone(&self.inner);
-        let mut registered: Option<(u64, u64)> = None;
-        Box::pin(futures::future::poll_fn(move |cx| {
-            let mut s = state.lock();
-            if s.now >= deadline {
-                if let Some(key) = registered.take() {
-                    s.timers.remove(&key);
-                }
-                return Poll::Ready(());
+        Box::pin(TestSleep { state: Arc::clone(&self.inner), deadline, registered: None })
+    }
+}
+
+/// A timer on the [`TestRuntime`]. Dropping it (a cancelled effect) disarms it, so
+/// `pending_timers` and `block_on` never see timers nobody waits for.
+struct TestSleep {
+    state: Arc<Mutex<RuntimeState>>,
+    deadline: u64,
+    registered: Option<(u64, u64)>,
+}
+
+impl Future for TestSleep {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let mut s = this.state.lock();
+        if s.now >= this.deadline {
+            if let Some(key) = this.registered.take() {
+                s.timers.remove(&key);
             }
-            let key = *registered.get_or_insert_with(|| {
-                s.next_timer += 1;
-                (deadline, s.next_timer)
-            });
-            s.timers.insert(key, cx.waker().clone());
-            Poll::Pending
-        }))
+            return Poll::Ready(());
+        }
+        let key = *this.registered.get_or_insert_with(|| {
+            s.next_timer += 1;
+            (this.deadline, s.next_timer)
+        });
+        s.timers.insert(key, cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for TestSleep {
+    fn drop(&mut self) {
+        if let Some(key) = self.registered.take() {
+            self.state.lock().timers.remove(&key);
+        }
     }
 }
 

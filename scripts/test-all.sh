@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite, services included: the README's second command and what CI runs
+# after formatting and lints. Starts PostgreSQL (idempotently), then runs every test of the
+# workspace and the simulator's determinism self-check.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n=== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
+
+step "services: PostgreSQL"
+eval "$(bash scripts/postgres.sh)"
+export DATABASE_URL
+
+step "unit, integration and simulation tests (cargo nextest)"
+cargo nextest run --workspace --locked --profile ci
+
+step "doc tests"
+cargo test --doc --workspace --locked
+
+step "determinism self-check (same seed twice, identical trace hash)"
+cargo run --locked -q -p reprise-cli -- check-determinism checkout --seeds 200 --plan swarm
+cargo run --locked -q -p reprise-cli -- check-determinism transfers --seeds 200 --plan swarm

@@ -1,0 +1,422 @@
+//! The single-threaded executor at the bottom of every run: the task table, the ready set,
+//! the timer heap and the control queue, all inside one [`Kernel`].
+//!
+//! Why a hand-written executor: determinism needs the *choice* of the next task to be a
+//! function of the seed, and no off-the-shelf executor exposes that choice. The design is
+//! FoundationDB's: tasks are futures; a waker only puts its task's key on the ready list;
+//! the run loop asks the seeded scheduler RNG which ready task runs next; when nothing is
+//! ready the virtual clock jumps to the earliest timer. Nothing here reads the wall clock
+//! or spawns a thread, so a run is a pure function of (seed, scenario, plan).
+//!
+//! Locking: core's traits require `Send + Sync` futures and runtimes, so state sits behind
+//! `parking_lot` mutexes even though one thread drives everything (uncontended, they cost
+//! a couple of atomic operations). Two rules keep it deadlock-free:
+//! - the kernel lock is never held while a task is polled, a checker runs or a boot
+//!   function is called (all of them re-enter the kernel);
+//! - futures are never *dropped* under the kernel lock either (a dropped timer
+//!   deregisters itself, which takes the lock). Crashing a node therefore collects the
+//!   node's futures first and drops them after unlocking.
+//!
+//! Wakers only touch the ready list (its own small mutex), so waking from anywhere — a
+//! bus publish, a timer firing, another task — is always safe.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+
+use parking_lot::Mutex;
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use reprise_core::{BoxFuture, InMemoryEventBus, InMemoryEventStore};
+
+use crate::faults::{FaultRecord, Injector};
+use crate::network::Network;
+use crate::run::{Phase, RunStats};
+use crate::trace::{Tag, Trace, TraceMode, hash_str};
+use crate::world::{Environment, Node, NodeStatus};
+
+/// Index of a node in the kernel's node table.
+pub(crate) type NodeIndex = u16;
+
+/// A task's slot and generation: a stale key (its task has finished or died) is ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TaskKey {
+    index: u32,
+    generation: u32,
+}
+
+/// The ready list. Wakers push, the scheduler picks.
+pub(crate) type ReadyQueue = Mutex<Vec<TaskKey>>;
+
+struct TaskWaker {
+    key: TaskKey,
+    /// Set while the key is on the ready list (or parked): a task is listed once however
+    /// many times it is woken.
+    queued: AtomicBool,
+    ready: Arc<ReadyQueue>,
+}
+
+impl Wake for TaskWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            self.ready.lock().push(self.key);
+        }
+    }
+}
+
+struct TaskSlot {
+    generation: u32,
+    occupied: bool,
+    /// Spawn order, shown in traces (slot indices are reused, serials are not).
+    serial: u64,
+    node: NodeIndex,
+    name: &'static str,
+    /// `None` while the task is being polled.
+    future: Option<BoxFuture<'static, ()>>,
+    waker: Option<Arc<TaskWaker>>,
+}
+
+/// Things the run loop does at a point of virtual time (as opposed to task timers, which
+/// only wake tasks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Control {
+    NemesisTick,
+    SafetyCheck,
+    EndFaultWindow,
+    LivenessDeadline,
+    /// Reboot a node that crashed as incarnation `.1` (skipped if it rebooted already).
+    Restart(NodeIndex, u32),
+    /// Resume a node paused by pause number `.1`.
+    Resume(NodeIndex, u64),
+    HealPartition(u64),
+    EndOutage(u64),
+}
+
+/// All mutable simulation state.
+pub(crate) struct Kernel {
+    /// Virtual time, Unix nanoseconds.
+    pub(crate) now: u64,
+    pub(crate) start: u64,
+    scheduler_rng: ChaCha8Rng,
+    /// Fault and latency draws.
+    pub(crate) fault_rng: ChaCha8Rng,
+    /// What nodes get from `Entropy` (ids, jitter).
+    pub(crate) entropy_rng: ChaCha8Rng,
+    tasks: Vec<TaskSlot>,
+    free: Vec<u32>,
+    live_tasks: usize,
+    next_serial: u64,
+    timers: BTreeMap<(u64, u64), Waker>,
+    timer_seq: u64,
+    controls: BTreeMap<(u64, u64), Control>,
+    control_seq: u64,
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) trace: Trace,
+    pub(crate) faults: Vec<FaultRecord>,
+    pub(crate) stats: RunStats,
+    pub(crate) network: Network,
+    pub(crate) injector: Injector,
+    pub(crate) env: Environment,
+    pub(crate) phase: Phase,
+}
+
+/// Kernel plus the durable shared state every node handle points at.
+pub(crate) struct Shared {
+    pub(crate) kernel: Mutex<Kernel>,
+    pub(crate) ready: Arc<ReadyQueue>,
+    pub(crate) store: Arc<InMemoryEventStore>,
+    pub(crate) bus: Arc<InMemoryEventBus>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+/// The independent random streams of a run, all from one seed. Separate streams keep one
+/// concern's draws from shifting another's: changing the fault plan does not change
+/// which ids the workload generates before the first fault.
+pub(crate) fn rng_stream(seed: u64, stream: u64) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(stream);
+    rng
+}
+
+pub(crate) const STREAM_SCHEDULER: u64 = 1;
+pub(crate) const STREAM_FAULTS: u64 = 2;
+pub(crate) const STREAM_ENTROPY: u64 = 3;
+pub(crate) const STREAM_PLAN: u64 = 4;
+pub(crate) const STREAM_WORKLOAD: u64 = 5;
+
+impl Kernel {
+    pub(crate) fn new(seed: u64, mode: TraceMode, injector: Injector, env: Environment) -> Self {
+        let start = reprise_core::Timestamp::SIMULATION_EPOCH.as_unix_nanos();
+        Kernel {
+            now: start,
+            start,
+            scheduler_rng: rng_stream(seed, STREAM_SCHEDULER),
+            fault_rng: rng_stream(seed, STREAM_FAULTS),
+            entropy_rng: rng_stream(seed, STREAM_ENTROPY),
+            tasks: Vec::new(),
+            free: Vec::new(),
+            live_tasks: 0,
+            next_serial: 0,
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            controls: BTreeMap::new(),
+            control_seq: 0,
+            nodes: Vec::new(),
+            trace: Trace::new(mode, seed),
+            faults: Vec::new(),
+            stats: RunStats::default(),
+            network: Network::default(),
+            injector,
+            env,
+            phase: Phase::Faults,
+        }
+    }
+
+    /// Nanoseconds of virtual time since the run started.
+    pub(crate) fn elapsed(&self) -> u64 {
+        self.now - self.start
+    }
+
+    /// Records a trace event attributed to `node`.
+    pub(crate) fn record(&mut self, tag: Tag, node: Option<NodeIndex>, a: u64, b: u64, text: impl FnOnce() -> String) {
+        let elapsed = self.now - self.start;
+        let name = node.map(|n| (n, &self.nodes[usize::from(n)].name));
+        self.trace.record(tag, elapsed, name, a, b, text);
+    }
+
+    // -- tasks ------------------------------------------------------------------------
+
+    pub(crate) fn spawn(&mut self, ready: &Arc<ReadyQueue>, node: NodeIndex, name: &'static str, future: BoxFuture<'static, ()>) {
+        let index = if let Some(index) = self.free.pop() {
+            index
+        } else {
+            let index = u32::try_from(self.tasks.len()).expect("fewer than 2^32 live tasks");
+            self.tasks.push(TaskSlot { generation: 0, occupied: false, serial: 0, node: 0, name: "", future: None, waker: None });
+            index
+        };
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        let slot = &mut self.tasks[index as usize];
+        debug_assert!(!slot.occupied, "a free slot is unoccupied");
+        let key = TaskKey { index, generation: slot.generation };
+        slot.occupied = true;
+        slot.serial = serial;
+        slot.node = node;
+        slot.name = name;
+        slot.future = Some(future);
+        slot.waker = Some(Arc::new(TaskWaker { key, queued: AtomicBool::new(true), ready: Arc::clone(ready) }));
+        ready.lock().push(key);
+        self.live_tasks += 1;
+        self.stats.tasks_spawned += 1;
+        self.nodes[usize::from(node)].live_tasks += 1;
+        self.record(Tag::Spawn, Some(node), serial, hash_str(name), || format!("spawn task #{serial} {name}"));
+    }
+
+    fn slot(&self, key: TaskKey) -> Option<&TaskSlot> {
+        self.tasks.get(key.index as usize).filter(|s| s.occupied && s.generation == key.generation)
+    }
+
+    fn release(&mut self, key: TaskKey) -> Option<BoxFuture<'static, ()>> {
+        let slot = &mut self.tasks[key.index as usize];
+        assert!(slot.occupied && slot.generation == key.generation, "releasing a live task");
+        slot.occupied = false;
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.waker = None;
+        let node = slot.node;
+        let future = slot.future.take();
+        self.free.push(key.index);
+        self.live_tasks -= 1;
+        self.nodes[usize::from(node)].live_tasks -= 1;
+        future
+    }
+
+    /// Removes every task of `node`, returning the futures for the caller to drop after
+    /// unlocking.
+    pub(crate) fn kill_tasks_of(&mut self, node: NodeIndex) -> Vec<BoxFuture<'static, ()>> {
+        let keys: Vec<TaskKey> = self
+            .tasks
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.occupied && s.node == node)
+            .map(|(i, s)| TaskKey { index: u32::try_from(i).expect("slot index fits"), generation: s.generation })
+            .collect();
+        self.nodes[usize::from(node)].parked.clear();
+        keys.into_iter().filter_map(|key| self.release(key)).collect()
+    }
+
+    /// Names of live tasks, for hang reports: `node/name#serial`.
+    pub(crate) fn live_task_names(&self) -> Vec<String> {
+        self.tasks
+            .iter()
+            .filter(|s| s.occupied)
+            .map(|s| format!("{}/{}#{}", self.nodes[usize::from(s.node)].name, s.name, s.serial))
+            .collect()
+    }
+
+    pub(crate) fn live_tasks(&self) -> usize {
+        self.live_tasks
+    }
+
+    /// Puts the parked tasks of a resumed node back on the ready list.
+    pub(crate) fn unpark(&mut self, ready: &ReadyQueue, node: NodeIndex) {
+        let parked = std::mem::take(&mut self.nodes[usize::from(node)].parked);
+        ready.lock().extend(parked);
+    }
+
+    // -- timers and controls ------------------------------------------------------------
+
+    /// Registers (or refreshes) a timer; returns its sequence number.
+    pub(crate) fn arm_timer(&mut self, deadline: u64, existing: Option<u64>, waker: &Waker) -> u64 {
+        if let Some(seq) = existing {
+            if let Some(stored) = self.timers.get_mut(&(deadline, seq)) {
+                if !stored.will_wake(waker) {
+                    stored.clone_from(waker);
+                }
+                return seq;
+            }
+        }
+        self.timer_seq += 1;
+        self.timers.insert((deadline, self.timer_seq), waker.clone());
+        self.timer_seq
+    }
+
+    pub(crate) fn disarm_timer(&mut self, deadline: u64, seq: u64) {
+        self.timers.remove(&(deadline, seq));
+    }
+
+    pub(crate) fn pending_timers(&self) -> usize {
+        self.timers.len()
+    }
+
+    pub(crate) fn schedule(&mut self, at: u64, control: Control) {
+        self.control_seq += 1;
+        self.controls.insert((at, self.control_seq), control);
+    }
+
+    /// Drops scheduled controls matching `predicate` (e.g. nemesis ticks after the window).
+    pub(crate) fn unschedule(&mut self, mut predicate: impl FnMut(&Control) -> bool) {
+        self.controls.retain(|_, c| !predicate(c));
+    }
+
+    pub(crate) fn pop_due_control(&mut self) -> Option<Control> {
+        let (&(at, _), _) = self.controls.first_key_value()?;
+        if at > self.now {
+            return None;
+        }
+        self.controls.pop_first().map(|(_, c)| c)
+    }
+
+    /// Moves the clock to the next timer or control, collecting the wakers of every timer
+    /// then due. Returns `false` if there is nothing to move to.
+    pub(crate) fn advance(&mut self, due: &mut Vec<Waker>) -> bool {
+        let next_timer = self.timers.first_key_value().map(|(&(at, _), _)| at);
+        let next_control = self.controls.first_key_value().map(|(&(at, _), _)| at);
+        let Some(next) = [next_timer, next_control].into_iter().flatten().min() else {
+            return false;
+        };
+        self.now = self.now.max(next);
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > self.now {
+                break;
+            }
+            due.push(entry.remove());
+        }
+        true
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(kernel: Kernel, store: Arc<InMemoryEventStore>, bus: Arc<InMemoryEventBus>) -> Self {
+        Shared { kernel: Mutex::new(kernel), ready: Arc::default(), store, bus }
+    }
+
+    /// Polls one ready task chosen by the scheduler RNG. Returns `false` if none was ready.
+    pub(crate) fn run_one(&self) -> bool {
+        let picked = {
+            let mut k = self.kernel.lock();
+            loop {
+                let key = {
+                    let mut ready = self.ready.lock();
+                    match ready.len() {
+                        0 => return false,
+                        1 => ready.pop().expect("one ready"),
+                        n => {
+                            let i = k.scheduler_rng.random_range(0..n);
+                            ready.swap_remove(i)
+                        }
+                    }
+                };
+                let Some(slot) = k.slot(key) else { continue };
+                let node = slot.node;
+                if k.nodes[usize::from(node)].status == NodeStatus::Paused {
+                    k.nodes[usize::from(node)].parked.push(key);
+                    continue;
+                }
+                let (serial, name) = (slot.serial, slot.name);
+                let index = key.index as usize;
+                let waker = Arc::clone(k.tasks[index].waker.as_ref().expect("live tasks have wakers"));
+                waker.queued.store(false, Ordering::Release);
+                let future = k.tasks[index].future.take().expect("a ready task is not being polled");
+                k.stats.steps += 1;
+                k.record(Tag::Step, Some(node), serial, 0, || format!("run task #{serial} {name}"));
+                break (key, future, Waker::from(waker));
+            }
+        };
+        let (key, mut future, waker) = picked;
+        let poll = future.as_mut().poll(&mut Context::from_waker(&waker));
+        match poll {
+            Poll::Ready(()) => {
+                drop(future);
+                let mut k = self.kernel.lock();
+                if k.slot(key).is_some() {
+                    let serial = k.tasks[key.index as usize].serial;
+                    let node = k.tasks[key.index as usize].node;
+                    let leftover = k.release(key);
+                    debug_assert!(leftover.is_none());
+                    k.record(Tag::TaskDone, Some(node), serial, 0, || format!("task #{serial} finished"));
+                }
+            }
+            Poll::Pending => {
+                let mut k = self.kernel.lock();
+                let orphan = if k.slot(key).is_some() {
+                    k.tasks[key.index as usize].future = Some(future);
+                    None
+                } else {
+                    Some(future)
+                };
+                drop(k);
+                drop(orphan);
+            }
+        }
+        true
+    }
+
+    /// Next scheduler-independent draw for node entropy.
+    pub(crate) fn entropy(&self) -> u64 {
+        self.kernel.lock().entropy_rng.next_u64()
+    }
+
+    /// Drops every task (end of run): breaks the reference cycles futures hold on the
+    /// kernel.
+    pub(crate) fn shutdown(&self) {
+        let futures: Vec<_> = {
+            let mut k = self.kernel.lock();
+            let nodes = u16::try_from(k.nodes.len()).expect("node count fits u16");
+            (0..nodes).flat_map(|n| k.kill_tasks_of(n)).collect()
+        };
+        drop(futures);
+        let timers = std::mem::take(&mut self.kernel.lock().timers);
+        drop(timers);
+        self.ready.lock().clear();
+    }
+}
