@@ -68,7 +68,7 @@ pub async fn event_store_suite(store: Arc<dyn EventStore>, ns: &str) -> Check {
     Ok(())
 }
 
-async fn append_and_read_back(store: &dyn EventStore, ns: &str, id: &dyn Fn(u128) -> u128) -> Check {
+async fn append_and_read_back(store: &dyn EventStore, ns: &str, id: &(dyn Fn(u128) -> u128 + Sync)) -> Check {
     let stream = StreamId::new(format!("{ns}basic-1"));
     let receipt = store
         .append(AppendBatch::single(stream.clone(), ExpectedVersion::NoStream, vec![event(id(1), 1), event(id(2), 2)]))
@@ -91,7 +91,7 @@ async fn append_and_read_back(store: &dyn EventStore, ns: &str, id: &dyn Fn(u128
     ensure(absent.is_empty(), || "an absent stream reads empty".into())
 }
 
-async fn expected_version_conflicts(store: &dyn EventStore, ns: &str, id: &dyn Fn(u128) -> u128) -> Check {
+async fn expected_version_conflicts(store: &dyn EventStore, ns: &str, id: &(dyn Fn(u128) -> u128 + Sync)) -> Check {
     let stream = StreamId::new(format!("{ns}occ-1"));
     store.append(AppendBatch::single(stream.clone(), ExpectedVersion::NoStream, vec![event(id(1), 1)])).await.map_err(|e| e.to_string())?;
     let again = store.append(AppendBatch::single(stream.clone(), ExpectedVersion::NoStream, vec![event(id(2), 2)])).await;
@@ -108,7 +108,7 @@ async fn expected_version_conflicts(store: &dyn EventStore, ns: &str, id: &dyn F
     ensure(version == 3, || format!("after 3 accepted events the stream is at v{version}"))
 }
 
-async fn atomic_multi_stream_batch(store: &dyn EventStore, ns: &str, id: &dyn Fn(u128) -> u128) -> Check {
+async fn atomic_multi_stream_batch(store: &dyn EventStore, ns: &str, id: &(dyn Fn(u128) -> u128 + Sync)) -> Check {
     let (a, b) = (StreamId::new(format!("{ns}atomic-a")), StreamId::new(format!("{ns}atomic-b")));
     store.append(AppendBatch::single(b.clone(), ExpectedVersion::NoStream, vec![event(id(1), 1)])).await.map_err(|e| e.to_string())?;
     // b's expectation is wrong: nothing of the batch may land, not even a's events.
@@ -122,7 +122,7 @@ async fn atomic_multi_stream_batch(store: &dyn EventStore, ns: &str, id: &dyn Fn
     ensure(receipt.version_of(&a) == Some(1) && receipt.version_of(&b) == Some(2), || format!("receipt versions wrong: {receipt:?}"))
 }
 
-async fn idempotent_retry(store: &dyn EventStore, ns: &str, id: &dyn Fn(u128) -> u128) -> Check {
+async fn idempotent_retry(store: &dyn EventStore, ns: &str, id: &(dyn Fn(u128) -> u128 + Sync)) -> Check {
     let stream = StreamId::new(format!("{ns}retry-1"));
     let batch = AppendBatch::single(stream.clone(), ExpectedVersion::NoStream, vec![event(id(1), 1), event(id(2), 2)]);
     let first = store.append(batch.clone()).await.map_err(|e| e.to_string())?;
@@ -138,7 +138,7 @@ async fn idempotent_retry(store: &dyn EventStore, ns: &str, id: &dyn Fn(u128) ->
     ensure(matches!(reused, Err(StoreError::DuplicateEventId(_))), || format!("a partly known batch must fail with DuplicateEventId, got {reused:?}"))
 }
 
-async fn global_order_and_paging(store: &dyn EventStore, ns: &str, id: &dyn Fn(u128) -> u128) -> Check {
+async fn global_order_and_paging(store: &dyn EventStore, ns: &str, id: &(dyn Fn(u128) -> u128 + Sync)) -> Check {
     let start = store.read_all(1, usize::MAX).await.map_err(|e| e.to_string())?.last().map_or(0, |e| e.position);
     for i in 0..10u64 {
         let stream = StreamId::new(format!("{ns}order-{}", i % 3));
@@ -173,7 +173,7 @@ async fn snapshots_round_trip(store: &dyn EventStore, ns: &str) -> Check {
     ensure(loaded.state.decode::<serde_json::Value>().ok() == Some(serde_json::json!({"v": 10})), || format!("state round-trips, got {:?}", loaded.state))
 }
 
-async fn malformed_batches_are_refused(store: &dyn EventStore, ns: &str, id: &dyn Fn(u128) -> u128) -> Check {
+async fn malformed_batches_are_refused(store: &dyn EventStore, ns: &str, id: &(dyn Fn(u128) -> u128 + Sync)) -> Check {
     let stream = StreamId::new(format!("{ns}bad-1"));
     let empty = store.append(AppendBatch::default()).await;
     ensure(matches!(empty, Err(StoreError::InvalidBatch(_))), || format!("an empty batch is invalid, got {empty:?}"))?;

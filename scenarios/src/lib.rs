@@ -1,1 +1,21 @@
-//! Chaos scenarios: checkout saga and bank transfers, with invariants and planted bugs
+//! # reprise-scenarios
+//!
+//! Chaos scenarios: an e-commerce checkout saga and bank transfers, each with its
+//! invariants and a set of planted bugs the simulator must find.
+//!
+//! Everything here is written against reprise-core's traits only — `Runtime`,
+//! `EventStore`, `EventBus`, and small service traits for the outside world
+//! ([`checkout::PaymentGateway`], [`checkout::Carrier`]) — so the same code runs in the
+//! deterministic simulator and on tokio + PostgreSQL + Kafka.
+//!
+//! Layout: [`plumbing`] holds the event-driven machinery both scenarios share (outbox
+//! relay, command bus, inbox, consume loop, saga host); [`checkout`] and [`transfers`] hold
+//! the domains (aggregates, sagas, service handlers, workloads, invariant checkers);
+//! [`bugs`] names the planted bugs.
+
+pub mod bugs;
+pub mod checkout;
+pub mod plumbing;
+pub mod transfers;
+
+pub use bugs::{Bugs, PlantedBug};

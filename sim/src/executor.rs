@@ -123,6 +123,8 @@ pub(crate) struct Kernel {
     pub(crate) injector: Injector,
     pub(crate) env: Environment,
     pub(crate) phase: Phase,
+    /// The node whose task is being polled (attributes BUGGIFY firings).
+    pub(crate) current: Option<NodeIndex>,
 }
 
 /// Kernel plus the durable shared state every node handle points at.
@@ -179,6 +181,7 @@ impl Kernel {
             injector,
             env,
             phase: Phase::Faults,
+            current: None,
         }
     }
 
@@ -308,6 +311,12 @@ impl Kernel {
         self.controls.retain(|_, c| !predicate(c));
     }
 
+    /// Whether a scheduled control will change what can run: a reboot, a resume, a
+    /// healed partition or an ended outage.
+    pub(crate) fn recovery_pending(&self) -> bool {
+        self.controls.values().any(|c| matches!(c, Control::Restart(..) | Control::Resume(..) | Control::HealPartition(_) | Control::EndOutage(_)))
+    }
+
     pub(crate) fn pop_due_control(&mut self) -> Option<Control> {
         let (&(at, _), _) = self.controls.first_key_value()?;
         if at > self.now {
@@ -368,6 +377,7 @@ impl Shared {
                 waker.queued.store(false, Ordering::Release);
                 let future = k.tasks[index].future.take().expect("a ready task is not being polled");
                 k.stats.steps += 1;
+                k.current = Some(node);
                 k.record(Tag::Step, Some(node), serial, 0, || format!("run task #{serial} {name}"));
                 break (key, future, Waker::from(waker));
             }
@@ -378,6 +388,7 @@ impl Shared {
             Poll::Ready(()) => {
                 drop(future);
                 let mut k = self.kernel.lock();
+                k.current = None;
                 if k.slot(key).is_some() {
                     let serial = k.tasks[key.index as usize].serial;
                     let node = k.tasks[key.index as usize].node;
@@ -388,6 +399,7 @@ impl Shared {
             }
             Poll::Pending => {
                 let mut k = self.kernel.lock();
+                k.current = None;
                 let orphan = if k.slot(key).is_some() {
                     k.tasks[key.index as usize].future = Some(future);
                     None

@@ -95,10 +95,6 @@ impl Network {
     pub(crate) fn is_down(&self, dependency: u16) -> bool {
         self.outages.iter().any(|o| o.dependency == dependency)
     }
-
-    pub(crate) fn is_partitioned(&self, node: NodeIndex, link: Link) -> bool {
-        self.cut(node, link)
-    }
 }
 
 #[cfg(test)]

@@ -77,15 +77,6 @@ pub enum Nodes {
     Named(Vec<String>),
 }
 
-impl Nodes {
-    pub(crate) fn includes(&self, name: &str) -> bool {
-        match self {
-            Nodes::All => true,
-            Nodes::Named(names) => names.iter().any(|n| n == name),
-        }
-    }
-}
-
 /// When a spec is active, relative to the start of the run. Always clipped to the fault
 /// window.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -459,8 +450,8 @@ impl FaultPlan {
 /// well-written service make progress between faults.
 fn draw_swarm(options: SwarmOptions, rng: &mut ChaCha8Rng) -> Vec<FaultSpec> {
     let i = options.intensity;
-    let mut on = |rng: &mut ChaCha8Rng| rng.random_bool(options.family_probability);
-    let mut p = |rng: &mut ChaCha8Rng, max: f64| rng.random_range(0.0..=max) * i;
+    let on = |rng: &mut ChaCha8Rng| rng.random_bool(options.family_probability);
+    let p = |rng: &mut ChaCha8Rng, max: f64| rng.random_range(0.0..=max) * i;
     let mut specs = Vec::new();
     if on(rng) {
         specs.push(FaultSpec::new(Fault::Store(StoreFaults {

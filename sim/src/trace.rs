@@ -71,7 +71,6 @@ pub(crate) enum Tag {
     Step = 1,
     Spawn = 2,
     TaskDone = 3,
-    TimeJump = 4,
     Fault = 5,
     Node = 6,
     Store = 7,
@@ -95,15 +94,6 @@ impl Trace {
     pub(crate) fn new(mode: TraceMode, seed: u64) -> Self {
         // Seeding the hash with the seed makes two seeds' empty traces differ too.
         Trace { mode, hash: xxh3_64(&seed.to_le_bytes()), events: 0, lines: Vec::new() }
-    }
-
-    pub(crate) fn mode(&self) -> TraceMode {
-        self.mode
-    }
-
-    /// Whether readable text is wanted; callers skip formatting when it is not.
-    pub(crate) fn wants_text(&self) -> bool {
-        self.mode == TraceMode::Full
     }
 
     pub(crate) fn hash(&self) -> u64 {

@@ -157,6 +157,9 @@ impl PgConfig {
                 self.acquire_timeout, self.operation_timeout
             ));
         }
+        if !(self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")) {
+            return invalid("url must start with postgres:// or postgresql://".into());
+        }
         PgConnectOptions::from_str(&self.url)
             .map_err(|e| SetupError::InvalidConfig(format!("url: {e}")))?;
         Ok(())

@@ -1,0 +1,77 @@
+//! The read paths: one stream by version, and all streams by global position below the
+//! visibility horizon.
+//!
+//! The horizon is `pg_snapshot_xmin(pg_current_snapshot()) << 16`: the first position the
+//! oldest still-running transaction could write. Everything below it is final (its writers
+//! have committed or aborted), so [`committed_prefix`] never returns an event past a hole
+//! that may still fill. See the crate docs for why positions encode transaction ids.
+
+use reprise_core::{RecordedEvent, StoreError, StreamId};
+use sqlx::PgConnection;
+
+use crate::error::classify;
+use crate::rows::{EVENT_COLUMNS, decode_event, limit_to_i64, to_i64};
+
+/// Events of `stream` from `from_version` on, in version order.
+pub(crate) async fn stream_events(
+    connection: &mut PgConnection,
+    stream: &StreamId,
+    from_version: u64,
+    limit: usize,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND stream_version >= $2 \
+         ORDER BY stream_version LIMIT $3"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(stream.as_str())
+        .bind(to_i64(from_version))
+        .bind(limit_to_i64(limit))
+        .fetch_all(&mut *connection)
+        .await
+        .map_err(|e| classify(&e))?;
+    rows.iter().map(decode_event).collect()
+}
+
+/// A page of the global order from `from_position`, and whether committed events beyond the
+/// page are being held back by an older transaction that is still running.
+pub(crate) struct Page {
+    pub events: Vec<RecordedEvent>,
+    pub held_back: bool,
+}
+
+/// Events with `position >= from_position` below the visibility horizon, in global order.
+pub(crate) async fn committed_prefix(
+    connection: &mut PgConnection,
+    from_position: u64,
+    limit: usize,
+) -> Result<Page, StoreError> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events \
+         WHERE global_position >= $1 \
+           AND global_position < (pg_snapshot_xmin(pg_current_snapshot())::text::int8 << 16) \
+         ORDER BY global_position LIMIT $2"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(to_i64(from_position))
+        .bind(limit_to_i64(limit))
+        .fetch_all(&mut *connection)
+        .await
+        .map_err(|e| classify(&e))?;
+    let events = rows.iter().map(decode_event).collect::<Result<Vec<_>, _>>()?;
+    // A full page needs no second look: the caller comes back for more anyway.
+    let held_back = if events.len() < limit {
+        let after = events.last().map_or(from_position, |e| e.position + 1);
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM events WHERE global_position >= greatest($1, \
+             pg_snapshot_xmin(pg_current_snapshot())::text::int8 << 16))",
+        )
+        .bind(to_i64(after))
+        .fetch_one(&mut *connection)
+        .await
+        .map_err(|e| classify(&e))?
+    } else {
+        false
+    };
+    Ok(Page { events, held_back })
+}

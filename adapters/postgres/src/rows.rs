@@ -1,0 +1,65 @@
+//! Mapping between `events` rows and [`RecordedEvent`]s: one column list, one decoder, so
+//! every read path returns identical values.
+
+use std::sync::Arc;
+
+use reprise_core::{EventId, Metadata, Payload, RecordedEvent, StoreError, StreamId, Timestamp};
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+use uuid::Uuid;
+
+/// The select list matching [`decode_event`]. `recorded_at` travels as microseconds since the
+/// epoch, which avoids pulling a date-time crate into the build for one column.
+pub(crate) const EVENT_COLUMNS: &str = "global_position, stream_id, stream_version, event_id, \
+     event_type, schema_version, payload::text, correlation_id, causation_id, traceparent, \
+     (extract(epoch FROM recorded_at) * 1000000)::int8";
+
+pub(crate) fn decode_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
+    let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+        StoreError::Permanent(format!("events row: cannot decode {what}: {e}"))
+    };
+    let position: i64 = row.try_get(0).map_err(|e| corrupt("global_position", &e))?;
+    let stream: String = row.try_get(1).map_err(|e| corrupt("stream_id", &e))?;
+    let version: i64 = row.try_get(2).map_err(|e| corrupt("stream_version", &e))?;
+    let event_id: Uuid = row.try_get(3).map_err(|e| corrupt("event_id", &e))?;
+    let event_type: String = row.try_get(4).map_err(|e| corrupt("event_type", &e))?;
+    let schema_version: i32 = row.try_get(5).map_err(|e| corrupt("schema_version", &e))?;
+    let payload: String = row.try_get(6).map_err(|e| corrupt("payload", &e))?;
+    let correlation: Option<Uuid> = row.try_get(7).map_err(|e| corrupt("correlation_id", &e))?;
+    let causation: Option<Uuid> = row.try_get(8).map_err(|e| corrupt("causation_id", &e))?;
+    let traceparent: Option<String> = row.try_get(9).map_err(|e| corrupt("traceparent", &e))?;
+    let recorded_micros: i64 = row.try_get(10).map_err(|e| corrupt("recorded_at", &e))?;
+    Ok(RecordedEvent {
+        stream: StreamId::new(stream),
+        version: to_u64(version, "stream_version")?,
+        position: to_u64(position, "global_position")?,
+        event_id: EventId(event_id.as_u128()),
+        event_type: Arc::from(event_type),
+        schema_version: u32::try_from(schema_version)
+            .map_err(|e| corrupt("schema_version", &e))?,
+        payload: Payload::from_json_text(payload),
+        metadata: Metadata {
+            correlation_id: correlation.as_ref().map(Uuid::as_u128),
+            causation_id: causation.as_ref().map(Uuid::as_u128),
+            traceparent,
+        },
+        recorded_at: Timestamp::from_unix_nanos(
+            to_u64(recorded_micros, "recorded_at")?.saturating_mul(1_000),
+        ),
+    })
+}
+
+/// Columns are `CHECK`ed positive; a negative value means the table was tampered with.
+pub(crate) fn to_u64(value: i64, column: &str) -> Result<u64, StoreError> {
+    u64::try_from(value)
+        .map_err(|_| StoreError::Permanent(format!("events row: negative {column} {value}")))
+}
+
+/// Positions, versions and limits cross into SQL as `int8`.
+pub(crate) fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn limit_to_i64(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}

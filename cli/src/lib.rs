@@ -1,1 +1,0 @@
-//! The reprise command: list, run, sweep and check-determinism scenarios

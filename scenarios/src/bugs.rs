@@ -1,0 +1,121 @@
+//! Planted bugs: deliberately wrong variants of correct code, switched on per run.
+//!
+//! A simulator earns trust by finding bugs, not by passing on correct code. Each variant
+//! here is a mistake that real event-driven services make and that unit tests rarely
+//! catch, because it only bites under a particular interleaving of faults. The tests in
+//! `tests/planted_bugs.rs` show that the simulator finds each one within a stated number
+//! of seeds and that the failing seed replays.
+//!
+//! The flags live in the components they break (consumer loop, payment handler, saga,
+//! aggregate cache, inventory handler), so correct and buggy code sit side by side and
+//! the diff between them is the lesson.
+
+use std::fmt;
+
+/// One planted bug.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PlantedBug {
+    /// The consumer acknowledges and commits a message *before* handling it: a crash in
+    /// between loses the message although the bus reports it consumed.
+    AckBeforeProcess,
+    /// The payment handler charges the gateway with a fresh idempotency key on every
+    /// delivery and skips the "already settled?" check: a redelivered command charges twice.
+    PaymentNotIdempotent,
+    /// When the payment step times out the saga cancels the order but neither voids the
+    /// payment nor releases the inventory: a late capture keeps the customer's money.
+    NoCompensationOnTimeout,
+    /// The service's aggregate cache applies a decision *before* its append succeeded and
+    /// keeps it when the append fails: cached state and version drift from the stream.
+    ApplyBeforeAppend,
+    /// The inventory handler decides reservations from a lagging stock projection and
+    /// appends without an expected version, instead of deciding on the stream itself
+    /// (the read-your-projection mistake): stock gets oversold.
+    DecideFromProjection,
+}
+
+impl PlantedBug {
+    pub const ALL: [PlantedBug; 5] = [
+        PlantedBug::AckBeforeProcess,
+        PlantedBug::PaymentNotIdempotent,
+        PlantedBug::NoCompensationOnTimeout,
+        PlantedBug::ApplyBeforeAppend,
+        PlantedBug::DecideFromProjection,
+    ];
+
+    /// Kebab-case name used in scenario names (`checkout-bug-<slug>`).
+    #[must_use]
+    pub fn slug(self) -> &'static str {
+        match self {
+            PlantedBug::AckBeforeProcess => "ack-before-process",
+            PlantedBug::PaymentNotIdempotent => "payment-not-idempotent",
+            PlantedBug::NoCompensationOnTimeout => "no-compensation-on-timeout",
+            PlantedBug::ApplyBeforeAppend => "apply-before-append",
+            PlantedBug::DecideFromProjection => "decide-from-projection",
+        }
+    }
+
+    #[must_use]
+    pub fn from_slug(slug: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|b| b.slug() == slug)
+    }
+
+    const fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+impl fmt::Display for PlantedBug {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.slug())
+    }
+}
+
+/// The set of bugs planted in one run (empty: the correct code).
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Bugs {
+    bits: u8,
+}
+
+impl Bugs {
+    /// The correct code.
+    pub const NONE: Bugs = Bugs { bits: 0 };
+
+    #[must_use]
+    pub const fn only(bug: PlantedBug) -> Self {
+        Bugs { bits: bug.bit() }
+    }
+
+    #[must_use]
+    pub const fn contains(self, bug: PlantedBug) -> bool {
+        self.bits & bug.bit() != 0
+    }
+
+    #[must_use]
+    pub const fn is_empty(self) -> bool {
+        self.bits == 0
+    }
+}
+
+impl fmt::Debug for Bugs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(PlantedBug::ALL.into_iter().filter(|b| self.contains(*b))).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_round_trip_and_bits_are_distinct() {
+        for bug in PlantedBug::ALL {
+            assert_eq!(PlantedBug::from_slug(bug.slug()), Some(bug));
+            let set = Bugs::only(bug);
+            for other in PlantedBug::ALL {
+                assert_eq!(set.contains(other), other == bug);
+            }
+        }
+        assert!(Bugs::NONE.is_empty());
+        assert_eq!(PlantedBug::from_slug("nonsense"), None);
+    }
+}

@@ -1,0 +1,121 @@
+//! The inbox: a consumer's durable record of the messages it has handled.
+//!
+//! At-least-once delivery means every handler sees duplicates (redelivery after a crash,
+//! a rebalance, a lost offset commit). The inbox turns that into *exactly-once effect*:
+//! the marker for a message has an id derived from (consumer, message id), and it is
+//! appended **in the same atomic batch** as the handler's events. A second handling of the
+//! same message builds the same marker id, so the store refuses the whole batch (or
+//! reports it as the duplicate of a committed one) and the effect cannot happen twice.
+//!
+//! The markers also make the contract checkable from outside: every message below a
+//! group's committed offset must have its marker (nothing acknowledged was lost), and no
+//! effect carries the same causation twice.
+
+use std::sync::Arc;
+
+use reprise_core::event_bus::header;
+use reprise_core::{Delivery, EventId, ExpectedVersion, Metadata, NewEvent, Payload, StoreError, StreamId};
+use xxhash_rust::xxh3::xxh3_128;
+
+use super::env::{Backoff, ServiceEnv};
+
+/// Stream category of inbox streams.
+pub const CATEGORY: &str = "inbox";
+/// Event type of a marker.
+pub const MARKER_TYPE: &str = "reprise.MessageHandled";
+
+/// The inbox stream of one consumer (group).
+#[must_use]
+pub fn stream(consumer: &str) -> StreamId {
+    StreamId::of(CATEGORY, consumer)
+}
+
+/// The marker's event id: a pure function of consumer and message, so every handling of
+/// one message by one consumer produces the same id.
+#[must_use]
+pub fn marker_id(consumer: &str, message: EventId) -> EventId {
+    let mut bytes = Vec::with_capacity(consumer.len() + 17);
+    bytes.extend_from_slice(consumer.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(&message.0.to_le_bytes());
+    EventId(xxh3_128(&bytes))
+}
+
+/// The marker event for `message`, to append beside the handler's own events.
+#[must_use]
+pub fn marker(consumer: &str, message: EventId) -> NewEvent {
+    NewEvent {
+        event_id: marker_id(consumer, message),
+        event_type: MARKER_TYPE.into(),
+        schema_version: 1,
+        // The id is the content; the payload only helps a person reading the store.
+        payload: Payload::from_json_text(format!("{{\"message\":\"{message}\"}}")),
+        metadata: Metadata { causation_id: Some(message.0), ..Metadata::default() },
+    }
+}
+
+/// The message id a producer put in the `reprise-event-id` header.
+#[must_use]
+pub fn message_id(delivery: &Delivery) -> Option<EventId> {
+    delivery.headers.get(header::EVENT_ID).and_then(parse_event_id)
+}
+
+/// Parses an [`EventId`] as formatted by its `Display` (UUID layout) or `Debug` (32 hex).
+#[must_use]
+pub fn parse_event_id(text: &str) -> Option<EventId> {
+    let hex: String = text.chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    u128::from_str_radix(&hex, 16).ok().map(EventId)
+}
+
+/// Whether an append error means "this message was handled before": the marker (and so
+/// the whole batch, atomically) is already stored.
+#[must_use]
+pub fn is_already_handled(error: &StoreError) -> bool {
+    matches!(error, StoreError::DuplicateEventId(_))
+}
+
+/// Records `message` as handled on its own, for handlers whose effect is made idempotent
+/// elsewhere (a saga deduplicates by its state) and cannot share the batch. Retries
+/// transient failures until the marker is stored.
+pub async fn record_alone(env: &ServiceEnv, consumer: &Arc<str>, message: EventId) {
+    let mut attempt = 0;
+    loop {
+        let batch = reprise_core::AppendBatch::single(stream(consumer), ExpectedVersion::Any, vec![marker(consumer, message)]);
+        match env.store.append(batch).await {
+            Ok(_) => return,
+            Err(error) if is_already_handled(&error) => return,
+            Err(error) => {
+                tracing::debug!(%consumer, %error, "inbox marker not stored; retrying");
+                env.sleep(Backoff::SERVICE.delay(attempt, env)).await;
+                attempt = attempt.saturating_add(1);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marker_ids_depend_on_consumer_and_message_only() {
+        let m = EventId(0x1234);
+        assert_eq!(marker_id("a", m), marker_id("a", m));
+        assert_ne!(marker_id("a", m), marker_id("b", m));
+        assert_ne!(marker_id("a", m), marker_id("a", EventId(0x1235)));
+        // The separator keeps ("ab", x) and ("a", "b"+x) apart.
+        assert_ne!(marker_id("ab", m), marker_id("a", m));
+    }
+
+    #[test]
+    fn event_ids_parse_from_both_formats() {
+        let id = EventId(0x0123_4567_89ab_cdef_0011_2233_4455_6677);
+        assert_eq!(parse_event_id(&id.to_string()), Some(id));
+        assert_eq!(parse_event_id(&format!("{id:?}")), Some(id));
+        assert_eq!(parse_event_id("xyz"), None);
+        assert_eq!(parse_event_id(""), None);
+    }
+}

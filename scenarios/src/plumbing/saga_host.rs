@@ -1,0 +1,118 @@
+//! Hosts the instances of one saga type on a node: one [`Store`] running a
+//! [`SagaReducer`] per instance, created when its first input arrives and recovered from
+//! the saga's own stream.
+//!
+//! Two things make a host crash-safe. On boot, [`SagaHost::recover_all`] finds every saga
+//! stream in the store and recovers it, which re-arms durable deadlines — an instance that
+//! was waiting on a timeout when the node died still gets it. And [`SagaHost::deliver`]
+//! returns only once the instance has durably reacted to the input (or decided it was a
+//! duplicate), so the consumer that called it acknowledges the message no earlier.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use reprise_core::saga::SagaEnv;
+use reprise_core::{Dispatcher, Saga, SagaAction, SagaReducer, SagaState, Store};
+
+use super::env::{Backoff, ServiceEnv};
+
+/// How often [`SagaHost::deliver`] looks whether the instance has settled.
+const SETTLE_POLL: Duration = Duration::from_millis(1);
+
+/// See the module docs.
+pub struct SagaHost<S: Saga> {
+    env: ServiceEnv,
+    dispatcher: Arc<dyn Dispatcher<S::Command>>,
+    instances: Mutex<BTreeMap<String, Store<SagaReducer<S>>>>,
+}
+
+impl<S: Saga> fmt::Debug for SagaHost<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SagaHost").field("saga", &S::NAME).field("instances", &self.instances.lock().len()).finish()
+    }
+}
+
+/// Whether an instance has finished with every input it was given: recovered, nothing
+/// being appended, nothing queued — or stopped by a failure.
+fn settled<S: Saga>(state: &SagaState<S>) -> bool {
+    state.failure.is_some() || (state.recovered && state.persisting.is_none() && state.queued.is_empty())
+}
+
+impl<S: Saga> SagaHost<S> {
+    #[must_use]
+    pub fn new(env: ServiceEnv, dispatcher: Arc<dyn Dispatcher<S::Command>>) -> Self {
+        SagaHost { env, dispatcher, instances: Mutex::default() }
+    }
+
+    /// The running instance `id`, started (and told to recover) if it is not running or
+    /// stopped after a failure: a failed instance is reloaded from its stream rather than
+    /// left stuck.
+    fn instance(&self, id: &str) -> Store<SagaReducer<S>> {
+        let mut instances = self.instances.lock();
+        if let Some(store) = instances.get(id) {
+            if store.with_state(|s| s.failure.is_none()) {
+                return store.clone();
+            }
+            let failure = store.with_state(|s| s.failure.clone()).unwrap_or_default();
+            self.env.note(format_args!("saga {}-{id} failed ({failure}); reloading", S::NAME));
+        }
+        let saga_env = SagaEnv::new(Arc::clone(&self.env.runtime), Arc::clone(&self.env.store), Arc::clone(&self.dispatcher));
+        let store = Store::builder(SagaReducer::<S>::default(), SagaState::new(id), saga_env, Arc::clone(&self.env.runtime))
+            .name(S::NAME)
+            .event_store(Arc::clone(&self.env.store))
+            .event_bus(Arc::clone(&self.env.bus))
+            .build();
+        // Fire and forget: the handle would also wait for the deadlines' timers.
+        drop(store.send(SagaAction::Recover));
+        instances.insert(id.to_owned(), store.clone());
+        store
+    }
+
+    /// Recovers every instance that has a stream in the store (after a restart).
+    pub async fn recover_all(&self) {
+        let mut ids = BTreeSet::new();
+        let mut next = 1;
+        let mut attempt = 0;
+        loop {
+            match self.env.store.read_all(next, 1024).await {
+                Ok(events) if events.is_empty() => break,
+                Ok(events) => {
+                    next = events.last().map_or(next, |e| e.position + 1);
+                    for event in &events {
+                        if event.stream.category() == S::NAME
+                            && let Some((_, id)) = event.stream.as_str().split_once('-')
+                        {
+                            ids.insert(id.to_owned());
+                        }
+                    }
+                }
+                Err(_) => {
+                    self.env.sleep(Backoff::SERVICE.delay(attempt, &self.env)).await;
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+        }
+        self.env.note(format_args!("{} host recovers {} instances", S::NAME, ids.len()));
+        for id in ids {
+            self.instance(&id);
+        }
+    }
+
+    /// Feeds `input` to instance `id` and waits until the instance has durably reacted.
+    pub async fn deliver(&self, id: &str, input: S::Input) {
+        let store = self.instance(id);
+        drop(store.send(SagaAction::Input(input)));
+        while !store.with_state(settled) {
+            self.env.sleep(SETTLE_POLL).await;
+        }
+    }
+
+    /// Ids of the instances running on this host.
+    #[must_use]
+    pub fn instance_ids(&self) -> Vec<String> {
+        self.instances.lock().keys().cloned().collect()
+    }
+}

@@ -1,0 +1,150 @@
+//! Seed sweeps for users' own `#[test]`s.
+//!
+//! ```ignore
+//! #[test]
+//! fn transfers_conserve_money() {
+//!     reprise_sim::sim_test!(MyScenario::default(), SimConfig::new(0).with_plan(FaultPlan::swarm()));
+//! }
+//! ```
+//!
+//! - `REPRISE_SEEDS=<count>` sets how many seeds a sweep runs (default
+//!   [`DEFAULT_SEEDS`]); seeds are `REPRISE_SEED_START..` (default 1).
+//! - `REPRISE_SEED=<n>` runs exactly one seed: the reproduction path.
+//!
+//! A failing seed panics with everything needed to act on it: the seed, the broken
+//! invariant, the simulated time, the faults so far, the last trace lines (the seed is
+//! replayed once with a full trace to get them — deterministic, so it is the same run),
+//! and the commands that reproduce it.
+
+use std::fmt::Write as _;
+
+use crate::checker::Scenario;
+use crate::run::{RunReport, SimConfig, run};
+use crate::trace::TraceMode;
+
+/// Seeds per sweep when `REPRISE_SEEDS` is not set.
+pub const DEFAULT_SEEDS: u64 = 100;
+
+/// How many trace lines a failure message shows.
+pub const TRACE_TAIL_LINES: usize = 40;
+
+/// Which seeds to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seeds {
+    One(u64),
+    Range { start: u64, count: u64 },
+}
+
+impl Seeds {
+    /// Reads `REPRISE_SEED`, `REPRISE_SEEDS` and `REPRISE_SEED_START`.
+    ///
+    /// # Panics
+    /// If one of them is set but is not a number (a typo must not silently run the
+    /// default sweep).
+    #[must_use]
+    pub fn from_env() -> Self {
+        let read = |name: &str| {
+            std::env::var(name).ok().map(|v| v.trim().parse::<u64>().unwrap_or_else(|_| panic!("{name}={v} is not a non-negative integer")))
+        };
+        if let Some(seed) = read("REPRISE_SEED") {
+            return Seeds::One(seed);
+        }
+        Seeds::Range { start: read("REPRISE_SEED_START").unwrap_or(1), count: read("REPRISE_SEEDS").unwrap_or(DEFAULT_SEEDS) }
+    }
+
+    /// The seeds, in order.
+    pub fn iter(self) -> impl Iterator<Item = u64> {
+        let (start, count) = match self {
+            Seeds::One(seed) => (seed, 1),
+            Seeds::Range { start, count } => (start, count),
+        };
+        (0..count).map(move |i| start.wrapping_add(i))
+    }
+}
+
+/// How to name the failing test in the reproduction command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Repro {
+    /// The crate (`env!("CARGO_PKG_NAME")`).
+    pub package: String,
+    /// The test's name as `cargo test` filters it.
+    pub test: String,
+}
+
+impl Repro {
+    /// For the test running on this thread (libtest names the thread after the test).
+    #[must_use]
+    pub fn current_test(package: &str) -> Self {
+        let test = std::thread::current().name().filter(|n| *n != "main").unwrap_or("<test name>").to_owned();
+        Repro { package: package.to_owned(), test }
+    }
+}
+
+/// Runs `seeds` and returns the first failing report, replayed with a full trace.
+#[must_use]
+pub fn find_failure(scenario: &dyn Scenario, config: &SimConfig, seeds: impl IntoIterator<Item = u64>) -> Option<RunReport> {
+    for seed in seeds {
+        let report = run(scenario, &config.clone().with_seed(seed));
+        if !report.passed() {
+            return Some(run(scenario, &config.clone().with_seed(seed).with_trace(TraceMode::Full)));
+        }
+    }
+    None
+}
+
+/// Sweeps the seeds chosen by the environment ([`Seeds::from_env`]) and panics with
+/// [`failure_message`] at the first failure. Prefer the [`crate::sim_test!`] macro, which
+/// fills in the package name.
+///
+/// # Panics
+/// On the first failing seed.
+pub fn sweep(scenario: &dyn Scenario, config: &SimConfig, package: &str) {
+    let repro = Repro::current_test(package);
+    if let Some(report) = find_failure(scenario, config, Seeds::from_env().iter()) {
+        panic!("{}", failure_message(&report, &repro));
+    }
+}
+
+/// The message a failing seed panics with.
+#[must_use]
+pub fn failure_message(report: &RunReport, repro: &Repro) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "simulation of {} failed: {}", report.scenario, report.summary());
+    let _ = writeln!(out, "  outcome:   {}", report.outcome);
+    if let Some(violation) = report.violation() {
+        let _ = writeln!(out, "  invariant: {}", violation.invariant);
+        if !violation.entities.is_empty() {
+            let _ = writeln!(out, "  entities:  {}", violation.entities.join(", "));
+        }
+        let _ = writeln!(out, "  message:   {}", violation.message);
+    }
+    let _ = writeln!(out, "  sim time:  {:?} after {} steps", report.stats.sim_time, report.stats.steps);
+    let _ = writeln!(out, "  faults so far ({}):", report.faults.len());
+    let skip = report.faults.len().saturating_sub(20);
+    if skip > 0 {
+        let _ = writeln!(out, "    … {skip} earlier fault(s)");
+    }
+    for fault in &report.faults[skip..] {
+        let _ = writeln!(out, "    {fault}");
+    }
+    let tail = report.trace_tail(TRACE_TAIL_LINES);
+    if !tail.is_empty() {
+        let _ = writeln!(out, "  last {} trace lines:", tail.len());
+        for line in tail {
+            let _ = writeln!(out, "    {line}");
+        }
+    }
+    let _ = writeln!(out, "  reproduce:");
+    let _ = writeln!(out, "    REPRISE_SEED={} cargo test -p {} {}", report.seed, repro.package, repro.test);
+    let _ = writeln!(out, "    reprise run {} --seed {} --plan {} --trace   (scenarios registered with the CLI)", report.scenario, report.seed, report.plan.name);
+    let _ = write!(out, "{}", report.summary());
+    out
+}
+
+/// Sweeps seeds in a `#[test]`; see the [module docs](crate::harness).
+#[macro_export]
+macro_rules! sim_test {
+    ($scenario:expr, $config:expr) => {
+        $crate::harness::sweep(&$scenario, &$config, env!("CARGO_PKG_NAME"))
+    };
+}
