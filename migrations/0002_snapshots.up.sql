@@ -4,6 +4,6 @@ CREATE TABLE snapshots (
     stream_id      text        PRIMARY KEY,
     stream_version bigint      NOT NULL CHECK (stream_version > 0),
     schema_version integer     NOT NULL CHECK (schema_version > 0),
-    state          jsonb       NOT NULL,
+    state          json        NOT NULL,
     taken_at       timestamptz NOT NULL DEFAULT now()
 );

@@ -5,7 +5,7 @@ CREATE TABLE outbox (
     id           bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     topic        text        NOT NULL CHECK (topic <> ''),
     message_key  text        NOT NULL,
-    payload      jsonb       NOT NULL,
+    payload      json        NOT NULL,  -- byte for byte what the relay publishes
     -- Kafka headers: ordered, duplicates allowed, hence an array of [name, value] pairs.
     headers      jsonb       NOT NULL DEFAULT '[]',
     created_at   timestamptz NOT NULL DEFAULT now(),

@@ -7,7 +7,7 @@ CREATE TABLE dead_letters (
     source_position text        NOT NULL,                      -- global position or partition/offset
     event_id        uuid,
     stream_id       text,
-    payload         jsonb       NOT NULL,
+    payload         json        NOT NULL,
     headers         jsonb       NOT NULL DEFAULT '[]',
     error           text        NOT NULL,
     attempts        integer     NOT NULL CHECK (attempts > 0),

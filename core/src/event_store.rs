@@ -232,8 +232,7 @@ impl SnapshotPolicy {
     #[must_use]
     pub fn due(self, before: u64, after: u64) -> bool {
         match self {
-            SnapshotPolicy::Never => false,
-            SnapshotPolicy::EveryNEvents(0) => false,
+            SnapshotPolicy::Never | SnapshotPolicy::EveryNEvents(0) => false,
             SnapshotPolicy::EveryNEvents(n) => before / n != after / n,
         }
     }

@@ -110,21 +110,39 @@ pub(crate) fn start<H: EffectHost>(
             continue;
         };
         let guard = Work::start(cause);
-        let runtime = Arc::clone(&host.dependencies().runtime);
+        let runtime = &host.dependencies().runtime;
         let store = host.store_name();
         let span = tracing::debug_span!("reprise.effect", store, kind);
-        let timed = Arc::clone(&runtime);
+        let timed = sample_effect_timing().then(|| Arc::clone(runtime));
         let task = async move {
-            let started = timed.stopwatch_nanos();
+            let started = timed.as_ref().map(|clock| clock.stopwatch_nanos());
             work.await;
-            let elapsed = timed.stopwatch_nanos().saturating_sub(started);
-            #[allow(clippy::cast_precision_loss)]
-            metrics::histogram!(names::EFFECT_DURATION, "store" => store, "kind" => kind)
-                .record(elapsed as f64 / 1e9);
+            if let (Some(clock), Some(started)) = (timed, started) {
+                let elapsed = clock.stopwatch_nanos().saturating_sub(started);
+                #[allow(clippy::cast_precision_loss)]
+                metrics::histogram!(names::EFFECT_DURATION, "store" => store, "kind" => kind)
+                    .record(elapsed as f64 / 1e9);
+            }
             drop(guard);
         };
         runtime.spawn("effect", Box::pin(task.instrument(span)));
     }
+}
+
+/// Effects are timed one in [`names::REDUCER_TIMING_SAMPLE_EVERY`], like reducers: two
+/// clock reads plus a histogram lookup cost more than the whole round trip of a
+/// trivial effect (measured in `docs/performance.md`), while a uniform sample keeps the
+/// histogram's quantiles unbiased. The counter is per thread so that counting costs no
+/// shared cache line; it influences metrics only, never behaviour.
+fn sample_effect_timing() -> bool {
+    thread_local! {
+        static STARTED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+    STARTED.with(|started| {
+        let n = started.get();
+        started.set(n.wrapping_add(1));
+        n % names::REDUCER_TIMING_SAMPLE_EVERY == 0
+    })
 }
 
 fn prepare<H: EffectHost>(

@@ -44,3 +44,8 @@ pub use store::{SendHandle, ShutdownError, Store, StoreBuilder};
 pub use time::Timestamp;
 
 pub use smallvec;
+
+/// The README's example is compiled and run as a doc test, so it cannot rot.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

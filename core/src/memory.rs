@@ -376,6 +376,24 @@ impl InMemoryEventBus {
             .collect()
     }
 
+    /// Number of partitions of a topic (0 if it does not exist).
+    #[must_use]
+    pub fn partition_count(&self, topic: &str) -> u32 {
+        let state = self.state.lock();
+        state.topics.get(topic).map_or(0, |p| u32::try_from(p.len()).unwrap_or(u32::MAX))
+    }
+
+    /// Up to `limit` messages of one partition from `from_offset` on: lets a checker
+    /// read only what is new since its last look instead of copying whole topics.
+    #[must_use]
+    pub fn messages_from(&self, topic: &str, partition: u32, from_offset: u64, limit: usize) -> Vec<Delivery> {
+        let state = self.state.lock();
+        let Some(messages) = state.topics.get(topic).and_then(|p| p.get(partition as usize)) else { return Vec::new() };
+        let topic: Arc<str> = Arc::from(topic);
+        let skip = usize::try_from(from_offset).unwrap_or(usize::MAX);
+        messages.iter().enumerate().skip(skip).take(limit).map(|(o, m)| to_delivery(&topic, partition, o as u64, m)).collect()
+    }
+
     /// Joins a group synchronously.
     #[must_use]
     pub fn subscribe_now(&self, group: &str, topics: &[&str]) -> InMemorySubscription {

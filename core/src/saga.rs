@@ -380,9 +380,18 @@ impl<S: Saga> Reducer for SagaReducer<S> {
                 crate::effects![Self::load(state, env)]
             }
             SagaAction::Loaded(Err(error)) => {
-                // Could not load; try again shortly rather than run on stale state.
+                // Could not load; try again shortly rather than run on stale state. The
+                // retry loads directly instead of going through `Recover`: after a failed
+                // append `persisting` is still set (the load decides whether our events
+                // landed), and `Recover` ignores a saga that is persisting — routing the
+                // retry through it would leave the saga stuck for good.
                 tracing::warn!(saga = S::NAME, id = %state.id, %error, "saga load failed; retrying");
-                crate::effects![Effect::timer(format!("{}-{}/reload", S::NAME, state.id), Duration::from_millis(100), SagaAction::Recover)]
+                let pause = env.runtime.sleep(Duration::from_millis(100));
+                let (store, stream, from) = (Arc::clone(&env.store), state.stream(), state.version + 1);
+                crate::effects![Effect::cancellable(format!("{}-{}/reload", S::NAME, state.id), "saga.reload", async move {
+                    pause.await;
+                    Some(SagaAction::Loaded(store.read_stream(&stream, from, usize::MAX).await))
+                })]
             }
             SagaAction::Loaded(Ok(recorded)) => {
                 let ours = state.persisting.as_ref().is_some_and(|p| recorded.iter().any(|r| p.event_ids.contains(&r.event_id)));

@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -42,7 +42,8 @@ struct Inner<R: Reducer> {
     name: &'static str,
     reducer: R,
     env: R::Env,
-    state: Mutex<R::State>,
+    state: Mutex<Guarded<R::State>>,
+    reducer_duration: OnceLock<metrics::Histogram>,
     deps: Dependencies,
     cancellables: Arc<Cancellables>,
     all_work: Arc<Tracker>,
@@ -50,23 +51,66 @@ struct Inner<R: Reducer> {
     sends: AtomicU64,
 }
 
+/// What the state lock guards: the state, and the per-action counters the reducer's
+/// caller bumps while it holds the lock anyway.
+struct Guarded<S> {
+    state: S,
+    action_counters: ActionCounters,
+}
+
+/// `reprise_actions_total` handles by action name, registered on first use.
+///
+/// Building a metrics key (a label vector, a hash, an allocation) costs more than the
+/// rest of a send together; the `metrics` crate's answer is to register a handle once and
+/// keep it. Action names are bounded (see [`Reducer::action_name`]), so a short list
+/// scanned under the state lock is the whole cache. Consequence: install the metrics
+/// recorder before the first action reaches a store, as the `metrics` crate asks anyway.
+#[derive(Default)]
+struct ActionCounters {
+    by_name: Vec<(&'static str, metrics::Counter)>,
+}
+
+impl ActionCounters {
+    /// Beyond this many distinct names the action label is not bounded after all; stop
+    /// caching rather than grow without limit (the metric itself still works).
+    const MAX_CACHED: usize = 64;
+
+    fn increment(&mut self, store: &'static str, action: &'static str) {
+        // Pointer equality first: the same literal is usually the same address.
+        if let Some((_, counter)) = self
+            .by_name
+            .iter()
+            .find(|(name, _)| std::ptr::eq(*name, action) || *name == action)
+        {
+            counter.increment(1);
+            return;
+        }
+        let counter = metrics::counter!(names::ACTIONS, "store" => store, "action" => action);
+        counter.increment(1);
+        if self.by_name.len() < Self::MAX_CACHED {
+            self.by_name.push((action, counter));
+        }
+    }
+}
+
 impl<R: Reducer> Inner<R> {
     fn reduce(&self, action: R::Action) -> Effects<R::Action> {
         let action_name = self.reducer.action_name(&action);
         let _span = tracing::debug_span!("reprise.reduce", store = self.name, action = action_name)
             .entered();
-        metrics::counter!(names::ACTIONS, "store" => self.name, "action" => action_name)
-            .increment(1);
         let sample = self.sends.fetch_add(1, Ordering::Relaxed) % names::REDUCER_TIMING_SAMPLE_EVERY == 0;
         let started = if sample { self.deps.runtime.stopwatch_nanos() } else { 0 };
         let effects = {
-            let mut state = self.state.lock();
-            self.reducer.reduce(&mut state, action, &self.env)
+            let mut guarded = self.state.lock();
+            let Guarded { state, action_counters } = &mut *guarded;
+            action_counters.increment(self.name, action_name);
+            self.reducer.reduce(state, action, &self.env)
         };
         if sample {
             let elapsed = self.deps.runtime.stopwatch_nanos().saturating_sub(started);
             #[allow(clippy::cast_precision_loss)]
-            metrics::histogram!(names::REDUCER_DURATION, "store" => self.name)
+            self.reducer_duration
+                .get_or_init(|| metrics::histogram!(names::REDUCER_DURATION, "store" => self.name))
                 .record(elapsed as f64 / 1e9);
         }
         effects
@@ -139,7 +183,7 @@ impl<R: Reducer> Store<R> {
 
     /// Reads the state under the lock.
     pub fn with_state<T>(&self, read: impl FnOnce(&R::State) -> T) -> T {
-        read(&self.inner.state.lock())
+        read(&self.inner.state.lock().state)
     }
 
     /// A copy of the state.
@@ -148,7 +192,7 @@ impl<R: Reducer> Store<R> {
     where
         R::State: Clone,
     {
-        self.inner.state.lock().clone()
+        self.inner.state.lock().state.clone()
     }
 
     #[must_use]
@@ -257,7 +301,8 @@ impl<R: Reducer> StoreBuilder<R> {
                 name: self.name,
                 reducer: self.reducer,
                 env: self.env,
-                state: Mutex::new(self.state),
+                state: Mutex::new(Guarded { state: self.state, action_counters: ActionCounters::default() }),
+                reducer_duration: OnceLock::new(),
                 deps: Dependencies { runtime, event_store, event_bus },
                 cancellables: Arc::default(),
                 all_work: Tracker::root(),

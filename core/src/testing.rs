@@ -386,6 +386,7 @@ where
     /// # Panics
     /// If no action arrives, or a different one does (exhaustive mode).
     #[track_caller]
+    #[allow(clippy::needless_pass_by_value)] // by value, like `send`: the call reads as the action it expects
     pub fn receive(&mut self, expected: R::Action, expect: impl FnOnce(&mut R::State)) {
         self.runtime.run_until_idle();
         loop {

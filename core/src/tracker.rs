@@ -43,15 +43,18 @@ impl Tracker {
     }
 
     fn decrement(&self) {
+        // The parent first: whoever sees this tracker reach zero (a `SendHandle`) must
+        // also see the store-wide count without this work, or `store.in_flight()` right
+        // after awaiting a send could still count it.
+        if let Some(parent) = &self.parent {
+            parent.decrement();
+        }
         let before = self.pending.fetch_sub(1, Ordering::AcqRel);
         debug_assert!(before > 0, "tracker underflow");
         if before == 1 {
             for waker in self.waiters.lock().drain(..) {
                 waker.wake();
             }
-        }
-        if let Some(parent) = &self.parent {
-            parent.decrement();
         }
     }
 

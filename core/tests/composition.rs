@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use reprise_core::testing::{TestRuntime, TestStore};
-use reprise_core::{Effect, Effects, Reducer, SharedRuntime, Store, combine, effects, from_fn, scope};
+use reprise_core::{
+    Effect, Effects, Reducer, SharedRuntime, Store, combine, effects, from_fn, scope,
+};
 
 // ---- the child: a counter with a delayed increment --------------------------------------
 
@@ -31,16 +33,20 @@ struct ChildEnv {
 }
 
 fn child() -> impl Reducer<State = Child, Action = ChildAction, Env = ChildEnv> {
-    from_fn(|s: &mut Child, a: ChildAction, env: &ChildEnv| -> Effects<ChildAction> {
-        match a {
-            ChildAction::Add(n) => {
-                s.count += n;
-                effects![]
+    from_fn(
+        |s: &mut Child, a: ChildAction, env: &ChildEnv| -> Effects<ChildAction> {
+            match a {
+                ChildAction::Add(n) => {
+                    s.count += n;
+                    effects![]
+                }
+                ChildAction::AddLater(n) => {
+                    effects![Effect::timer(env.timer, env.delay, ChildAction::Add(n))]
+                }
+                ChildAction::CancelLater => effects![Effect::cancel(env.timer)],
             }
-            ChildAction::AddLater(n) => effects![Effect::timer(env.timer, env.delay, ChildAction::Add(n))],
-            ChildAction::CancelLater => effects![Effect::cancel(env.timer)],
-        }
-    })
+        },
+    )
 }
 
 // ---- the parent ------------------------------------------------------------------------
@@ -67,16 +73,18 @@ struct ParentEnv {
 }
 
 fn parent_logic() -> impl Reducer<State = Parent, Action = ParentAction, Env = ParentEnv> {
-    from_fn(|s: &mut Parent, a: ParentAction, _: &ParentEnv| -> Effects<ParentAction> {
-        match a {
-            ParentAction::Left(_) | ParentAction::Right(_) => s.child_actions_seen += 1,
-            ParentAction::Reset => {
-                s.left = Child::default();
-                s.right = Child::default();
+    from_fn(
+        |s: &mut Parent, a: ParentAction, _: &ParentEnv| -> Effects<ParentAction> {
+            match a {
+                ParentAction::Left(_) | ParentAction::Right(_) => s.child_actions_seen += 1,
+                ParentAction::Reset => {
+                    s.left = Child::default();
+                    s.right = Child::default();
+                }
             }
-        }
-        effects![]
-    })
+            effects![]
+        },
+    )
 }
 
 fn left() -> impl Reducer<State = Parent, Action = ParentAction, Env = ParentEnv> {
@@ -107,22 +115,32 @@ fn right() -> impl Reducer<State = Parent, Action = ParentAction, Env = ParentEn
 
 fn env() -> ParentEnv {
     ParentEnv {
-        left: ChildEnv { delay: Duration::from_secs(1), timer: "left.later" },
-        right: ChildEnv { delay: Duration::from_secs(3), timer: "right.later" },
+        left: ChildEnv {
+            delay: Duration::from_secs(1),
+            timer: "left.later",
+        },
+        right: ChildEnv {
+            delay: Duration::from_secs(3),
+            timer: "right.later",
+        },
     }
 }
 
 #[test]
 fn scope_routes_only_the_childs_actions_and_lifts_its_effects() {
     let mut store = TestStore::new(left(), Parent::default(), env());
-    store.send(ParentAction::Left(ChildAction::Add(2)), |p| p.left.count = 2);
+    store.send(ParentAction::Left(ChildAction::Add(2)), |p| {
+        p.left.count = 2
+    });
     // Not the left child's: the scope leaves state alone and starts nothing.
     store.send(ParentAction::Right(ChildAction::Add(5)), |_| {});
     store.send(ParentAction::Reset, |_| {});
     // The child's timer uses the child's environment and comes back as a parent action.
     store.send(ParentAction::Left(ChildAction::AddLater(10)), |_| {});
     store.advance(Duration::from_secs(1));
-    store.receive(ParentAction::Left(ChildAction::Add(10)), |p| p.left.count = 12);
+    store.receive(ParentAction::Left(ChildAction::Add(10)), |p| {
+        p.left.count = 12
+    });
     store.finish();
 }
 
@@ -153,7 +171,9 @@ fn a_parent_with_two_scoped_children_keeps_them_independent() {
         p.right.count = -4;
     });
     // Each child's delay comes from its own slice of the environment: left after 1 s.
-    store.send(ParentAction::Right(ChildAction::AddLater(100)), |p| p.child_actions_seen = 3);
+    store.send(ParentAction::Right(ChildAction::AddLater(100)), |p| {
+        p.child_actions_seen = 3
+    });
     store.advance(Duration::from_secs(1));
     store.advance(Duration::from_secs(2));
     store.receive(ParentAction::Right(ChildAction::Add(100)), |p| {
@@ -170,9 +190,15 @@ fn a_parent_with_two_scoped_children_keeps_them_independent() {
 #[test]
 fn a_childs_cancellation_reaches_its_timer_through_the_scope() {
     let mut store = TestStore::new(whole(), Parent::default(), env());
-    store.send(ParentAction::Left(ChildAction::AddLater(1)), |p| p.child_actions_seen = 1);
-    store.send(ParentAction::Right(ChildAction::AddLater(2)), |p| p.child_actions_seen = 2);
-    store.send(ParentAction::Left(ChildAction::CancelLater), |p| p.child_actions_seen = 3);
+    store.send(ParentAction::Left(ChildAction::AddLater(1)), |p| {
+        p.child_actions_seen = 1
+    });
+    store.send(ParentAction::Right(ChildAction::AddLater(2)), |p| {
+        p.child_actions_seen = 2
+    });
+    store.send(ParentAction::Left(ChildAction::CancelLater), |p| {
+        p.child_actions_seen = 3
+    });
     // Only the left timer is gone; the right one still fires.
     store.advance(Duration::from_secs(60));
     store.receive(ParentAction::Right(ChildAction::Add(2)), |p| {
@@ -187,12 +213,22 @@ fn the_composed_reducer_runs_the_same_on_a_store() {
     let runtime = TestRuntime::shared(5);
     let shared: SharedRuntime = runtime.clone();
     let store = Store::builder(whole(), Parent::default(), env(), shared).build();
-    let _ = store.send(ParentAction::Left(ChildAction::AddLater(7)));
-    let _ = store.send(ParentAction::Right(ChildAction::AddLater(11)));
+    drop(store.send(ParentAction::Left(ChildAction::AddLater(7))));
+    drop(store.send(ParentAction::Right(ChildAction::AddLater(11))));
     runtime.advance(Duration::from_secs(2));
-    assert_eq!((store.state().left.count, store.state().right.count), (7, 0));
+    assert_eq!(
+        (store.state().left.count, store.state().right.count),
+        (7, 0)
+    );
     runtime.advance(Duration::from_secs(1));
     let state = store.state();
-    assert_eq!((state.left.count, state.right.count, state.child_actions_seen), (7, 11, 4));
+    assert_eq!(
+        (
+            state.left.count,
+            state.right.count,
+            state.child_actions_seen
+        ),
+        (7, 11, 4)
+    );
     assert_eq!(store.in_flight(), 0);
 }

@@ -15,7 +15,10 @@ fn in_memory_event_store_conforms() {
     let store = Arc::new(InMemoryEventStore::with_clock(clock));
     let result = block_on(&runtime, event_store_suite(store.clone(), "conformance-"));
     assert_eq!(result, Ok(()));
-    assert!(!store.is_empty(), "the suite must actually have written events");
+    assert!(
+        !store.is_empty(),
+        "the suite must actually have written events"
+    );
 }
 
 #[test]
@@ -41,6 +44,9 @@ fn in_memory_event_bus_conforms() {
 #[test]
 fn in_memory_event_bus_conforms_with_a_single_partition() {
     let runtime = TestRuntime::shared(4);
-    let result = block_on(&runtime, event_bus_suite(Arc::new(InMemoryEventBus::with_partitions(1)), "single-"));
+    let result = block_on(
+        &runtime,
+        event_bus_suite(Arc::new(InMemoryEventBus::with_partitions(1)), "single-"),
+    );
     assert_eq!(result, Ok(()));
 }

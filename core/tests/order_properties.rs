@@ -7,7 +7,10 @@ use std::sync::Arc;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use reprise_core::testing::TestRuntime;
-use reprise_core::{Aggregate, AggregateAction, CommandError, InMemoryEventStore, SharedRuntime, StreamId, Upcasters};
+use reprise_core::{
+    Aggregate, AggregateAction, CommandError, InMemoryEventStore, SharedRuntime, StreamId,
+    Upcasters,
+};
 
 #[allow(dead_code)] // shared with reprise-examples, which uses all of it
 #[path = "../../examples/src/order.rs"]
@@ -30,7 +33,11 @@ fn command() -> impl Strategy<Value = OrderCommand> {
 }
 
 /// The reference: `decide`/`apply` directly. Returns the outcome the store should report.
-fn step(model: &mut Order, version: &mut u64, command: &OrderCommand) -> Result<u64, CommandError<OrderError>> {
+fn step(
+    model: &mut Order,
+    version: &mut u64,
+    command: &OrderCommand,
+) -> Result<u64, CommandError<OrderError>> {
     let before = model.clone();
     match model.decide(command) {
         Ok(events) => {
@@ -50,16 +57,28 @@ fn step(model: &mut Order, version: &mut u64, command: &OrderCommand) -> Result<
 fn replay_stream(events: &InMemoryEventStore) -> Order {
     let mut order = Order::default();
     for recorded in events.read_stream_now(&StreamId::of("order", "p"), 1, usize::MAX) {
-        order.apply(&recorded.decode(&Upcasters::new()).expect("stored events decode"));
+        order.apply(
+            &recorded
+                .decode(&Upcasters::new())
+                .expect("stored events decode"),
+        );
     }
     order
 }
 
-fn store() -> (reprise_core::Store<reprise_core::AggregateReducer<Order>>, Arc<TestRuntime>, Arc<InMemoryEventStore>) {
+fn store() -> (
+    reprise_core::Store<reprise_core::AggregateReducer<Order>>,
+    Arc<TestRuntime>,
+    Arc<InMemoryEventStore>,
+) {
     let runtime = TestRuntime::shared(0);
     let shared: SharedRuntime = runtime.clone();
     let events = Arc::new(InMemoryEventStore::new());
-    (order::order_store("p", shared, events.clone()), runtime, events)
+    (
+        order::order_store("p", shared, events.clone()),
+        runtime,
+        events,
+    )
 }
 
 proptest! {
@@ -75,8 +94,9 @@ proptest! {
             let outcome = step(&mut model, &mut version, &command);
             prop_assert_eq!(model.check_invariants(), Ok(()), "after {:?}", command);
 
-            let _ = orders.send(AggregateAction::Execute(command.clone()));
+            let sent = orders.send(AggregateAction::Execute(command.clone()));
             runtime.run_until_idle();
+            prop_assert!(sent.is_finished());
             let root = orders.state();
             prop_assert_eq!(&root.state, &model, "after {:?}", command);
             prop_assert_eq!(root.version, version);
@@ -94,7 +114,7 @@ proptest! {
         for command in &commands {
             last = Some(step(&mut model, &mut version, command));
             // No effect runs between sends: every command after the first waits its turn.
-            let _ = orders.send(AggregateAction::Execute(command.clone()));
+            drop(orders.send(AggregateAction::Execute(command.clone())));
         }
         runtime.run_until_idle();
         prop_assert_eq!(model.check_invariants(), Ok(()));

@@ -12,8 +12,8 @@ use std::time::Duration;
 use reprise_core::saga::SagaEnv;
 use reprise_core::testing::TestRuntime;
 use reprise_core::{
-    Dispatcher, Effects, Event, EventStore, InMemoryEventStore, Reaction, Reducer, Router, Saga, SagaAction,
-    SagaReducer, SagaState, SharedRuntime, Store, Timestamp, effects,
+    Dispatcher, Effects, Event, EventStore, InMemoryEventStore, Reaction, Reducer, Router, Saga,
+    SagaAction, SagaReducer, SagaState, SharedRuntime, Store, Timestamp, effects,
 };
 use serde::{Deserialize, Serialize};
 
@@ -70,16 +70,28 @@ impl Saga for Checkout {
     fn react(&self, input: &CheckoutInput) -> Reaction<Self> {
         match (self, input) {
             (Checkout::Idle, CheckoutInput::Start { order }) => Reaction::none()
-                .event(CheckoutEvent::Started { order: order.clone() })
-                .command(CheckoutCommand::Reserve { order: order.clone() })
+                .event(CheckoutEvent::Started {
+                    order: order.clone(),
+                })
+                .command(CheckoutCommand::Reserve {
+                    order: order.clone(),
+                })
                 .set_deadline("payment", PAYMENT_WINDOW, CheckoutInput::PaymentTimedOut),
-            (Checkout::AwaitingPayment { order }, CheckoutInput::PaymentReceived) => Reaction::none()
-                .event(CheckoutEvent::Paid)
-                .command(CheckoutCommand::Ship { order: order.clone() })
-                .clear_deadline("payment"),
-            (Checkout::AwaitingPayment { order }, CheckoutInput::PaymentTimedOut) => Reaction::none()
-                .event(CheckoutEvent::TimedOut)
-                .command(CheckoutCommand::Release { order: order.clone() }),
+            (Checkout::AwaitingPayment { order }, CheckoutInput::PaymentReceived) => {
+                Reaction::none()
+                    .event(CheckoutEvent::Paid)
+                    .command(CheckoutCommand::Ship {
+                        order: order.clone(),
+                    })
+                    .clear_deadline("payment")
+            }
+            (Checkout::AwaitingPayment { order }, CheckoutInput::PaymentTimedOut) => {
+                Reaction::none()
+                    .event(CheckoutEvent::TimedOut)
+                    .command(CheckoutCommand::Release {
+                        order: order.clone(),
+                    })
+            }
             // Duplicates and late inputs (a payment after the timeout, say): nothing to do.
             _ => Reaction::none(),
         }
@@ -87,7 +99,9 @@ impl Saga for Checkout {
 
     fn apply(&mut self, event: &CheckoutEvent) {
         *self = match event {
-            CheckoutEvent::Started { order } => Checkout::AwaitingPayment { order: order.clone() },
+            CheckoutEvent::Started { order } => Checkout::AwaitingPayment {
+                order: order.clone(),
+            },
             CheckoutEvent::Paid => Checkout::Shipped,
             CheckoutEvent::TimedOut => Checkout::Compensated,
         };
@@ -117,7 +131,12 @@ impl Reducer for InventoryService {
     type Action = CheckoutCommand;
     type Env = ();
 
-    fn reduce(&self, s: &mut Inventory, command: CheckoutCommand, (): &()) -> Effects<CheckoutCommand> {
+    fn reduce(
+        &self,
+        s: &mut Inventory,
+        command: CheckoutCommand,
+        (): &(),
+    ) -> Effects<CheckoutCommand> {
         s.commands_seen += 1;
         // Commands arrive at least once: sets make them idempotent.
         match command {
@@ -144,22 +163,33 @@ impl Process {
         let runtime = TestRuntime::shared(seed);
         runtime.advance(started_at);
         let shared: SharedRuntime = runtime.clone();
-        let inventory = Store::builder(InventoryService, Inventory::default(), (), shared.clone()).build();
-        let router: Arc<dyn Dispatcher<CheckoutCommand>> =
-            Arc::new(Router::new().route(inventory.clone(), Ok::<CheckoutCommand, CheckoutCommand>));
+        let inventory =
+            Store::builder(InventoryService, Inventory::default(), (), shared.clone()).build();
+        let router: Arc<dyn Dispatcher<CheckoutCommand>> = Arc::new(
+            Router::new().route(inventory.clone(), Ok::<CheckoutCommand, CheckoutCommand>),
+        );
         let durable: Arc<dyn EventStore> = events.clone();
         let env = SagaEnv::new(shared.clone(), Arc::clone(&durable), router);
-        let saga = Store::builder(SagaReducer::<Checkout>::default(), SagaState::new("order-1"), env, shared)
-            .event_store(durable)
-            .build();
-        let _ = saga.send(SagaAction::Recover);
+        let saga = Store::builder(
+            SagaReducer::<Checkout>::default(),
+            SagaState::new("order-1"),
+            env,
+            shared,
+        )
+        .event_store(durable)
+        .build();
+        drop(saga.send(SagaAction::Recover));
         runtime.run_until_idle();
         assert!(saga.with_state(|s| s.recovered && s.failure.is_none()));
-        Process { runtime, inventory, saga }
+        Process {
+            runtime,
+            inventory,
+            saga,
+        }
     }
 
     fn input(&self, input: CheckoutInput) {
-        let _ = self.saga.send(SagaAction::Input(input));
+        drop(self.saga.send(SagaAction::Input(input)));
         self.runtime.run_until_idle();
     }
 
@@ -177,18 +207,35 @@ fn no_payment_before_the_deadline_releases_the_stock() {
     let events = Arc::new(InMemoryEventStore::new());
     let process = Process::start(1, &events, Duration::ZERO);
     process.input(CheckoutInput::Start { order: order() });
-    assert_eq!(process.inventory.state().reserved, BTreeSet::from([order()]));
+    assert_eq!(
+        process.inventory.state().reserved,
+        BTreeSet::from([order()])
+    );
     let due = Timestamp::SIMULATION_EPOCH + PAYMENT_WINDOW;
-    assert_eq!(process.saga().deadlines.get("payment").map(|(at, _)| *at), Some(due));
+    assert_eq!(
+        process.saga().deadlines.get("payment").map(|(at, _)| *at),
+        Some(due)
+    );
 
-    process.runtime.advance(PAYMENT_WINDOW - Duration::from_secs(1));
-    assert!(process.inventory.state().released.is_empty(), "compensated before the deadline");
+    process
+        .runtime
+        .advance(PAYMENT_WINDOW - Duration::from_secs(1));
+    assert!(
+        process.inventory.state().released.is_empty(),
+        "compensated before the deadline"
+    );
     process.runtime.advance(Duration::from_secs(1));
 
     let saga = process.saga();
     assert_eq!(saga.saga, Checkout::Compensated);
-    assert!(saga.deadlines.is_empty(), "a fired deadline is cleared durably");
-    assert_eq!(process.inventory.state().released, BTreeSet::from([order()]));
+    assert!(
+        saga.deadlines.is_empty(),
+        "a fired deadline is cleared durably"
+    );
+    assert_eq!(
+        process.inventory.state().released,
+        BTreeSet::from([order()])
+    );
     assert!(process.inventory.state().shipped.is_empty());
     assert_eq!(process.saga.in_flight(), 0);
 }
@@ -218,7 +265,10 @@ fn a_persisted_deadline_still_fires_after_a_restart() {
         let first = Process::start(1, &events, Duration::ZERO);
         first.input(CheckoutInput::Start { order: order() });
         first.runtime.advance(before_crash);
-        assert_eq!(first.saga().saga, Checkout::AwaitingPayment { order: order() });
+        assert_eq!(
+            first.saga().saga,
+            Checkout::AwaitingPayment { order: order() }
+        );
         // The process dies here: its runtime is never driven again, so its armed timer
         // can never fire. Only the event store survives.
     }
@@ -227,14 +277,24 @@ fn a_persisted_deadline_still_fires_after_a_restart() {
     let saga = second.saga();
     assert_eq!(saga.saga, Checkout::AwaitingPayment { order: order() });
     let due = Timestamp::SIMULATION_EPOCH + PAYMENT_WINDOW;
-    assert_eq!(saga.deadlines.get("payment").map(|(at, _)| *at), Some(due), "the deadline is durable");
+    assert_eq!(
+        saga.deadlines.get("payment").map(|(at, _)| *at),
+        Some(due),
+        "the deadline is durable"
+    );
     // Recovery re-sent the last commands (they may have been lost with the crash); the
     // inventory deduplicates.
     assert_eq!(second.inventory.state().reserved, BTreeSet::from([order()]));
-    assert_eq!(second.runtime.pending_timers(), 1, "the deadline is re-armed");
+    assert_eq!(
+        second.runtime.pending_timers(),
+        1,
+        "the deadline is re-armed"
+    );
 
     // The deadline keeps its original due time: 20 minutes remain, not 30.
-    second.runtime.advance(PAYMENT_WINDOW - before_crash - Duration::from_secs(1));
+    second
+        .runtime
+        .advance(PAYMENT_WINDOW - before_crash - Duration::from_secs(1));
     assert!(second.inventory.state().released.is_empty());
     second.runtime.advance(Duration::from_secs(1));
     assert_eq!(second.saga().saga, Checkout::Compensated);

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use reprise_core::testing::{Exhaustivity, TestStore};
 use reprise_core::{
-    AppendBatch, Effect, EffectDescription, Effects, EventId, ExpectedVersion, Metadata, NewEvent, Payload, Reducer,
-    StoreError, effects, from_fn,
+    AppendBatch, Effect, EffectDescription, Effects, EventId, ExpectedVersion, Metadata, NewEvent,
+    Payload, Reducer, StoreError, effects, from_fn,
 };
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -39,7 +39,9 @@ fn feature() -> impl Reducer<State = State, Action = Action, Env = ()> {
                 s.count += 1;
                 effects![Effect::run("again", async { Some(Action::Increment) })]
             }
-            Action::IncrementAfter(after) => effects![Effect::timer("later", after, Action::Increment)],
+            Action::IncrementAfter(after) => {
+                effects![Effect::timer("later", after, Action::Increment)]
+            }
             Action::Record(id) => effects![Effect::append(record_batch(id), |r| {
                 Some(Action::Recorded(r.map(|receipt| receipt.last_position)))
             })],
@@ -74,7 +76,8 @@ fn non_exhaustive() -> TestStore<impl Reducer<State = State, Action = Action, En
 
 /// Runs `script` and returns the panic message it failed with.
 fn failure_of(script: impl FnOnce()) -> String {
-    let payload = catch_unwind(AssertUnwindSafe(script)).expect_err("the TestStore should have failed the test");
+    let payload = catch_unwind(AssertUnwindSafe(script))
+        .expect_err("the TestStore should have failed the test");
     payload
         .downcast_ref::<String>()
         .cloned()
@@ -97,7 +100,10 @@ fn a_wrong_expected_state_fails_with_a_diff() {
         let mut store = exhaustive();
         store.send(Action::Increment, |s| s.count = 2);
     });
-    assert!(message.contains("-     count: 2,") && message.contains("+     count: 1,"), "{message}");
+    assert!(
+        message.contains("-     count: 2,") && message.contains("+     count: 1,"),
+        "{message}"
+    );
 }
 
 // ---- received actions ------------------------------------------------------------------
@@ -132,8 +138,14 @@ fn receiving_the_wrong_action_fails_and_names_both() {
         store.send(Action::IncrementTwice, |s| s.count = 1);
         store.receive(Action::IncrementTwice, |_| {});
     });
-    assert!(message.contains("received an unexpected action"), "{message}");
-    assert!(message.contains("expected: IncrementTwice") && message.contains("received: Increment"), "{message}");
+    assert!(
+        message.contains("received an unexpected action"),
+        "{message}"
+    );
+    assert!(
+        message.contains("expected: IncrementTwice") && message.contains("received: Increment"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -170,7 +182,10 @@ fn the_running_effect_is_named_by_its_id() {
         store.send(Action::IncrementAfter(Duration::from_secs(10)), |_| {});
         store.finish();
     });
-    assert!(message.contains(r#"cancellable ids: ["later"]"#), "{message}");
+    assert!(
+        message.contains(r#"cancellable ids: ["later"]"#),
+        "{message}"
+    );
 }
 
 // ---- domain effects (append / publish) -------------------------------------------------
@@ -247,14 +262,23 @@ fn the_partial_script_fails_exhaustively() {
         partial_script(&mut store);
         store.finish();
     });
-    assert!(message.contains("must handle 1 received action(s) before sending Record(5)"), "{message}");
+    assert!(
+        message.contains("must handle 1 received action(s) before sending Record(5)"),
+        "{message}"
+    );
 }
 
 #[test]
 fn the_partial_script_passes_non_exhaustively() {
     let mut store = non_exhaustive();
     partial_script(&mut store);
-    assert_eq!(store.state(), State { count: 2, recorded: vec![1] });
+    assert_eq!(
+        store.state(),
+        State {
+            count: 2,
+            recorded: vec![1]
+        }
+    );
     store.finish();
     // Non-exhaustive mode cancels what still runs instead of failing on it.
 }

@@ -56,7 +56,9 @@ pub struct CounterEnv {
 
 impl std::fmt::Debug for CounterEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CounterEnv").field("increment_delay", &self.increment_delay).finish_non_exhaustive()
+        f.debug_struct("CounterEnv")
+            .field("increment_delay", &self.increment_delay)
+            .finish_non_exhaustive()
     }
 }
 
@@ -73,7 +75,12 @@ impl Reducer for CounterFeature {
     type Action = CounterAction;
     type Env = CounterEnv;
 
-    fn reduce(&self, state: &mut Counter, action: CounterAction, env: &CounterEnv) -> Effects<CounterAction> {
+    fn reduce(
+        &self,
+        state: &mut Counter,
+        action: CounterAction,
+        env: &CounterEnv,
+    ) -> Effects<CounterAction> {
         match action {
             CounterAction::Increment => {
                 state.count += 1;
@@ -85,7 +92,11 @@ impl Reducer for CounterFeature {
             }
             CounterAction::ScheduleIncrement => {
                 state.increment_scheduled = true;
-                effects![Effect::timer(SCHEDULED_INCREMENT, env.increment_delay, CounterAction::ScheduledIncrementFired)]
+                effects![Effect::timer(
+                    SCHEDULED_INCREMENT,
+                    env.increment_delay,
+                    CounterAction::ScheduledIncrementFired
+                )]
             }
             CounterAction::CancelScheduledIncrement => {
                 state.increment_scheduled = false;
@@ -99,7 +110,9 @@ impl Reducer for CounterFeature {
             CounterAction::FactRequested => {
                 state.fact_loading = true;
                 let fact = env.facts.fact(state.count);
-                effects![Effect::run("counter.fact", async move { Some(CounterAction::FactLoaded(fact.await)) })]
+                effects![Effect::run("counter.fact", async move {
+                    Some(CounterAction::FactLoaded(fact.await))
+                })]
             }
             CounterAction::FactLoaded(result) => {
                 state.fact_loading = false;

@@ -20,7 +20,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use reprise_core::aggregate::AggregateEnv;
-use reprise_core::{Aggregate, AggregateReducer, AggregateRoot, Entropy, Event, EventStore, SharedRuntime, Store};
+use reprise_core::{
+    Aggregate, AggregateReducer, AggregateRoot, Entropy, Event, EventStore, SharedRuntime, Store,
+};
 use serde::{Deserialize, Serialize};
 
 /// Lines per order, a business limit that also bounds the state's size.
@@ -61,21 +63,43 @@ pub struct Order {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OrderCommand {
-    Place { customer: String },
-    AddLine { sku: String, quantity: u32, unit_price_cents: u64 },
-    RemoveLine { sku: String },
+    Place {
+        customer: String,
+    },
+    AddLine {
+        sku: String,
+        quantity: u32,
+        unit_price_cents: u64,
+    },
+    RemoveLine {
+        sku: String,
+    },
     Submit,
-    Cancel { reason: String },
+    Cancel {
+        reason: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum OrderEvent {
-    Placed { customer: String },
-    LineAdded { sku: String, quantity: u32, unit_price_cents: u64 },
-    LineRemoved { sku: String },
-    Submitted { total_cents: u64 },
-    Cancelled { reason: String },
+    Placed {
+        customer: String,
+    },
+    LineAdded {
+        sku: String,
+        quantity: u32,
+        unit_price_cents: u64,
+    },
+    LineRemoved {
+        sku: String,
+    },
+    Submitted {
+        total_cents: u64,
+    },
+    Cancelled {
+        reason: String,
+    },
 }
 
 impl Event for OrderEvent {
@@ -128,9 +152,15 @@ impl Order {
     /// # Errors
     /// A description of the first violated invariant.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let sum = self.lines.values().try_fold(0u64, |sum, line| sum.checked_add(line.amount_cents()?));
+        let sum = self
+            .lines
+            .values()
+            .try_fold(0u64, |sum, line| sum.checked_add(line.amount_cents()?));
         if sum != Some(self.total_cents) {
-            return Err(format!("total {} differs from the lines' sum {sum:?}", self.total_cents));
+            return Err(format!(
+                "total {} differs from the lines' sum {sum:?}",
+                self.total_cents
+            ));
         }
         if let Some((sku, _)) = self.lines.iter().find(|(_, line)| line.quantity == 0) {
             return Err(format!("line {sku} has quantity 0"));
@@ -142,7 +172,9 @@ impl Order {
             OrderStatus::New if !self.lines.is_empty() || !self.customer.is_empty() => {
                 Err("an order that was never placed has content".into())
             }
-            OrderStatus::Submitted if self.lines.is_empty() => Err("a submitted order has no lines".into()),
+            OrderStatus::Submitted if self.lines.is_empty() => {
+                Err("a submitted order has no lines".into())
+            }
             _ => Ok(()),
         }
     }
@@ -163,9 +195,15 @@ impl Aggregate for Order {
                 if customer.trim().is_empty() {
                     return Err(OrderError::NoCustomer);
                 }
-                Ok(vec![OrderEvent::Placed { customer: customer.clone() }])
+                Ok(vec![OrderEvent::Placed {
+                    customer: customer.clone(),
+                }])
             }
-            OrderCommand::AddLine { sku, quantity, unit_price_cents } => {
+            OrderCommand::AddLine {
+                sku,
+                quantity,
+                unit_price_cents,
+            } => {
                 self.require_open()?;
                 if *quantity == 0 {
                     return Err(OrderError::ZeroQuantity);
@@ -176,11 +214,18 @@ impl Aggregate for Order {
                 if self.lines.len() == MAX_LINES {
                     return Err(OrderError::TooManyLines);
                 }
-                let line = OrderLine { quantity: *quantity, unit_price_cents: *unit_price_cents };
+                let line = OrderLine {
+                    quantity: *quantity,
+                    unit_price_cents: *unit_price_cents,
+                };
                 line.amount_cents()
                     .and_then(|amount| self.total_cents.checked_add(amount))
                     .ok_or(OrderError::AmountTooLarge)?;
-                Ok(vec![OrderEvent::LineAdded { sku: sku.clone(), quantity: *quantity, unit_price_cents: *unit_price_cents }])
+                Ok(vec![OrderEvent::LineAdded {
+                    sku: sku.clone(),
+                    quantity: *quantity,
+                    unit_price_cents: *unit_price_cents,
+                }])
             }
             OrderCommand::RemoveLine { sku } => {
                 self.require_open()?;
@@ -194,12 +239,16 @@ impl Aggregate for Order {
                 if self.lines.is_empty() {
                     return Err(OrderError::EmptyOrder);
                 }
-                Ok(vec![OrderEvent::Submitted { total_cents: self.total_cents }])
+                Ok(vec![OrderEvent::Submitted {
+                    total_cents: self.total_cents,
+                }])
             }
             OrderCommand::Cancel { reason } => match self.status {
                 OrderStatus::New => Err(OrderError::NotOpen(OrderStatus::New)),
                 OrderStatus::Cancelled => Err(OrderError::AlreadyClosed(OrderStatus::Cancelled)),
-                OrderStatus::Open | OrderStatus::Submitted => Ok(vec![OrderEvent::Cancelled { reason: reason.clone() }]),
+                OrderStatus::Open | OrderStatus::Submitted => Ok(vec![OrderEvent::Cancelled {
+                    reason: reason.clone(),
+                }]),
             },
         }
     }
@@ -210,16 +259,28 @@ impl Aggregate for Order {
                 self.status = OrderStatus::Open;
                 self.customer.clone_from(customer);
             }
-            OrderEvent::LineAdded { sku, quantity, unit_price_cents } => {
-                let line = OrderLine { quantity: *quantity, unit_price_cents: *unit_price_cents };
+            OrderEvent::LineAdded {
+                sku,
+                quantity,
+                unit_price_cents,
+            } => {
+                let line = OrderLine {
+                    quantity: *quantity,
+                    unit_price_cents: *unit_price_cents,
+                };
                 // `decide` checked the amount; an overflow here means a corrupt stream.
                 let amount = line.amount_cents().expect("line amount checked by decide");
-                self.total_cents = self.total_cents.checked_add(amount).expect("order total checked by decide");
+                self.total_cents = self
+                    .total_cents
+                    .checked_add(amount)
+                    .expect("order total checked by decide");
                 self.lines.insert(sku.clone(), line);
             }
             OrderEvent::LineRemoved { sku } => {
                 if let Some(line) = self.lines.remove(sku) {
-                    self.total_cents -= line.amount_cents().expect("stored lines have valid amounts");
+                    self.total_cents -= line
+                        .amount_cents()
+                        .expect("stored lines have valid amounts");
                 }
             }
             OrderEvent::Submitted { .. } => self.status = OrderStatus::Submitted,
@@ -238,8 +299,13 @@ pub fn order_store(
 ) -> Store<AggregateReducer<Order>> {
     let entropy: Arc<dyn Entropy> = runtime.clone();
     let env = AggregateEnv::new(entropy, Arc::clone(&event_store));
-    Store::builder(AggregateReducer::default(), AggregateRoot::new(id), env, runtime)
-        .event_store(event_store)
-        .name("order")
-        .build()
+    Store::builder(
+        AggregateReducer::default(),
+        AggregateRoot::new(id),
+        env,
+        runtime,
+    )
+    .event_store(event_store)
+    .name("order")
+    .build()
 }

@@ -13,9 +13,11 @@
 //! the domains (aggregates, sagas, service handlers, workloads, invariant checkers);
 //! [`bugs`] names the planted bugs.
 
+pub mod audit;
 pub mod bugs;
 pub mod checkout;
 pub mod plumbing;
+pub mod simulation;
 pub mod transfers;
 
 pub use bugs::{Bugs, PlantedBug};

@@ -40,7 +40,12 @@ pub struct BusOptions {
 
 impl Default for BusOptions {
     fn default() -> Self {
-        BusOptions { latency_min_us: 100, latency_max_us: 1_000, timeout_ms: 500, partitioned_poll_ms: 50 }
+        BusOptions {
+            latency_min_us: 100,
+            latency_max_us: 1_000,
+            timeout_ms: 500,
+            partitioned_poll_ms: 50,
+        }
     }
 }
 
@@ -49,10 +54,16 @@ impl BusOptions {
     /// A description of the first invalid field.
     pub fn validate(&self) -> Result<(), String> {
         if self.latency_min_us > self.latency_max_us {
-            return Err(format!("latency_min_us {} > latency_max_us {}", self.latency_min_us, self.latency_max_us));
+            return Err(format!(
+                "latency_min_us {} > latency_max_us {}",
+                self.latency_min_us, self.latency_max_us
+            ));
         }
         if self.timeout_ms == 0 || self.timeout_ms * 1000 <= self.latency_max_us * 2 {
-            return Err(format!("timeout_ms {} must exceed a round trip at maximum latency", self.timeout_ms));
+            return Err(format!(
+                "timeout_ms {} must exceed a round trip at maximum latency",
+                self.timeout_ms
+            ));
         }
         if self.partitioned_poll_ms == 0 {
             return Err("partitioned_poll_ms must be positive".into());
@@ -73,8 +84,17 @@ impl SimEventBus {
     }
 }
 
-fn trace_bus(shared: &Shared, node: NodeIndex, op: u64, outcome: &'static str, text: impl FnOnce() -> String) {
-    shared.kernel.lock().record(Tag::Bus, Some(node), op, hash_str(outcome), text);
+fn trace_bus(
+    shared: &Shared,
+    node: NodeIndex,
+    op: u64,
+    outcome: &'static str,
+    text: impl FnOnce() -> String,
+) {
+    shared
+        .kernel
+        .lock()
+        .record(Tag::Bus, Some(node), op, hash_str(outcome), text);
 }
 
 const OP_PUBLISH: u64 = 1;
@@ -95,40 +115,75 @@ impl EventBus for SimEventBus {
                 let latency = k.uniform(options.latency_min_us, options.latency_max_us) * 1000;
                 let request_lost = k.network.request_blocked(node, Link::Bus);
                 let refused = !request_lost && k.chance(faults.publish_error_probability);
-                let ack_lost = !request_lost && !refused && k.chance(faults.publish_ack_lost_probability);
+                let ack_lost =
+                    !request_lost && !refused && k.chance(faults.publish_ack_lost_probability);
                 let count = messages.len();
                 if refused {
-                    k.fault(Some(node), "bus.publish_error", format!("{count} message(s) refused"));
+                    k.fault(
+                        Some(node),
+                        "bus.publish_error",
+                        format!("{count} message(s) refused"),
+                    );
                 }
                 if ack_lost {
-                    k.fault(Some(node), "bus.publish_ack_lost", format!("{count} message(s) applied, acknowledgement lost"));
+                    k.fault(
+                        Some(node),
+                        "bus.publish_ack_lost",
+                        format!("{count} message(s) applied, acknowledgement lost"),
+                    );
                 }
-                (latency, options.timeout_ms * 1_000_000, request_lost, refused, ack_lost)
+                (
+                    latency,
+                    options.timeout_ms * 1_000_000,
+                    request_lost,
+                    refused,
+                    ack_lost,
+                )
             };
             Sleep::after_nanos(&shared, latency).await;
             if request_lost {
                 Sleep::after_nanos(&shared, timeout.saturating_sub(latency)).await;
-                trace_bus(&shared, node, OP_PUBLISH, "timeout", || "publish -> timeout (request lost)".into());
+                trace_bus(&shared, node, OP_PUBLISH, "timeout", || {
+                    "publish -> timeout (request lost)".into()
+                });
                 return Err(BusError::Timeout);
             }
             if refused {
-                trace_bus(&shared, node, OP_PUBLISH, "transient", || "publish -> transient error".into());
-                return Err(BusError::Transient("simulated: the broker refused the publish".into()));
+                trace_bus(&shared, node, OP_PUBLISH, "transient", || {
+                    "publish -> transient error".into()
+                });
+                return Err(BusError::Transient(
+                    "simulated: the broker refused the publish".into(),
+                ));
             }
             shared.bus.publish_now(&messages);
             let count = messages.len() as u64;
-            if ack_lost || shared.kernel.lock().network.response_blocked(node, Link::Bus) {
+            if ack_lost
+                || shared
+                    .kernel
+                    .lock()
+                    .network
+                    .response_blocked(node, Link::Bus)
+            {
                 Sleep::after_nanos(&shared, timeout.saturating_sub(latency)).await;
-                trace_bus(&shared, node, OP_PUBLISH, "timeout-applied", || format!("publish of {count} -> timeout (applied)"));
+                trace_bus(&shared, node, OP_PUBLISH, "timeout-applied", || {
+                    format!("publish of {count} -> timeout (applied)")
+                });
                 return Err(BusError::Timeout);
             }
             Sleep::after_nanos(&shared, latency).await;
-            trace_bus(&shared, node, OP_PUBLISH, "ok", || format!("publish of {count} -> ok"));
+            trace_bus(&shared, node, OP_PUBLISH, "ok", || {
+                format!("publish of {count} -> ok")
+            });
             Ok(())
         })
     }
 
-    fn subscribe(&self, group: &str, topics: &[&str]) -> BoxFuture<'static, Result<Box<dyn Subscription>, BusError>> {
+    fn subscribe(
+        &self,
+        group: &str,
+        topics: &[&str],
+    ) -> BoxFuture<'static, Result<Box<dyn Subscription>, BusError>> {
         let shared = Arc::clone(&self.shared);
         let node = self.node;
         let group = group.to_owned();
@@ -137,19 +192,35 @@ impl EventBus for SimEventBus {
             let (latency, timeout, cut) = {
                 let k = shared.kernel.lock();
                 let options = k.env.bus;
-                (options.latency_min_us * 1000, options.timeout_ms * 1_000_000, k.network.cut(node, Link::Bus))
+                (
+                    options.latency_min_us * 1000,
+                    options.timeout_ms * 1_000_000,
+                    k.network.cut(node, Link::Bus),
+                )
             };
             if cut {
                 Sleep::after_nanos(&shared, timeout).await;
-                trace_bus(&shared, node, OP_SUBSCRIBE, "timeout", || format!("subscribe {group} -> timeout"));
+                trace_bus(&shared, node, OP_SUBSCRIBE, "timeout", || {
+                    format!("subscribe {group} -> timeout")
+                });
                 return Err(BusError::Timeout);
             }
             Sleep::after_nanos(&shared, latency).await;
             let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
             let inner = shared.bus.subscribe_now(&group, &refs);
             let epoch = shared.kernel.lock().nodes[usize::from(node)].rebalance_epoch;
-            trace_bus(&shared, node, OP_SUBSCRIBE, "ok", || format!("subscribe {group} {topics:?} -> ok"));
-            let subscription: Box<dyn Subscription> = Box::new(SimSubscription { shared, node, group, topics, inner, held: VecDeque::new(), epoch });
+            trace_bus(&shared, node, OP_SUBSCRIBE, "ok", || {
+                format!("subscribe {group} {topics:?} -> ok")
+            });
+            let subscription: Box<dyn Subscription> = Box::new(SimSubscription {
+                shared,
+                node,
+                group,
+                topics,
+                inner,
+                held: VecDeque::new(),
+                epoch,
+            });
             Ok(subscription)
         })
     }
@@ -183,14 +254,19 @@ impl SimSubscription {
         // group rebalances twice, as a real rejoin does.
         self.inner = self.shared.bus.subscribe_now(&self.group, &refs);
         let group = self.group.clone();
-        trace_bus(&self.shared, self.node, OP_SUBSCRIBE, "rejoin", || format!("rejoined {group} after rebalance"));
+        trace_bus(&self.shared, self.node, OP_SUBSCRIBE, "rejoin", || {
+            format!("rejoined {group} after rebalance")
+        });
     }
 
     fn trace_delivery(&self, delivery: &Delivery) {
         let mut k = self.shared.kernel.lock();
         k.stats.bus_deliveries += 1;
-        let coordinates = (u64::from(delivery.partition) << 48) ^ delivery.offset ^ hash_str(&delivery.topic);
-        k.record(Tag::Bus, Some(self.node), OP_DELIVER, coordinates, || format!("deliver {}", delivery.coordinates()));
+        let coordinates =
+            (u64::from(delivery.partition) << 48) ^ delivery.offset ^ hash_str(&delivery.topic);
+        k.record(Tag::Bus, Some(self.node), OP_DELIVER, coordinates, || {
+            format!("deliver {}", delivery.coordinates())
+        });
     }
 }
 
@@ -201,16 +277,22 @@ impl Subscription for SimSubscription {
                 self.rejoin_if_rebalanced();
                 let (cut, poll_nanos) = {
                     let k = self.shared.kernel.lock();
-                    (k.network.cut(self.node, Link::Bus), k.env.bus.partitioned_poll_ms * 1_000_000)
+                    (
+                        k.network.cut(self.node, Link::Bus),
+                        k.env.bus.partitioned_poll_ms * 1_000_000,
+                    )
                 };
                 if cut {
                     Sleep::after_nanos(&self.shared, poll_nanos).await;
                     continue;
                 }
-                let mut delivery = match self.held.pop_front() {
-                    Some(d) => d,
-                    None => Subscription::next(&mut self.inner).await?,
-                };
+                // Held deliveries already went through the fault draws: a duplicate is
+                // not duplicated again (with probability 1 that would never end).
+                if let Some(delivery) = self.held.pop_front() {
+                    self.trace_delivery(&delivery);
+                    return Ok(delivery);
+                }
+                let mut delivery = Subscription::next(&mut self.inner).await?;
                 let (duplicate, reorder, delay) = {
                     let mut k = self.shared.kernel.lock();
                     let faults = k.bus_faults(self.node);
@@ -228,9 +310,13 @@ impl Subscription for SimSubscription {
                 if reorder {
                     if let Some(later) = self.inner.try_next() {
                         let held = std::mem::replace(&mut delivery, later);
-                        let detail = format!("{} before {}", delivery.coordinates(), held.coordinates());
+                        let detail =
+                            format!("{} before {}", delivery.coordinates(), held.coordinates());
                         self.held.push_front(held);
-                        self.shared.kernel.lock().fault(Some(self.node), "bus.reorder", detail);
+                        self.shared
+                            .kernel
+                            .lock()
+                            .fault(Some(self.node), "bus.reorder", detail);
                     }
                 }
                 if delay > 0 {
@@ -262,26 +348,46 @@ impl Subscription for SimSubscription {
                 let request_lost = k.network.request_blocked(self.node, Link::Bus);
                 let lost = !request_lost && k.chance(faults.commit_lost_probability);
                 if lost {
-                    k.fault(Some(self.node), "bus.commit_lost", format!("group {}", self.group));
+                    k.fault(
+                        Some(self.node),
+                        "bus.commit_lost",
+                        format!("group {}", self.group),
+                    );
                 }
                 (latency, options.timeout_ms * 1_000_000, request_lost, lost)
             };
             Sleep::after_nanos(&self.shared, latency).await;
             if request_lost {
                 Sleep::after_nanos(&self.shared, timeout.saturating_sub(latency)).await;
-                trace_bus(&self.shared, self.node, OP_COMMIT, "timeout", || "commit -> timeout (request lost)".into());
+                trace_bus(&self.shared, self.node, OP_COMMIT, "timeout", || {
+                    "commit -> timeout (request lost)".into()
+                });
                 return Err(BusError::Timeout);
             }
             if !lost {
                 self.inner.commit_now()?;
             }
-            if self.shared.kernel.lock().network.response_blocked(self.node, Link::Bus) {
+            if self
+                .shared
+                .kernel
+                .lock()
+                .network
+                .response_blocked(self.node, Link::Bus)
+            {
                 Sleep::after_nanos(&self.shared, timeout.saturating_sub(latency)).await;
-                trace_bus(&self.shared, self.node, OP_COMMIT, "timeout-applied", || "commit -> timeout (applied)".into());
+                trace_bus(
+                    &self.shared,
+                    self.node,
+                    OP_COMMIT,
+                    "timeout-applied",
+                    || "commit -> timeout (applied)".into(),
+                );
                 return Err(BusError::Timeout);
             }
             Sleep::after_nanos(&self.shared, latency).await;
-            trace_bus(&self.shared, self.node, OP_COMMIT, "ok", || "commit -> ok".into());
+            trace_bus(&self.shared, self.node, OP_COMMIT, "ok", || {
+                "commit -> ok".into()
+            });
             Ok(())
         })
     }

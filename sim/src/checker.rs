@@ -63,7 +63,11 @@ pub struct Violation {
 impl Violation {
     #[must_use]
     pub fn new(invariant: impl Into<String>, message: impl Into<String>) -> Self {
-        Violation { invariant: invariant.into(), entities: Vec::new(), message: message.into() }
+        Violation {
+            invariant: invariant.into(),
+            entities: Vec::new(),
+            message: message.into(),
+        }
     }
 
     /// Adds an entity (`account-3`, `order-17`) to the report.
@@ -93,7 +97,9 @@ pub struct WorldView<'a> {
 
 impl fmt::Debug for WorldView<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorldView").field("elapsed", &self.elapsed()).finish_non_exhaustive()
+        f.debug_struct("WorldView")
+            .field("elapsed", &self.elapsed())
+            .finish_non_exhaustive()
     }
 }
 
@@ -141,18 +147,36 @@ impl WorldView<'_> {
     /// A node's state, `None` if no node has that name.
     #[must_use]
     pub fn node_status(&self, node: &str) -> Option<NodeStatus> {
-        self.shared.kernel.lock().nodes.iter().find(|n| &*n.name == node).map(|n| n.status)
+        self.shared
+            .kernel
+            .lock()
+            .nodes
+            .iter()
+            .find(|n| &*n.name == node)
+            .map(|n| n.status)
     }
 
     /// How many times a node has booted.
     #[must_use]
     pub fn boots(&self, node: &str) -> Option<u32> {
-        self.shared.kernel.lock().nodes.iter().find(|n| &*n.name == node).map(|n| n.boots)
+        self.shared
+            .kernel
+            .lock()
+            .nodes
+            .iter()
+            .find(|n| &*n.name == node)
+            .map(|n| n.boots)
     }
 
     /// Live tasks of a node.
     #[must_use]
     pub fn live_tasks(&self, node: &str) -> Option<usize> {
-        self.shared.kernel.lock().nodes.iter().find(|n| &*n.name == node).map(|n| n.live_tasks)
+        self.shared
+            .kernel
+            .lock()
+            .nodes
+            .iter()
+            .find(|n| &*n.name == node)
+            .map(|n| n.live_tasks)
     }
 }

@@ -32,7 +32,11 @@ pub(crate) struct Sleep {
 
 impl Sleep {
     pub(crate) fn until(shared: Arc<Shared>, deadline: u64) -> Self {
-        Sleep { shared, deadline, timer: None }
+        Sleep {
+            shared,
+            deadline,
+            timer: None,
+        }
     }
 
     /// A sleep of `duration` from now.
@@ -84,7 +88,10 @@ pub(crate) struct NodeRuntime {
 
 impl std::fmt::Debug for NodeRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeRuntime").field("node", &self.node).field("incarnation", &self.incarnation).finish()
+        f.debug_struct("NodeRuntime")
+            .field("node", &self.node)
+            .field("incarnation", &self.incarnation)
+            .finish()
     }
 }
 
@@ -116,9 +123,13 @@ impl Spawner for NodeRuntime {
                 None
             } else {
                 let incarnation = self.incarnation;
-                k.record(Tag::SpawnRefused, Some(self.node), hash_str(name), 0, || {
-                    format!("spawn of {name} refused: incarnation {incarnation} is dead")
-                });
+                k.record(
+                    Tag::SpawnRefused,
+                    Some(self.node),
+                    hash_str(name),
+                    0,
+                    || format!("spawn of {name} refused: incarnation {incarnation} is dead"),
+                );
                 Some(task)
             }
         };
@@ -139,7 +150,11 @@ pub(crate) struct GlobalClock {
 
 impl Clock for GlobalClock {
     fn now(&self) -> Timestamp {
-        self.shared.upgrade().map_or(Timestamp::SIMULATION_EPOCH, |s| Timestamp::from_unix_nanos(s.kernel.lock().now))
+        self.shared
+            .upgrade()
+            .map_or(Timestamp::SIMULATION_EPOCH, |s| {
+                Timestamp::from_unix_nanos(s.kernel.lock().now)
+            })
     }
 
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {

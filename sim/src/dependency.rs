@@ -43,7 +43,12 @@ pub struct DependencyOptions {
 
 impl Default for DependencyOptions {
     fn default() -> Self {
-        DependencyOptions { latency_min_ms: 5, latency_max_ms: 50, error_probability: 0.0, timeout_ms: 1_000 }
+        DependencyOptions {
+            latency_min_ms: 5,
+            latency_max_ms: 50,
+            error_probability: 0.0,
+            timeout_ms: 1_000,
+        }
     }
 }
 
@@ -52,10 +57,16 @@ impl DependencyOptions {
     /// A description of the first invalid field.
     pub fn validate(&self) -> Result<(), String> {
         if self.latency_min_ms > self.latency_max_ms {
-            return Err(format!("latency_min_ms {} > latency_max_ms {}", self.latency_min_ms, self.latency_max_ms));
+            return Err(format!(
+                "latency_min_ms {} > latency_max_ms {}",
+                self.latency_min_ms, self.latency_max_ms
+            ));
         }
         if !(0.0..1.0).contains(&self.error_probability) {
-            return Err(format!("error_probability {} is not in [0, 1)", self.error_probability));
+            return Err(format!(
+                "error_probability {} is not in [0, 1)",
+                self.error_probability
+            ));
         }
         if self.timeout_ms == 0 {
             return Err("timeout_ms must be positive".into());
@@ -96,7 +107,12 @@ enum Fate {
     Deliver,
 }
 
-pub(crate) fn call<T, F>(shared: Arc<Shared>, node: NodeIndex, name: &str, call: F) -> BoxFuture<'static, Result<T, DependencyError>>
+pub(crate) fn call<T, F>(
+    shared: Arc<Shared>,
+    node: NodeIndex,
+    name: &str,
+    call: F,
+) -> BoxFuture<'static, Result<T, DependencyError>>
 where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
@@ -111,24 +127,36 @@ where
                 Some(dependency) => {
                     let options = k.env.dependencies[usize::from(dependency)].options;
                     let faults = k.dependency_faults(node, dependency);
-                    let base = k.uniform(options.latency_min_ms * 1000, options.latency_max_ms * 1000) * 1000;
+                    let base = k
+                        .uniform(options.latency_min_ms * 1000, options.latency_max_ms * 1000)
+                        * 1000;
                     // IEEE multiplication and truncation: identical on every platform.
-                    #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                    #[allow(
+                        clippy::cast_precision_loss,
+                        clippy::cast_possible_truncation,
+                        clippy::cast_sign_loss
+                    )]
                     let latency = (base as f64 * faults.slowdown_factor) as u64;
                     let link = Link::Dependency(dependency);
-                    let fate = if k.network.is_down(dependency) || k.network.request_blocked(node, link) {
-                        Fate::Unavailable
-                    } else if k.chance(options.error_probability) {
-                        Fate::Failed
-                    } else if k.chance(faults.error_probability) {
-                        k.fault(Some(node), "dependency.error", name.to_string());
-                        Fate::Failed
-                    } else if k.chance(faults.response_lost_probability) {
-                        k.fault(Some(node), "dependency.response_lost", name.to_string());
-                        Fate::ResponseLost
-                    } else {
-                        Fate::Deliver
-                    };
+                    let fate =
+                        if k.network.is_down(dependency) || k.network.request_blocked(node, link) {
+                            Fate::Unavailable
+                        } else if k.chance(options.error_probability) {
+                            k.fault(
+                                Some(node),
+                                "dependency.error",
+                                format!("{name} (its inherent error rate)"),
+                            );
+                            Fate::Failed
+                        } else if k.chance(faults.error_probability) {
+                            k.fault(Some(node), "dependency.error", name.to_string());
+                            Fate::Failed
+                        } else if k.chance(faults.response_lost_probability) {
+                            k.fault(Some(node), "dependency.response_lost", name.to_string());
+                            Fate::ResponseLost
+                        } else {
+                            Fate::Deliver
+                        };
                     Some((dependency, latency, options.timeout_ms * 1_000_000, fate))
                 }
             }
@@ -138,7 +166,13 @@ where
         };
         let outcome = |label: &'static str| {
             let mut k = shared.kernel.lock();
-            k.record(Tag::Dependency, Some(node), u64::from(dependency), hash_str(label), || format!("call {name} -> {label}"));
+            k.record(
+                Tag::Dependency,
+                Some(node),
+                u64::from(dependency),
+                hash_str(label),
+                || format!("call {name} -> {label}"),
+            );
         };
         match fate {
             Fate::Unavailable => {
@@ -154,7 +188,12 @@ where
             Fate::ResponseLost | Fate::Deliver => {
                 Sleep::after_nanos(&shared, latency / 2).await;
                 let value = call();
-                let lost = matches!(fate, Fate::ResponseLost) || shared.kernel.lock().network.response_blocked(node, Link::Dependency(dependency));
+                let lost = matches!(fate, Fate::ResponseLost)
+                    || shared
+                        .kernel
+                        .lock()
+                        .network
+                        .response_blocked(node, Link::Dependency(dependency));
                 if lost {
                     Sleep::after_nanos(&shared, timeout.saturating_sub(latency / 2)).await;
                     outcome("timeout (applied)");

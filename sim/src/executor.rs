@@ -191,7 +191,14 @@ impl Kernel {
     }
 
     /// Records a trace event attributed to `node`.
-    pub(crate) fn record(&mut self, tag: Tag, node: Option<NodeIndex>, a: u64, b: u64, text: impl FnOnce() -> String) {
+    pub(crate) fn record(
+        &mut self,
+        tag: Tag,
+        node: Option<NodeIndex>,
+        a: u64,
+        b: u64,
+        text: impl FnOnce() -> String,
+    ) {
         let elapsed = self.now - self.start;
         let name = node.map(|n| (n, &self.nodes[usize::from(n)].name));
         self.trace.record(tag, elapsed, name, a, b, text);
@@ -199,39 +206,67 @@ impl Kernel {
 
     // -- tasks ------------------------------------------------------------------------
 
-    pub(crate) fn spawn(&mut self, ready: &Arc<ReadyQueue>, node: NodeIndex, name: &'static str, future: BoxFuture<'static, ()>) {
+    pub(crate) fn spawn(
+        &mut self,
+        ready: &Arc<ReadyQueue>,
+        node: NodeIndex,
+        name: &'static str,
+        future: BoxFuture<'static, ()>,
+    ) {
         let index = if let Some(index) = self.free.pop() {
             index
         } else {
             let index = u32::try_from(self.tasks.len()).expect("fewer than 2^32 live tasks");
-            self.tasks.push(TaskSlot { generation: 0, occupied: false, serial: 0, node: 0, name: "", future: None, waker: None });
+            self.tasks.push(TaskSlot {
+                generation: 0,
+                occupied: false,
+                serial: 0,
+                node: 0,
+                name: "",
+                future: None,
+                waker: None,
+            });
             index
         };
         let serial = self.next_serial;
         self.next_serial += 1;
         let slot = &mut self.tasks[index as usize];
         debug_assert!(!slot.occupied, "a free slot is unoccupied");
-        let key = TaskKey { index, generation: slot.generation };
+        let key = TaskKey {
+            index,
+            generation: slot.generation,
+        };
         slot.occupied = true;
         slot.serial = serial;
         slot.node = node;
         slot.name = name;
         slot.future = Some(future);
-        slot.waker = Some(Arc::new(TaskWaker { key, queued: AtomicBool::new(true), ready: Arc::clone(ready) }));
+        slot.waker = Some(Arc::new(TaskWaker {
+            key,
+            queued: AtomicBool::new(true),
+            ready: Arc::clone(ready),
+        }));
         ready.lock().push(key);
         self.live_tasks += 1;
         self.stats.tasks_spawned += 1;
         self.nodes[usize::from(node)].live_tasks += 1;
-        self.record(Tag::Spawn, Some(node), serial, hash_str(name), || format!("spawn task #{serial} {name}"));
+        self.record(Tag::Spawn, Some(node), serial, hash_str(name), || {
+            format!("spawn task #{serial} {name}")
+        });
     }
 
     fn slot(&self, key: TaskKey) -> Option<&TaskSlot> {
-        self.tasks.get(key.index as usize).filter(|s| s.occupied && s.generation == key.generation)
+        self.tasks
+            .get(key.index as usize)
+            .filter(|s| s.occupied && s.generation == key.generation)
     }
 
     fn release(&mut self, key: TaskKey) -> Option<BoxFuture<'static, ()>> {
         let slot = &mut self.tasks[key.index as usize];
-        assert!(slot.occupied && slot.generation == key.generation, "releasing a live task");
+        assert!(
+            slot.occupied && slot.generation == key.generation,
+            "releasing a live task"
+        );
         slot.occupied = false;
         slot.generation = slot.generation.wrapping_add(1);
         slot.waker = None;
@@ -251,10 +286,15 @@ impl Kernel {
             .iter()
             .enumerate()
             .filter(|(_, s)| s.occupied && s.node == node)
-            .map(|(i, s)| TaskKey { index: u32::try_from(i).expect("slot index fits"), generation: s.generation })
+            .map(|(i, s)| TaskKey {
+                index: u32::try_from(i).expect("slot index fits"),
+                generation: s.generation,
+            })
             .collect();
         self.nodes[usize::from(node)].parked.clear();
-        keys.into_iter().filter_map(|key| self.release(key)).collect()
+        keys.into_iter()
+            .filter_map(|key| self.release(key))
+            .collect()
     }
 
     /// Names of live tasks, for hang reports: `node/name#serial`.
@@ -262,7 +302,14 @@ impl Kernel {
         self.tasks
             .iter()
             .filter(|s| s.occupied)
-            .map(|s| format!("{}/{}#{}", self.nodes[usize::from(s.node)].name, s.name, s.serial))
+            .map(|s| {
+                format!(
+                    "{}/{}#{}",
+                    self.nodes[usize::from(s.node)].name,
+                    s.name,
+                    s.serial
+                )
+            })
             .collect()
     }
 
@@ -289,7 +336,8 @@ impl Kernel {
             }
         }
         self.timer_seq += 1;
-        self.timers.insert((deadline, self.timer_seq), waker.clone());
+        self.timers
+            .insert((deadline, self.timer_seq), waker.clone());
         self.timer_seq
     }
 
@@ -314,7 +362,15 @@ impl Kernel {
     /// Whether a scheduled control will change what can run: a reboot, a resume, a
     /// healed partition or an ended outage.
     pub(crate) fn recovery_pending(&self) -> bool {
-        self.controls.values().any(|c| matches!(c, Control::Restart(..) | Control::Resume(..) | Control::HealPartition(_) | Control::EndOutage(_)))
+        self.controls.values().any(|c| {
+            matches!(
+                c,
+                Control::Restart(..)
+                    | Control::Resume(..)
+                    | Control::HealPartition(_)
+                    | Control::EndOutage(_)
+            )
+        })
     }
 
     pub(crate) fn pop_due_control(&mut self) -> Option<Control> {
@@ -345,8 +401,17 @@ impl Kernel {
 }
 
 impl Shared {
-    pub(crate) fn new(kernel: Kernel, store: Arc<InMemoryEventStore>, bus: Arc<InMemoryEventBus>) -> Self {
-        Shared { kernel: Mutex::new(kernel), ready: Arc::default(), store, bus }
+    pub(crate) fn new(
+        kernel: Kernel,
+        store: Arc<InMemoryEventStore>,
+        bus: Arc<InMemoryEventBus>,
+    ) -> Self {
+        Shared {
+            kernel: Mutex::new(kernel),
+            ready: Arc::default(),
+            store,
+            bus,
+        }
     }
 
     /// Polls one ready task chosen by the scheduler RNG. Returns `false` if none was ready.
@@ -373,12 +438,22 @@ impl Shared {
                 }
                 let (serial, name) = (slot.serial, slot.name);
                 let index = key.index as usize;
-                let waker = Arc::clone(k.tasks[index].waker.as_ref().expect("live tasks have wakers"));
+                let waker = Arc::clone(
+                    k.tasks[index]
+                        .waker
+                        .as_ref()
+                        .expect("live tasks have wakers"),
+                );
                 waker.queued.store(false, Ordering::Release);
-                let future = k.tasks[index].future.take().expect("a ready task is not being polled");
+                let future = k.tasks[index]
+                    .future
+                    .take()
+                    .expect("a ready task is not being polled");
                 k.stats.steps += 1;
                 k.current = Some(node);
-                k.record(Tag::Step, Some(node), serial, 0, || format!("run task #{serial} {name}"));
+                k.record(Tag::Step, Some(node), serial, 0, || {
+                    format!("run task #{serial} {name}")
+                });
                 break (key, future, Waker::from(waker));
             }
         };
@@ -394,7 +469,9 @@ impl Shared {
                     let node = k.tasks[key.index as usize].node;
                     let leftover = k.release(key);
                     debug_assert!(leftover.is_none());
-                    k.record(Tag::TaskDone, Some(node), serial, 0, || format!("task #{serial} finished"));
+                    k.record(Tag::TaskDone, Some(node), serial, 0, || {
+                        format!("task #{serial} finished")
+                    });
                 }
             }
             Poll::Pending => {

@@ -20,7 +20,9 @@ use serde::Serialize;
 
 use crate::executor::{Control, Kernel, NodeIndex, Shared};
 use crate::network::Link;
-use crate::plan::{BusFaults, DependencyFaults, Fault, FaultPlan, FaultSpec, Nodes, Peer, StoreFaults, Window};
+use crate::plan::{
+    BusFaults, DependencyFaults, Fault, FaultPlan, FaultSpec, Nodes, Peer, StoreFaults, Window,
+};
 use crate::run::SimError;
 use crate::trace::{Tag, hash_str};
 use crate::world::{DependencyEntry, Node, NodeStatus};
@@ -41,7 +43,13 @@ pub struct FaultRecord {
 impl std::fmt::Display for FaultRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let node = self.node.as_deref().unwrap_or("-");
-        write!(f, "{:>9.3}ms {node:<12} {} {}", self.at.as_secs_f64() * 1000.0, self.kind, self.detail)
+        write!(
+            f,
+            "{:>9.3}ms {node:<12} {} {}",
+            self.at.as_secs_f64() * 1000.0,
+            self.kind,
+            self.detail
+        )
     }
 }
 
@@ -59,7 +67,10 @@ struct Resolved {
 /// What a nemesis tick decided that the run loop must carry out outside the kernel lock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum NemesisAction {
-    Crash { node: NodeIndex, downtime_nanos: u64 },
+    Crash {
+        node: NodeIndex,
+        downtime_nanos: u64,
+    },
 }
 
 /// The resolved plan and the state of the fault machinery.
@@ -77,8 +88,15 @@ const MILLI: u64 = 1_000_000;
 
 impl Injector {
     /// Resolves `plan` against the world's nodes and dependencies.
-    pub(crate) fn new(plan: FaultPlan, nodes: &[Node], dependencies: &[DependencyEntry]) -> Result<Self, SimError> {
-        let mut injector = Injector { active: true, ..Injector::default() };
+    pub(crate) fn new(
+        plan: FaultPlan,
+        nodes: &[Node],
+        dependencies: &[DependencyEntry],
+    ) -> Result<Self, SimError> {
+        let mut injector = Injector {
+            active: true,
+            ..Injector::default()
+        };
         for spec in &plan.specs {
             let resolved = resolve(spec, nodes, dependencies)?;
             if spec.fault.is_nemesis() {
@@ -109,38 +127,68 @@ impl Injector {
 
     fn active_for(&self, node: NodeIndex, elapsed_ms: u64) -> impl Iterator<Item = &Resolved> {
         let active = self.active;
-        self.per_operation
-            .iter()
-            .filter(move |r| active && r.window.contains(elapsed_ms) && r.nodes.get(usize::from(node)).copied().unwrap_or(false))
+        self.per_operation.iter().filter(move |r| {
+            active
+                && r.window.contains(elapsed_ms)
+                && r.nodes.get(usize::from(node)).copied().unwrap_or(false)
+        })
     }
 }
 
-fn resolve(spec: &FaultSpec, nodes: &[Node], dependencies: &[DependencyEntry]) -> Result<Resolved, SimError> {
+fn resolve(
+    spec: &FaultSpec,
+    nodes: &[Node],
+    dependencies: &[DependencyEntry],
+) -> Result<Resolved, SimError> {
     let mask = match &spec.nodes {
         Nodes::All => vec![true; nodes.len()],
         Nodes::Named(names) => {
             for name in names {
                 if !nodes.iter().any(|n| &*n.name == name) {
-                    return Err(SimError::UnknownNode { fault: spec.fault.label(), node: name.clone() });
+                    return Err(SimError::UnknownNode {
+                        fault: spec.fault.label(),
+                        node: name.clone(),
+                    });
                 }
             }
-            nodes.iter().map(|n| names.iter().any(|name| name == &*n.name)).collect()
+            nodes
+                .iter()
+                .map(|n| names.iter().any(|name| name == &*n.name))
+                .collect()
         }
     };
     let dependency_name = match &spec.fault {
-        Fault::Dependency { dependency, .. } | Fault::DependencyOutage { dependency, .. } => dependency.clone(),
-        Fault::Partition { peer: Peer::Dependency(name), .. } => Some(name.clone()),
+        Fault::Dependency { dependency, .. } | Fault::DependencyOutage { dependency, .. } => {
+            dependency.clone()
+        }
+        Fault::Partition {
+            peer: Peer::Dependency(name),
+            ..
+        } => Some(name.clone()),
         _ => None,
     };
     let dependency = match dependency_name {
         None => None,
-        Some(name) => Some(dependency_index(dependencies, &name).ok_or(SimError::UnknownDependency { fault: spec.fault.label(), dependency: name })?),
+        Some(name) => Some(dependency_index(dependencies, &name).ok_or(
+            SimError::UnknownDependency {
+                fault: spec.fault.label(),
+                dependency: name,
+            },
+        )?),
     };
-    Ok(Resolved { fault: spec.fault.clone(), window: spec.window, nodes: mask, dependency })
+    Ok(Resolved {
+        fault: spec.fault.clone(),
+        window: spec.window,
+        nodes: mask,
+        dependency,
+    })
 }
 
 pub(crate) fn dependency_index(dependencies: &[DependencyEntry], name: &str) -> Option<u16> {
-    dependencies.iter().position(|d| &*d.name == name).map(|i| u16::try_from(i).expect("dependency count fits u16"))
+    dependencies
+        .iter()
+        .position(|d| &*d.name == name)
+        .map(|i| u16::try_from(i).expect("dependency count fits u16"))
 }
 
 fn max_f(a: f64, b: f64) -> f64 {
@@ -159,15 +207,26 @@ impl Kernel {
 
     /// A uniform draw in `[min, max]`, consuming randomness only for a real range.
     pub(crate) fn uniform(&mut self, min: u64, max: u64) -> u64 {
-        if max <= min { min } else { self.fault_rng.random_range(min..=max) }
+        if max <= min {
+            min
+        } else {
+            self.fault_rng.random_range(min..=max)
+        }
     }
 
     /// Records a fault in the report and the trace.
     pub(crate) fn fault(&mut self, node: Option<NodeIndex>, kind: &'static str, detail: String) {
         let detail_hash = hash_str(&detail);
         let name = node.map(|n| Arc::clone(&self.nodes[usize::from(n)].name));
-        self.faults.push(FaultRecord { at: Duration::from_nanos(self.elapsed()), node: name, kind, detail: detail.clone() });
-        self.record(Tag::Fault, node, hash_str(kind), detail_hash, || format!("FAULT {kind} {detail}"));
+        self.record(Tag::Fault, node, hash_str(kind), detail_hash, || {
+            format!("FAULT {kind} {detail}")
+        });
+        self.faults.push(FaultRecord {
+            at: Duration::from_nanos(self.elapsed()),
+            node: name,
+            kind,
+            detail,
+        });
     }
 
     /// The store faults in force for `node` now (field-wise maximum over active specs).
@@ -176,9 +235,11 @@ impl Kernel {
         for r in self.injector.active_for(node, self.elapsed_ms()) {
             if let Fault::Store(s) = &r.fault {
                 out.extra_latency_max_ms = out.extra_latency_max_ms.max(s.extra_latency_max_ms);
-                out.transient_probability = max_f(out.transient_probability, s.transient_probability);
+                out.transient_probability =
+                    max_f(out.transient_probability, s.transient_probability);
                 out.timeout_probability = max_f(out.timeout_probability, s.timeout_probability);
-                out.commit_unknown_probability = max_f(out.commit_unknown_probability, s.commit_unknown_probability);
+                out.commit_unknown_probability =
+                    max_f(out.commit_unknown_probability, s.commit_unknown_probability);
             }
         }
         out
@@ -189,11 +250,17 @@ impl Kernel {
         for r in self.injector.active_for(node, self.elapsed_ms()) {
             if let Fault::Bus(b) = &r.fault {
                 out.delivery_delay_max_ms = out.delivery_delay_max_ms.max(b.delivery_delay_max_ms);
-                out.duplicate_probability = max_f(out.duplicate_probability, b.duplicate_probability);
+                out.duplicate_probability =
+                    max_f(out.duplicate_probability, b.duplicate_probability);
                 out.reorder_probability = max_f(out.reorder_probability, b.reorder_probability);
-                out.publish_error_probability = max_f(out.publish_error_probability, b.publish_error_probability);
-                out.publish_ack_lost_probability = max_f(out.publish_ack_lost_probability, b.publish_ack_lost_probability);
-                out.commit_lost_probability = max_f(out.commit_lost_probability, b.commit_lost_probability);
+                out.publish_error_probability =
+                    max_f(out.publish_error_probability, b.publish_error_probability);
+                out.publish_ack_lost_probability = max_f(
+                    out.publish_ack_lost_probability,
+                    b.publish_ack_lost_probability,
+                );
+                out.commit_lost_probability =
+                    max_f(out.commit_lost_probability, b.commit_lost_probability);
             }
         }
         out
@@ -206,7 +273,10 @@ impl Kernel {
                 if r.dependency.is_none_or(|d| d == dependency) {
                     out.slowdown_factor = max_f(out.slowdown_factor, faults.slowdown_factor);
                     out.error_probability = max_f(out.error_probability, faults.error_probability);
-                    out.response_lost_probability = max_f(out.response_lost_probability, faults.response_lost_probability);
+                    out.response_lost_probability = max_f(
+                        out.response_lost_probability,
+                        faults.response_lost_probability,
+                    );
                 }
             }
         }
@@ -215,12 +285,22 @@ impl Kernel {
 
     /// Whether the BUGGIFY point fires now. See [`Fault::Buggify`].
     fn buggify(&mut self, point: &'static str) -> bool {
-        let Some(node) = self.current else { return false };
-        let spec = self.injector.active_for(node, self.elapsed_ms()).find_map(|r| match r.fault {
-            Fault::Buggify { enable_probability, fire_probability } => Some((enable_probability, fire_probability)),
-            _ => None,
-        });
-        let Some((enable, fire)) = spec else { return false };
+        let Some(node) = self.current else {
+            return false;
+        };
+        let spec = self
+            .injector
+            .active_for(node, self.elapsed_ms())
+            .find_map(|r| match r.fault {
+                Fault::Buggify {
+                    enable_probability,
+                    fire_probability,
+                } => Some((enable_probability, fire_probability)),
+                _ => None,
+            });
+        let Some((enable, fire)) = spec else {
+            return false;
+        };
         let enabled = match self.injector.buggify_points.get(point) {
             Some(&enabled) => enabled,
             None => {
@@ -244,15 +324,38 @@ impl Kernel {
             return actions;
         }
         let elapsed_ms = self.elapsed_ms();
-        let specs: Vec<Resolved> = self.injector.nemesis.iter().filter(|r| r.window.contains(elapsed_ms)).cloned().collect();
+        let specs: Vec<Resolved> = self
+            .injector
+            .nemesis
+            .iter()
+            .filter(|r| r.window.contains(elapsed_ms))
+            .cloned()
+            .collect();
         for spec in specs {
             let probability = match spec.fault {
-                Fault::Partition { per_tick_probability, .. }
-                | Fault::Crash { per_tick_probability, .. }
-                | Fault::Pause { per_tick_probability, .. }
-                | Fault::ClockSkew { per_tick_probability, .. }
-                | Fault::Rebalance { per_tick_probability }
-                | Fault::DependencyOutage { per_tick_probability, .. } => per_tick_probability,
+                Fault::Partition {
+                    per_tick_probability,
+                    ..
+                }
+                | Fault::Crash {
+                    per_tick_probability,
+                    ..
+                }
+                | Fault::Pause {
+                    per_tick_probability,
+                    ..
+                }
+                | Fault::ClockSkew {
+                    per_tick_probability,
+                    ..
+                }
+                | Fault::Rebalance {
+                    per_tick_probability,
+                }
+                | Fault::DependencyOutage {
+                    per_tick_probability,
+                    ..
+                } => per_tick_probability,
                 _ => 0.0,
             };
             if !self.chance(probability) {
@@ -265,7 +368,11 @@ impl Kernel {
         actions
     }
 
-    fn pick_node(&mut self, spec: &Resolved, eligible: impl Fn(&Node) -> bool) -> Option<NodeIndex> {
+    fn pick_node(
+        &mut self,
+        spec: &Resolved,
+        eligible: impl Fn(&Node) -> bool,
+    ) -> Option<NodeIndex> {
         let candidates: Vec<NodeIndex> = self
             .nodes
             .iter()
@@ -283,15 +390,24 @@ impl Kernel {
     fn fire_nemesis(&mut self, spec: &Resolved) -> Option<NemesisAction> {
         let up = |n: &Node| n.status == NodeStatus::Up;
         match &spec.fault {
-            Fault::Partition { peer, direction, min_duration_ms, max_duration_ms, .. } => {
+            Fault::Partition {
+                peer,
+                direction,
+                min_duration_ms,
+                max_duration_ms,
+                ..
+            } => {
                 let node = self.pick_node(spec, |n| n.status != NodeStatus::Crashed)?;
-                let dependencies = u16::try_from(self.env.dependencies.len()).expect("dependency count fits u16");
+                let dependencies =
+                    u16::try_from(self.env.dependencies.len()).expect("dependency count fits u16");
                 let link = match peer {
                     Peer::EventStore => Link::Store,
                     Peer::EventBus => Link::Bus,
                     Peer::Dependency(_) => Link::Dependency(spec.dependency.expect("resolved")),
                     Peer::AnyDependency if dependencies == 0 => return None,
-                    Peer::AnyDependency => Link::Dependency(u16::try_from(self.uniform(0, u64::from(dependencies) - 1)).expect("fits")),
+                    Peer::AnyDependency => Link::Dependency(
+                        u16::try_from(self.uniform(0, u64::from(dependencies) - 1)).expect("fits"),
+                    ),
                     Peer::Any => match self.uniform(0, 1 + u64::from(dependencies)) {
                         0 => Link::Store,
                         1 => Link::Bus,
@@ -302,15 +418,32 @@ impl Kernel {
                 let id = self.network.partition(node, link, *direction);
                 self.schedule(self.now + duration * MILLI, Control::HealPartition(id));
                 let target = self.link_name(link);
-                self.fault(Some(node), "network.partition", format!("{direction:?} with {target} for {duration}ms (#{id})"));
+                self.fault(
+                    Some(node),
+                    "network.partition",
+                    format!("{direction:?} with {target} for {duration}ms (#{id})"),
+                );
                 None
             }
-            Fault::Crash { min_downtime_ms, max_downtime_ms, .. } => {
-                let node = self.pick_node(spec, |n| n.options.crashable && n.status != NodeStatus::Crashed)?;
+            Fault::Crash {
+                min_downtime_ms,
+                max_downtime_ms,
+                ..
+            } => {
+                let node = self.pick_node(spec, |n| {
+                    n.options.crashable && n.status != NodeStatus::Crashed
+                })?;
                 let downtime = self.uniform(*min_downtime_ms, *max_downtime_ms);
-                Some(NemesisAction::Crash { node, downtime_nanos: downtime * MILLI })
+                Some(NemesisAction::Crash {
+                    node,
+                    downtime_nanos: downtime * MILLI,
+                })
             }
-            Fault::Pause { min_duration_ms, max_duration_ms, .. } => {
+            Fault::Pause {
+                min_duration_ms,
+                max_duration_ms,
+                ..
+            } => {
                 let node = self.pick_node(spec, |n| n.options.pausable && up(n))?;
                 let duration = self.uniform(*min_duration_ms, *max_duration_ms);
                 let n = &mut self.nodes[usize::from(node)];
@@ -324,7 +457,11 @@ impl Kernel {
             Fault::ClockSkew { max_skew_ms, .. } => {
                 let node = self.pick_node(spec, |n| n.options.clock_skew)?;
                 let max = i64::try_from(*max_skew_ms).unwrap_or(i64::MAX / 2);
-                let skew_ms = if max == 0 { 0 } else { self.fault_rng.random_range(-max..=max) };
+                let skew_ms = if max == 0 {
+                    0
+                } else {
+                    self.fault_rng.random_range(-max..=max)
+                };
                 self.nodes[usize::from(node)].skew_nanos = skew_ms.saturating_mul(1_000_000);
                 self.fault(Some(node), "clock.skew", format!("{skew_ms:+}ms"));
                 None
@@ -332,24 +469,40 @@ impl Kernel {
             Fault::Rebalance { .. } => {
                 let node = self.pick_node(spec, up)?;
                 self.nodes[usize::from(node)].rebalance_epoch += 1;
-                self.fault(Some(node), "bus.rebalance", "subscriptions rejoin their groups".into());
+                self.fault(
+                    Some(node),
+                    "bus.rebalance",
+                    "subscriptions rejoin their groups".into(),
+                );
                 None
             }
-            Fault::DependencyOutage { min_duration_ms, max_duration_ms, .. } => {
+            Fault::DependencyOutage {
+                min_duration_ms,
+                max_duration_ms,
+                ..
+            } => {
                 let dependencies = u16::try_from(self.env.dependencies.len()).expect("fits");
                 let dependency = match spec.dependency {
                     Some(d) => d,
                     None if dependencies == 0 => return None,
-                    None => u16::try_from(self.uniform(0, u64::from(dependencies) - 1)).expect("fits"),
+                    None => {
+                        u16::try_from(self.uniform(0, u64::from(dependencies) - 1)).expect("fits")
+                    }
                 };
                 let duration = self.uniform(*min_duration_ms, *max_duration_ms);
                 let id = self.network.outage(dependency);
                 self.schedule(self.now + duration * MILLI, Control::EndOutage(id));
                 let name = Arc::clone(&self.env.dependencies[usize::from(dependency)].name);
-                self.fault(None, "dependency.outage", format!("{name} down for {duration}ms (#{id})"));
+                self.fault(
+                    None,
+                    "dependency.outage",
+                    format!("{name} down for {duration}ms (#{id})"),
+                );
                 None
             }
-            Fault::Store(_) | Fault::Bus(_) | Fault::Dependency { .. } | Fault::Buggify { .. } => None,
+            Fault::Store(_) | Fault::Bus(_) | Fault::Dependency { .. } | Fault::Buggify { .. } => {
+                None
+            }
         }
     }
 
@@ -374,5 +527,7 @@ impl FaultOracle for SimOracle {
 }
 
 pub(crate) fn install_oracle(shared: &Arc<Shared>) -> reprise_core::buggify::OracleGuard {
-    reprise_core::buggify::install(Rc::new(SimOracle { shared: Arc::clone(shared) }))
+    reprise_core::buggify::install(Rc::new(SimOracle {
+        shared: Arc::clone(shared),
+    }))
 }

@@ -44,12 +44,19 @@ impl Seeds {
     #[must_use]
     pub fn from_env() -> Self {
         let read = |name: &str| {
-            std::env::var(name).ok().map(|v| v.trim().parse::<u64>().unwrap_or_else(|_| panic!("{name}={v} is not a non-negative integer")))
+            std::env::var(name).ok().map(|v| {
+                v.trim()
+                    .parse::<u64>()
+                    .unwrap_or_else(|_| panic!("{name}={v} is not a non-negative integer"))
+            })
         };
         if let Some(seed) = read("REPRISE_SEED") {
             return Seeds::One(seed);
         }
-        Seeds::Range { start: read("REPRISE_SEED_START").unwrap_or(1), count: read("REPRISE_SEEDS").unwrap_or(DEFAULT_SEEDS) }
+        Seeds::Range {
+            start: read("REPRISE_SEED_START").unwrap_or(1),
+            count: read("REPRISE_SEEDS").unwrap_or(DEFAULT_SEEDS),
+        }
     }
 
     /// The seeds, in order.
@@ -75,18 +82,32 @@ impl Repro {
     /// For the test running on this thread (libtest names the thread after the test).
     #[must_use]
     pub fn current_test(package: &str) -> Self {
-        let test = std::thread::current().name().filter(|n| *n != "main").unwrap_or("<test name>").to_owned();
-        Repro { package: package.to_owned(), test }
+        let test = std::thread::current()
+            .name()
+            .filter(|n| *n != "main")
+            .unwrap_or("<test name>")
+            .to_owned();
+        Repro {
+            package: package.to_owned(),
+            test,
+        }
     }
 }
 
 /// Runs `seeds` and returns the first failing report, replayed with a full trace.
 #[must_use]
-pub fn find_failure(scenario: &dyn Scenario, config: &SimConfig, seeds: impl IntoIterator<Item = u64>) -> Option<RunReport> {
+pub fn find_failure(
+    scenario: &dyn Scenario,
+    config: &SimConfig,
+    seeds: impl IntoIterator<Item = u64>,
+) -> Option<RunReport> {
     for seed in seeds {
         let report = run(scenario, &config.clone().with_seed(seed));
         if !report.passed() {
-            return Some(run(scenario, &config.clone().with_seed(seed).with_trace(TraceMode::Full)));
+            return Some(run(
+                scenario,
+                &config.clone().with_seed(seed).with_trace(TraceMode::Full),
+            ));
         }
     }
     None
@@ -109,7 +130,12 @@ pub fn sweep(scenario: &dyn Scenario, config: &SimConfig, package: &str) {
 #[must_use]
 pub fn failure_message(report: &RunReport, repro: &Repro) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "simulation of {} failed: {}", report.scenario, report.summary());
+    let _ = writeln!(
+        out,
+        "simulation of {} failed: {}",
+        report.scenario,
+        report.summary()
+    );
     let _ = writeln!(out, "  outcome:   {}", report.outcome);
     if let Some(violation) = report.violation() {
         let _ = writeln!(out, "  invariant: {}", violation.invariant);
@@ -118,7 +144,11 @@ pub fn failure_message(report: &RunReport, repro: &Repro) -> String {
         }
         let _ = writeln!(out, "  message:   {}", violation.message);
     }
-    let _ = writeln!(out, "  sim time:  {:?} after {} steps", report.stats.sim_time, report.stats.steps);
+    let _ = writeln!(
+        out,
+        "  sim time:  {:?} after {} steps",
+        report.stats.sim_time, report.stats.steps
+    );
     let _ = writeln!(out, "  faults so far ({}):", report.faults.len());
     let skip = report.faults.len().saturating_sub(20);
     if skip > 0 {
@@ -135,8 +165,16 @@ pub fn failure_message(report: &RunReport, repro: &Repro) -> String {
         }
     }
     let _ = writeln!(out, "  reproduce:");
-    let _ = writeln!(out, "    REPRISE_SEED={} cargo test -p {} {}", report.seed, repro.package, repro.test);
-    let _ = writeln!(out, "    reprise run {} --seed {} --plan {} --trace   (scenarios registered with the CLI)", report.scenario, report.seed, report.plan.name);
+    let _ = writeln!(
+        out,
+        "    REPRISE_SEED={} cargo test -p {} {}",
+        report.seed, repro.package, repro.test
+    );
+    let _ = writeln!(
+        out,
+        "    reprise run {} --seed {} --plan {} --trace   (scenarios registered with the CLI)",
+        report.scenario, report.seed, report.plan.name
+    );
     let _ = write!(out, "{}", report.summary());
     out
 }

@@ -40,7 +40,7 @@
 //!
 //! | module | role |
 //! |---|---|
-//! | [`executor`](crate::executor) (private) | tasks, ready set, seeded scheduler, timer heap |
+//! | `executor` | tasks, ready set, seeded scheduler, timer heap |
 //! | `clock` | virtual time, per-node skew, the node runtime |
 //! | `network` | partitions (symmetric, one-way) and outages |
 //! | `store` / `bus` / `dependency` | the simulated event store, event bus and external services |
@@ -62,7 +62,7 @@
 //! - Scenario code must keep its side of the contract: no wall clock, no OS randomness, no
 //!   `HashMap` iteration, no threads (the workspace `clippy.toml` enforces most of it).
 //!   [`check_determinism`] catches the rest and names the first divergent trace event.
-//! - BUGGIFY points ([`reprise_core::buggify`]) see the run's oracle on the thread running
+//! - BUGGIFY points ([`buggify`](fn@reprise_core::buggify)) see the run's oracle on the thread running
 //!   the simulation; run one simulation per thread (parallel runs on separate threads are
 //!   fine).
 
@@ -85,8 +85,14 @@ pub use bus::BusOptions;
 pub use checker::{Scenario, ScenarioRun, Violation, WorldView};
 pub use dependency::{DependencyError, DependencyOptions};
 pub use faults::FaultRecord;
-pub use plan::{BusFaults, DependencyFaults, Direction, Fault, FaultPlan, FaultSpec, Nodes, Peer, PlanError, StoreFaults, SwarmOptions, Window};
-pub use run::{Budget, Divergence, Outcome, Phase, RunReport, RunStats, SimConfig, SimError, check_determinism, run, try_run};
+pub use plan::{
+    BusFaults, DependencyFaults, Direction, Fault, FaultPlan, FaultSpec, Nodes, Peer, PlanError,
+    StoreFaults, SwarmOptions, Window,
+};
+pub use run::{
+    Budget, Divergence, Outcome, Phase, RunReport, RunStats, SimConfig, SimError,
+    check_determinism, run, try_run,
+};
 pub use store::StoreOptions;
 pub use trace::{TraceLine, TraceMode, summary_line};
 pub use world::{BootFn, DependencyId, NodeContext, NodeId, NodeOptions, NodeStatus, World};

@@ -47,7 +47,12 @@ impl Network {
     /// Cuts `node` off from `link`. Returns the partition's id for healing it.
     pub(crate) fn partition(&mut self, node: NodeIndex, link: Link, direction: Direction) -> u64 {
         self.next_id += 1;
-        self.partitions.push(Partition { id: self.next_id, node, link, direction });
+        self.partitions.push(Partition {
+            id: self.next_id,
+            node,
+            link,
+            direction,
+        });
         self.next_id
     }
 
@@ -59,7 +64,10 @@ impl Network {
 
     pub(crate) fn outage(&mut self, dependency: u16) -> u64 {
         self.next_id += 1;
-        self.outages.push(Outage { id: self.next_id, dependency });
+        self.outages.push(Outage {
+            id: self.next_id,
+            dependency,
+        });
         self.next_id
     }
 
@@ -79,17 +87,23 @@ impl Network {
 
     /// Whether a request from `node` to `link` is lost.
     pub(crate) fn request_blocked(&self, node: NodeIndex, link: Link) -> bool {
-        self.partitions.iter().any(|p| p.node == node && p.link == link && p.direction != Direction::Inbound)
+        self.partitions
+            .iter()
+            .any(|p| p.node == node && p.link == link && p.direction != Direction::Inbound)
     }
 
     /// Whether a response from `link` to `node` is lost.
     pub(crate) fn response_blocked(&self, node: NodeIndex, link: Link) -> bool {
-        self.partitions.iter().any(|p| p.node == node && p.link == link && p.direction != Direction::Outbound)
+        self.partitions
+            .iter()
+            .any(|p| p.node == node && p.link == link && p.direction != Direction::Outbound)
     }
 
     /// Whether `node` and `link` cannot talk at all right now (either direction cut).
     pub(crate) fn cut(&self, node: NodeIndex, link: Link) -> bool {
-        self.partitions.iter().any(|p| p.node == node && p.link == link)
+        self.partitions
+            .iter()
+            .any(|p| p.node == node && p.link == link)
     }
 
     pub(crate) fn is_down(&self, dependency: u16) -> bool {
@@ -107,8 +121,14 @@ mod tests {
         let out = net.partition(0, Link::Store, Direction::Outbound);
         assert!(net.request_blocked(0, Link::Store));
         assert!(!net.response_blocked(0, Link::Store));
-        assert!(!net.request_blocked(1, Link::Store), "other nodes are unaffected");
-        assert!(!net.request_blocked(0, Link::Bus), "other links are unaffected");
+        assert!(
+            !net.request_blocked(1, Link::Store),
+            "other nodes are unaffected"
+        );
+        assert!(
+            !net.request_blocked(0, Link::Bus),
+            "other links are unaffected"
+        );
         net.partition(0, Link::Bus, Direction::Inbound);
         assert!(net.response_blocked(0, Link::Bus) && !net.request_blocked(0, Link::Bus));
         assert!(net.heal(out));

@@ -52,7 +52,10 @@ pub struct SwarmOptions {
 
 impl Default for SwarmOptions {
     fn default() -> Self {
-        SwarmOptions { family_probability: 0.5, intensity: 1.0 }
+        SwarmOptions {
+            family_probability: 0.5,
+            intensity: 1.0,
+        }
     }
 }
 
@@ -162,7 +165,11 @@ pub struct DependencyFaults {
 
 impl Default for DependencyFaults {
     fn default() -> Self {
-        DependencyFaults { slowdown_factor: 1.0, error_probability: 0.0, response_lost_probability: 0.0 }
+        DependencyFaults {
+            slowdown_factor: 1.0,
+            error_probability: 0.0,
+            response_lost_probability: 0.0,
+        }
     }
 }
 
@@ -176,11 +183,14 @@ pub enum Fault {
         dependency: Option<String>,
         faults: DependencyFaults,
     },
-    /// BUGGIFY points in framework code ([`reprise_core::buggify`]): each point seen is
+    /// BUGGIFY points in framework code ([`buggify`](fn@reprise_core::buggify)): each point seen is
     /// enabled for the run with `enable_probability` (FoundationDB's trick: a point that
     /// fires everywhere at once hides the interesting interleavings), then fires with
     /// `fire_probability` each time it is reached.
-    Buggify { enable_probability: f64, fire_probability: f64 },
+    Buggify {
+        enable_probability: f64,
+        fire_probability: f64,
+    },
     Partition {
         peer: Peer,
         direction: Direction,
@@ -189,14 +199,27 @@ pub enum Fault {
         max_duration_ms: u64,
     },
     /// The node crashes (tasks and volatile state dropped) and reboots after the downtime.
-    Crash { per_tick_probability: f64, min_downtime_ms: u64, max_downtime_ms: u64 },
+    Crash {
+        per_tick_probability: f64,
+        min_downtime_ms: u64,
+        max_downtime_ms: u64,
+    },
     /// The node stops being scheduled (a GC pause, a frozen VM), then resumes.
-    Pause { per_tick_probability: f64, min_duration_ms: u64, max_duration_ms: u64 },
+    Pause {
+        per_tick_probability: f64,
+        min_duration_ms: u64,
+        max_duration_ms: u64,
+    },
     /// The node's clock jumps to an offset in `-max_skew_ms..=max_skew_ms` from true time.
-    ClockSkew { per_tick_probability: f64, max_skew_ms: u64 },
+    ClockSkew {
+        per_tick_probability: f64,
+        max_skew_ms: u64,
+    },
     /// The node's bus subscriptions leave and rejoin their groups: partitions move and
     /// uncommitted work is redelivered.
-    Rebalance { per_tick_probability: f64 },
+    Rebalance {
+        per_tick_probability: f64,
+    },
     /// A dependency is down for everyone.
     DependencyOutage {
         /// `None`: one drawn at random when the fault fires.
@@ -244,11 +267,22 @@ impl Fault {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
     #[error("{fault}: {field} = {value} is not a probability in [0, 1]")]
-    Probability { fault: &'static str, field: &'static str, value: String },
+    Probability {
+        fault: &'static str,
+        field: &'static str,
+        value: String,
+    },
     #[error("{fault}: minimum {min} ms exceeds maximum {max} ms")]
-    Range { fault: &'static str, min: u64, max: u64 },
+    Range {
+        fault: &'static str,
+        min: u64,
+        max: u64,
+    },
     #[error("{fault}: {message}")]
-    Invalid { fault: &'static str, message: String },
+    Invalid {
+        fault: &'static str,
+        message: String,
+    },
     #[error("window [{start_ms} ms, {end_ms} ms) is empty")]
     EmptyWindow { start_ms: u64, end_ms: u64 },
     #[error("fault {fault} names no nodes (use Nodes::All)")]
@@ -263,19 +297,31 @@ fn probability(fault: &'static str, field: &'static str, value: f64) -> Result<(
     if (0.0..=1.0).contains(&value) {
         Ok(())
     } else {
-        Err(PlanError::Probability { fault, field, value: value.to_string() })
+        Err(PlanError::Probability {
+            fault,
+            field,
+            value: value.to_string(),
+        })
     }
 }
 
 fn range(fault: &'static str, min: u64, max: u64) -> Result<(), PlanError> {
-    if min <= max { Ok(()) } else { Err(PlanError::Range { fault, min, max }) }
+    if min <= max {
+        Ok(())
+    } else {
+        Err(PlanError::Range { fault, min, max })
+    }
 }
 
 impl FaultSpec {
     /// `fault` on every node for the whole fault window.
     #[must_use]
     pub fn new(fault: Fault) -> Self {
-        FaultSpec { fault, nodes: Nodes::All, window: Window::default() }
+        FaultSpec {
+            fault,
+            nodes: Nodes::All,
+            window: Window::default(),
+        }
     }
 
     /// Restricts the fault to the named nodes.
@@ -292,14 +338,20 @@ impl FaultSpec {
     /// Restricts the fault to `[start_ms, end_ms)` of the run.
     #[must_use]
     pub fn during(mut self, start_ms: u64, end_ms: u64) -> Self {
-        self.window = Window { start_ms, end_ms: Some(end_ms) };
+        self.window = Window {
+            start_ms,
+            end_ms: Some(end_ms),
+        };
         self
     }
 
     /// Active from `start_ms` to the end of the fault window.
     #[must_use]
     pub fn from_ms(mut self, start_ms: u64) -> Self {
-        self.window = Window { start_ms, end_ms: None };
+        self.window = Window {
+            start_ms,
+            end_ms: None,
+        };
         self
     }
 
@@ -311,7 +363,10 @@ impl FaultSpec {
         let label = self.fault.label();
         if let Some(end_ms) = self.window.end_ms {
             if end_ms <= self.window.start_ms {
-                return Err(PlanError::EmptyWindow { start_ms: self.window.start_ms, end_ms });
+                return Err(PlanError::EmptyWindow {
+                    start_ms: self.window.start_ms,
+                    end_ms,
+                });
             }
         }
         if matches!(&self.nodes, Nodes::Named(names) if names.is_empty()) {
@@ -321,47 +376,106 @@ impl FaultSpec {
             Fault::Store(s) => {
                 probability(label, "transient_probability", s.transient_probability)?;
                 probability(label, "timeout_probability", s.timeout_probability)?;
-                probability(label, "commit_unknown_probability", s.commit_unknown_probability)?;
-                let total = s.transient_probability + s.timeout_probability + s.commit_unknown_probability;
+                probability(
+                    label,
+                    "commit_unknown_probability",
+                    s.commit_unknown_probability,
+                )?;
+                let total =
+                    s.transient_probability + s.timeout_probability + s.commit_unknown_probability;
                 if total > 1.0 {
-                    return Err(PlanError::Invalid { fault: label, message: format!("the outcome probabilities add up to {total} > 1") });
+                    return Err(PlanError::Invalid {
+                        fault: label,
+                        message: format!("the outcome probabilities add up to {total} > 1"),
+                    });
                 }
             }
             Fault::Bus(b) => {
                 probability(label, "duplicate_probability", b.duplicate_probability)?;
                 probability(label, "reorder_probability", b.reorder_probability)?;
-                probability(label, "publish_error_probability", b.publish_error_probability)?;
-                probability(label, "publish_ack_lost_probability", b.publish_ack_lost_probability)?;
+                probability(
+                    label,
+                    "publish_error_probability",
+                    b.publish_error_probability,
+                )?;
+                probability(
+                    label,
+                    "publish_ack_lost_probability",
+                    b.publish_ack_lost_probability,
+                )?;
                 probability(label, "commit_lost_probability", b.commit_lost_probability)?;
                 if b.publish_error_probability + b.publish_ack_lost_probability > 1.0 {
-                    return Err(PlanError::Invalid { fault: label, message: "publish outcome probabilities add up to more than 1".into() });
+                    return Err(PlanError::Invalid {
+                        fault: label,
+                        message: "publish outcome probabilities add up to more than 1".into(),
+                    });
                 }
             }
             Fault::Dependency { faults, .. } => {
                 probability(label, "error_probability", faults.error_probability)?;
-                probability(label, "response_lost_probability", faults.response_lost_probability)?;
+                probability(
+                    label,
+                    "response_lost_probability",
+                    faults.response_lost_probability,
+                )?;
                 if faults.error_probability + faults.response_lost_probability > 1.0 {
-                    return Err(PlanError::Invalid { fault: label, message: "outcome probabilities add up to more than 1".into() });
+                    return Err(PlanError::Invalid {
+                        fault: label,
+                        message: "outcome probabilities add up to more than 1".into(),
+                    });
                 }
                 if !(faults.slowdown_factor >= 1.0 && faults.slowdown_factor <= 1000.0) {
-                    return Err(PlanError::Invalid { fault: label, message: format!("slowdown_factor {} is not in [1, 1000]", faults.slowdown_factor) });
+                    return Err(PlanError::Invalid {
+                        fault: label,
+                        message: format!(
+                            "slowdown_factor {} is not in [1, 1000]",
+                            faults.slowdown_factor
+                        ),
+                    });
                 }
             }
-            Fault::Buggify { enable_probability, fire_probability } => {
+            Fault::Buggify {
+                enable_probability,
+                fire_probability,
+            } => {
                 probability(label, "enable_probability", *enable_probability)?;
                 probability(label, "fire_probability", *fire_probability)?;
             }
-            Fault::Partition { per_tick_probability, min_duration_ms, max_duration_ms, .. }
-            | Fault::Pause { per_tick_probability, min_duration_ms, max_duration_ms }
-            | Fault::DependencyOutage { per_tick_probability, min_duration_ms, max_duration_ms, .. } => {
+            Fault::Partition {
+                per_tick_probability,
+                min_duration_ms,
+                max_duration_ms,
+                ..
+            }
+            | Fault::Pause {
+                per_tick_probability,
+                min_duration_ms,
+                max_duration_ms,
+            }
+            | Fault::DependencyOutage {
+                per_tick_probability,
+                min_duration_ms,
+                max_duration_ms,
+                ..
+            } => {
                 probability(label, "per_tick_probability", *per_tick_probability)?;
                 range(label, *min_duration_ms, *max_duration_ms)?;
             }
-            Fault::Crash { per_tick_probability, min_downtime_ms, max_downtime_ms } => {
+            Fault::Crash {
+                per_tick_probability,
+                min_downtime_ms,
+                max_downtime_ms,
+            } => {
                 probability(label, "per_tick_probability", *per_tick_probability)?;
                 range(label, *min_downtime_ms, *max_downtime_ms)?;
             }
-            Fault::ClockSkew { per_tick_probability, .. } | Fault::Rebalance { per_tick_probability } => {
+            Fault::ClockSkew {
+                per_tick_probability,
+                ..
+            }
+            | Fault::Rebalance {
+                per_tick_probability,
+            } => {
                 probability(label, "per_tick_probability", *per_tick_probability)?;
             }
         }
@@ -373,7 +487,11 @@ impl FaultPlan {
     /// A named plan without faults; add some with [`FaultPlan::with`].
     #[must_use]
     pub fn named(name: impl Into<String>) -> Self {
-        FaultPlan { name: name.into(), specs: Vec::new(), swarm: None }
+        FaultPlan {
+            name: name.into(),
+            specs: Vec::new(),
+            swarm: None,
+        }
     }
 
     /// No faults at all.
@@ -385,7 +503,11 @@ impl FaultPlan {
     /// Swarm mode with the default options: each seed draws its own fault mix.
     #[must_use]
     pub fn swarm() -> Self {
-        FaultPlan { name: "swarm".into(), specs: Vec::new(), swarm: Some(SwarmOptions::default()) }
+        FaultPlan {
+            name: "swarm".into(),
+            specs: Vec::new(),
+            swarm: Some(SwarmOptions::default()),
+        }
     }
 
     /// Adds a fault.
@@ -413,7 +535,10 @@ impl FaultPlan {
         if let Some(swarm) = self.swarm {
             probability("swarm", "family_probability", swarm.family_probability)?;
             if !(swarm.intensity > 0.0 && swarm.intensity <= 1.0) {
-                return Err(PlanError::Invalid { fault: "swarm", message: format!("intensity {} is not in (0, 1]", swarm.intensity) });
+                return Err(PlanError::Invalid {
+                    fault: "swarm",
+                    message: format!("intensity {} is not in (0, 1]", swarm.intensity),
+                });
             }
         }
         self.specs.iter().try_for_each(FaultSpec::validate)
@@ -424,7 +549,8 @@ impl FaultPlan {
     /// # Errors
     /// [`PlanError::Parse`] or a validation error.
     pub fn from_json(text: &str) -> Result<Self, PlanError> {
-        let plan: FaultPlan = serde_json::from_str(text).map_err(|e| PlanError::Parse(e.to_string()))?;
+        let plan: FaultPlan =
+            serde_json::from_str(text).map_err(|e| PlanError::Parse(e.to_string()))?;
         plan.validate()?;
         Ok(plan)
     }
@@ -442,7 +568,11 @@ impl FaultPlan {
         if let Some(swarm) = self.swarm {
             specs.extend(draw_swarm(swarm, rng));
         }
-        FaultPlan { name: self.name.clone(), specs, swarm: None }
+        FaultPlan {
+            name: self.name.clone(),
+            specs,
+            swarm: None,
+        }
     }
 }
 
@@ -482,31 +612,53 @@ fn draw_swarm(options: SwarmOptions, rng: &mut ChaCha8Rng) -> Vec<FaultSpec> {
         }));
     }
     if on(rng) {
-        specs.push(FaultSpec::new(Fault::Buggify { enable_probability: 0.25, fire_probability: p(rng, 0.2) }));
+        specs.push(FaultSpec::new(Fault::Buggify {
+            enable_probability: 0.25,
+            fire_probability: p(rng, 0.2),
+        }));
     }
     if on(rng) {
         specs.push(FaultSpec::new(Fault::Partition {
             peer: Peer::Any,
-            direction: [Direction::Both, Direction::Outbound, Direction::Inbound][rng.random_range(0..3)],
+            direction: [Direction::Both, Direction::Outbound, Direction::Inbound]
+                [rng.random_range(0..3)],
             per_tick_probability: p(rng, 0.1),
             min_duration_ms: 50,
             max_duration_ms: rng.random_range(100..=2_000),
         }));
     }
     if on(rng) {
-        specs.push(FaultSpec::new(Fault::Crash { per_tick_probability: p(rng, 0.05), min_downtime_ms: 10, max_downtime_ms: rng.random_range(50..=2_000) }));
+        specs.push(FaultSpec::new(Fault::Crash {
+            per_tick_probability: p(rng, 0.05),
+            min_downtime_ms: 10,
+            max_downtime_ms: rng.random_range(50..=2_000),
+        }));
     }
     if on(rng) {
-        specs.push(FaultSpec::new(Fault::Pause { per_tick_probability: p(rng, 0.05), min_duration_ms: 10, max_duration_ms: rng.random_range(50..=1_000) }));
+        specs.push(FaultSpec::new(Fault::Pause {
+            per_tick_probability: p(rng, 0.05),
+            min_duration_ms: 10,
+            max_duration_ms: rng.random_range(50..=1_000),
+        }));
     }
     if on(rng) {
-        specs.push(FaultSpec::new(Fault::ClockSkew { per_tick_probability: p(rng, 0.05), max_skew_ms: rng.random_range(1..=5_000) }));
+        specs.push(FaultSpec::new(Fault::ClockSkew {
+            per_tick_probability: p(rng, 0.05),
+            max_skew_ms: rng.random_range(1..=5_000),
+        }));
     }
     if on(rng) {
-        specs.push(FaultSpec::new(Fault::Rebalance { per_tick_probability: p(rng, 0.1) }));
+        specs.push(FaultSpec::new(Fault::Rebalance {
+            per_tick_probability: p(rng, 0.1),
+        }));
     }
     if on(rng) {
-        specs.push(FaultSpec::new(Fault::DependencyOutage { dependency: None, per_tick_probability: p(rng, 0.03), min_duration_ms: 100, max_duration_ms: rng.random_range(200..=3_000) }));
+        specs.push(FaultSpec::new(Fault::DependencyOutage {
+            dependency: None,
+            per_tick_probability: p(rng, 0.03),
+            min_duration_ms: 100,
+            max_duration_ms: rng.random_range(200..=3_000),
+        }));
     }
     specs
 }
@@ -519,37 +671,81 @@ mod tests {
 
     #[test]
     fn validation_refuses_bad_probabilities_ranges_and_windows() {
-        let bad = FaultSpec::new(Fault::Store(StoreFaults { transient_probability: 1.5, ..StoreFaults::default() }));
-        assert!(matches!(bad.validate(), Err(PlanError::Probability { field: "transient_probability", .. })));
-        let bad = FaultSpec::new(Fault::Crash { per_tick_probability: 0.1, min_downtime_ms: 10, max_downtime_ms: 5 });
-        assert_eq!(bad.validate(), Err(PlanError::Range { fault: "crash", min: 10, max: 5 }));
-        let bad = FaultSpec::new(Fault::Rebalance { per_tick_probability: 0.1 }).during(10, 10);
+        let bad = FaultSpec::new(Fault::Store(StoreFaults {
+            transient_probability: 1.5,
+            ..StoreFaults::default()
+        }));
+        assert!(matches!(
+            bad.validate(),
+            Err(PlanError::Probability {
+                field: "transient_probability",
+                ..
+            })
+        ));
+        let bad = FaultSpec::new(Fault::Crash {
+            per_tick_probability: 0.1,
+            min_downtime_ms: 10,
+            max_downtime_ms: 5,
+        });
+        assert_eq!(
+            bad.validate(),
+            Err(PlanError::Range {
+                fault: "crash",
+                min: 10,
+                max: 5
+            })
+        );
+        let bad = FaultSpec::new(Fault::Rebalance {
+            per_tick_probability: 0.1,
+        })
+        .during(10, 10);
         assert!(matches!(bad.validate(), Err(PlanError::EmptyWindow { .. })));
-        let bad = FaultSpec::new(Fault::Rebalance { per_tick_probability: f64::NAN });
+        let bad = FaultSpec::new(Fault::Rebalance {
+            per_tick_probability: f64::NAN,
+        });
         assert!(bad.validate().is_err());
         let empty: [&str; 0] = [];
-        let bad = FaultSpec::new(Fault::Rebalance { per_tick_probability: 0.1 }).on_nodes(empty);
+        let bad = FaultSpec::new(Fault::Rebalance {
+            per_tick_probability: 0.1,
+        })
+        .on_nodes(empty);
         assert!(matches!(bad.validate(), Err(PlanError::NoNodes { .. })));
     }
 
     #[test]
     fn plans_round_trip_through_json() {
         let plan = FaultPlan::named("storm")
-            .with(FaultSpec::new(Fault::Partition { peer: Peer::EventBus, direction: Direction::Inbound, per_tick_probability: 0.2, min_duration_ms: 10, max_duration_ms: 100 }).on_nodes(["a"]).during(0, 500))
+            .with(
+                FaultSpec::new(Fault::Partition {
+                    peer: Peer::EventBus,
+                    direction: Direction::Inbound,
+                    per_tick_probability: 0.2,
+                    min_duration_ms: 10,
+                    max_duration_ms: 100,
+                })
+                .on_nodes(["a"])
+                .during(0, 500),
+            )
             .with_swarm(SwarmOptions::default());
         let back = FaultPlan::from_json(&plan.to_json()).expect("valid plan");
         assert_eq!(back, plan);
-        assert!(matches!(FaultPlan::from_json("{"), Err(PlanError::Parse(_))));
+        assert!(matches!(
+            FaultPlan::from_json("{"),
+            Err(PlanError::Parse(_))
+        ));
     }
 
     #[test]
     fn swarm_draws_differ_by_seed_and_repeat_by_seed() {
         let draw = |seed| FaultPlan::swarm().resolve(&mut ChaCha8Rng::seed_from_u64(seed));
         assert_eq!(draw(3), draw(3));
-        let distinct: std::collections::BTreeSet<String> = (0..20).map(|s| draw(s).to_json()).collect();
+        let distinct: std::collections::BTreeSet<String> =
+            (0..20).map(|s| draw(s).to_json()).collect();
         assert!(distinct.len() > 10, "swarm mixes should vary across seeds");
         for seed in 0..50 {
-            draw(seed).validate().expect("every swarm draw is a valid plan");
+            draw(seed)
+                .validate()
+                .expect("every swarm draw is a valid plan");
         }
     }
 }

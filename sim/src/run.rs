@@ -108,7 +108,12 @@ impl SimConfig {
     /// [`SimError`] naming the problem.
     pub fn validate(&self) -> Result<(), SimError> {
         self.plan.validate()?;
-        let positive = [("check_every", self.check_every), ("nemesis_tick", self.nemesis_tick), ("liveness_bound", self.liveness_bound), ("max_sim_time", self.max_sim_time)];
+        let positive = [
+            ("check_every", self.check_every),
+            ("nemesis_tick", self.nemesis_tick),
+            ("liveness_bound", self.liveness_bound),
+            ("max_sim_time", self.max_sim_time),
+        ];
         for (field, value) in positive {
             if value.is_zero() {
                 return Err(SimError::Config(format!("{field} must be positive")));
@@ -138,7 +143,10 @@ pub enum SimError {
     #[error("fault {fault} targets node {node}, which the scenario does not have")]
     UnknownNode { fault: &'static str, node: String },
     #[error("fault {fault} targets dependency {dependency}, which the scenario does not have")]
-    UnknownDependency { fault: &'static str, dependency: String },
+    UnknownDependency {
+        fault: &'static str,
+        dependency: String,
+    },
 }
 
 /// Which phase of the run.
@@ -160,10 +168,22 @@ pub enum Budget {
 pub enum Outcome {
     Passed,
     /// A safety invariant broke, or liveness did not hold within the bound.
-    Violated { violation: Violation, at: Duration, phase: Phase },
+    Violated {
+        violation: Violation,
+        at: Duration,
+        phase: Phase,
+    },
     /// Nothing could run, no timer was pending, and liveness did not hold.
-    Hung { violation: Violation, at: Duration, phase: Phase, blocked_tasks: Vec<String> },
-    BudgetExceeded { budget: Budget, at: Duration },
+    Hung {
+        violation: Violation,
+        at: Duration,
+        phase: Phase,
+        blocked_tasks: Vec<String>,
+    },
+    BudgetExceeded {
+        budget: Budget,
+        at: Duration,
+    },
 }
 
 impl Outcome {
@@ -177,13 +197,24 @@ impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Outcome::Passed => f.write_str("passed"),
-            Outcome::Violated { violation, at, phase } => write!(f, "violated at {at:?} ({phase:?} phase): {violation}"),
-            Outcome::Hung { violation, at, phase, blocked_tasks } => write!(
+            Outcome::Violated {
+                violation,
+                at,
+                phase,
+            } => write!(f, "violated at {at:?} ({phase:?} phase): {violation}"),
+            Outcome::Hung {
+                violation,
+                at,
+                phase,
+                blocked_tasks,
+            } => write!(
                 f,
                 "hung at {at:?} ({phase:?} phase): nothing runnable, no timer pending, {} task(s) blocked; liveness: {violation}",
                 blocked_tasks.len()
             ),
-            Outcome::BudgetExceeded { budget, at } => write!(f, "budget exceeded at {at:?}: {budget:?}"),
+            Outcome::BudgetExceeded { budget, at } => {
+                write!(f, "budget exceeded at {at:?}: {budget:?}")
+            }
         }
     }
 }
@@ -238,7 +269,9 @@ impl RunReport {
     #[must_use]
     pub fn violation(&self) -> Option<&Violation> {
         match &self.outcome {
-            Outcome::Violated { violation, .. } | Outcome::Hung { violation, .. } => Some(violation),
+            Outcome::Violated { violation, .. } | Outcome::Hung { violation, .. } => {
+                Some(violation)
+            }
             _ => None,
         }
     }
@@ -246,7 +279,9 @@ impl RunReport {
     /// The last `n` trace lines (full mode only).
     #[must_use]
     pub fn trace_tail(&self, n: usize) -> &[TraceLine] {
-        self.trace.as_deref().map_or(&[], |lines| &lines[lines.len().saturating_sub(n)..])
+        self.trace
+            .as_deref()
+            .map_or(&[], |lines| &lines[lines.len().saturating_sub(n)..])
     }
 }
 
@@ -269,11 +304,24 @@ pub fn run(scenario: &dyn Scenario, config: &SimConfig) -> RunReport {
 /// the scenario does not have.
 pub fn try_run(scenario: &dyn Scenario, config: &SimConfig) -> Result<RunReport, SimError> {
     config.validate()?;
-    let plan = config.plan.resolve(&mut rng_stream(config.seed, STREAM_PLAN));
+    let plan = config
+        .plan
+        .resolve(&mut rng_stream(config.seed, STREAM_PLAN));
     let shared = Arc::new_cyclic(|weak| {
-        let store = Arc::new(InMemoryEventStore::with_clock(Arc::new(GlobalClock { shared: weak.clone() })));
+        let store = Arc::new(InMemoryEventStore::with_clock(Arc::new(GlobalClock {
+            shared: weak.clone(),
+        })));
         let bus = Arc::new(InMemoryEventBus::new());
-        Shared::new(Kernel::new(config.seed, config.trace, Injector::default(), Environment::default()), store, bus)
+        Shared::new(
+            Kernel::new(
+                config.seed,
+                config.trace,
+                Injector::default(),
+                Environment::default(),
+            ),
+            store,
+            bus,
+        )
     });
     let mut world = World::new(Arc::clone(&shared), config.seed);
     let checker = scenario.setup(&mut world);
@@ -295,7 +343,10 @@ fn nanos(d: Duration) -> u64 {
 fn prepare(shared: &Arc<Shared>, plan: FaultPlan, config: &SimConfig) -> Result<(), SimError> {
     let nodes = {
         let mut k = shared.kernel.lock();
-        assert!(!k.nodes.is_empty(), "a scenario registers at least one node");
+        assert!(
+            !k.nodes.is_empty(),
+            "a scenario registers at least one node"
+        );
         let injector = Injector::new(plan, &k.nodes, &k.env.dependencies)?;
         let has_nemesis = injector.has_nemesis();
         k.injector = injector;
@@ -335,13 +386,25 @@ fn check_safety(shared: &Arc<Shared>, checker: &dyn ScenarioRun) -> Result<(), O
     shared.kernel.lock().stats.safety_checks += 1;
     let result = checker.check_safety(&view(shared));
     let ok = result.is_ok();
-    shared.kernel.lock().record(Tag::Check, None, 1, u64::from(ok), || format!("safety check: {}", if ok { "ok" } else { "VIOLATED" }));
-    result.map_err(|violation| Outcome::Violated { violation, at: elapsed(shared), phase: phase(shared) })
+    shared
+        .kernel
+        .lock()
+        .record(Tag::Check, None, 1, u64::from(ok), || {
+            format!("safety check: {}", if ok { "ok" } else { "VIOLATED" })
+        });
+    result.map_err(|violation| Outcome::Violated {
+        violation,
+        at: elapsed(shared),
+        phase: phase(shared),
+    })
 }
 
 /// Liveness holds: one last safety check decides the outcome.
 fn settled(shared: &Arc<Shared>, checker: &dyn ScenarioRun) -> Outcome {
-    shared.kernel.lock().record(Tag::Check, None, 2, 1, || "liveness reached".into());
+    shared
+        .kernel
+        .lock()
+        .record(Tag::Check, None, 2, 1, || "liveness reached".into());
     match check_safety(shared, checker) {
         Ok(()) => Outcome::Passed,
         Err(outcome) => outcome,
@@ -350,13 +413,20 @@ fn settled(shared: &Arc<Shared>, checker: &dyn ScenarioRun) -> Outcome {
 
 /// The end of a run that stopped without liveness being reached yet: a broken safety
 /// invariant explains more than the missing progress it probably caused, so it wins.
-fn verdict(shared: &Arc<Shared>, checker: &dyn ScenarioRun, unsettled: impl FnOnce(Violation) -> Outcome) -> Outcome {
+fn verdict(
+    shared: &Arc<Shared>,
+    checker: &dyn ScenarioRun,
+    unsettled: impl FnOnce(Violation) -> Outcome,
+) -> Outcome {
     if let Err(outcome) = check_safety(shared, checker) {
         return outcome;
     }
     match checker.check_liveness(&view(shared)) {
         Ok(()) => {
-            shared.kernel.lock().record(Tag::Check, None, 2, 1, || "liveness reached".into());
+            shared
+                .kernel
+                .lock()
+                .record(Tag::Check, None, 2, 1, || "liveness reached".into());
             Outcome::Passed
         }
         Err(violation) => unsettled(violation),
@@ -374,10 +444,24 @@ fn end_fault_window(shared: &Arc<Shared>, config: &SimConfig, reason: &'static s
         k.injector.deactivate();
         let healed = k.network.heal_all();
         k.unschedule(|c| {
-            matches!(c, Control::NemesisTick | Control::EndFaultWindow | Control::HealPartition(_) | Control::EndOutage(_) | Control::Restart(..) | Control::Resume(..))
+            matches!(
+                c,
+                Control::NemesisTick
+                    | Control::EndFaultWindow
+                    | Control::HealPartition(_)
+                    | Control::EndOutage(_)
+                    | Control::Restart(..)
+                    | Control::Resume(..)
+            )
         });
-        let crashed: Vec<u16> = (0..k.nodes.len()).filter(|&i| k.nodes[i].status == NodeStatus::Crashed).map(|i| u16::try_from(i).expect("fits")).collect();
-        let paused: Vec<u16> = (0..k.nodes.len()).filter(|&i| k.nodes[i].status == NodeStatus::Paused).map(|i| u16::try_from(i).expect("fits")).collect();
+        let crashed: Vec<u16> = (0..k.nodes.len())
+            .filter(|&i| k.nodes[i].status == NodeStatus::Crashed)
+            .map(|i| u16::try_from(i).expect("fits"))
+            .collect();
+        let paused: Vec<u16> = (0..k.nodes.len())
+            .filter(|&i| k.nodes[i].status == NodeStatus::Paused)
+            .map(|i| u16::try_from(i).expect("fits"))
+            .collect();
         k.record(Tag::Phase, None, 2, healed as u64, || format!("fault window closed ({reason}): healed {healed} partition(s)/outage(s), liveness phase begins"));
         let deadline = k.now + nanos(config.liveness_bound);
         k.schedule(deadline, Control::LivenessDeadline);
@@ -391,7 +475,12 @@ fn end_fault_window(shared: &Arc<Shared>, config: &SimConfig, reason: &'static s
     }
 }
 
-fn handle(shared: &Arc<Shared>, checker: &dyn ScenarioRun, config: &SimConfig, control: Control) -> Next {
+fn handle(
+    shared: &Arc<Shared>,
+    checker: &dyn ScenarioRun,
+    config: &SimConfig,
+    control: Control,
+) -> Next {
     match control {
         Control::NemesisTick => {
             let actions = {
@@ -403,7 +492,10 @@ fn handle(shared: &Arc<Shared>, checker: &dyn ScenarioRun, config: &SimConfig, c
             };
             for action in actions {
                 match action {
-                    NemesisAction::Crash { node, downtime_nanos } => world::crash(shared, node, downtime_nanos),
+                    NemesisAction::Crash {
+                        node,
+                        downtime_nanos,
+                    } => world::crash(shared, node, downtime_nanos),
                 }
             }
         }
@@ -412,7 +504,8 @@ fn handle(shared: &Arc<Shared>, checker: &dyn ScenarioRun, config: &SimConfig, c
                 return Next::Finish(outcome);
             }
             let in_liveness = phase(shared) == Phase::Liveness;
-            if (in_liveness || config.settle_early) && checker.check_liveness(&view(shared)).is_ok() {
+            if (in_liveness || config.settle_early) && checker.check_liveness(&view(shared)).is_ok()
+            {
                 if in_liveness {
                     return Next::Finish(settled(shared, checker));
                 }
@@ -427,8 +520,15 @@ fn handle(shared: &Arc<Shared>, checker: &dyn ScenarioRun, config: &SimConfig, c
         }
         Control::LivenessDeadline => {
             return Next::Finish(verdict(shared, checker, |mut violation| {
-                violation.message = format!("not settled within the liveness bound of {:?}: {}", config.liveness_bound, violation.message);
-                Outcome::Violated { violation, at: elapsed(shared), phase: Phase::Liveness }
+                violation.message = format!(
+                    "not settled within the liveness bound of {:?}: {}",
+                    config.liveness_bound, violation.message
+                );
+                Outcome::Violated {
+                    violation,
+                    at: elapsed(shared),
+                    phase: Phase::Liveness,
+                }
             }));
         }
         Control::Restart(node, incarnation) => {
@@ -450,7 +550,9 @@ fn handle(shared: &Arc<Shared>, checker: &dyn ScenarioRun, config: &SimConfig, c
         Control::HealPartition(id) => {
             let mut k = shared.kernel.lock();
             if k.network.heal(id) {
-                k.record(Tag::Fault, None, 0, id, || format!("partition #{id} healed"));
+                k.record(Tag::Fault, None, 0, id, || {
+                    format!("partition #{id} healed")
+                });
             }
         }
         Control::EndOutage(id) => {
@@ -471,7 +573,10 @@ fn drive(shared: &Arc<Shared>, checker: &dyn ScenarioRun, config: &SimConfig) ->
         let control = {
             let k = shared.kernel.lock();
             if k.stats.steps >= config.max_steps {
-                return Outcome::BudgetExceeded { budget: Budget::Steps(config.max_steps), at: Duration::from_nanos(k.elapsed()) };
+                return Outcome::BudgetExceeded {
+                    budget: Budget::Steps(config.max_steps),
+                    at: Duration::from_nanos(k.elapsed()),
+                };
             }
             drop(k);
             shared.kernel.lock().pop_due_control()
@@ -499,14 +604,22 @@ fn drive(shared: &Arc<Shared>, checker: &dyn ScenarioRun, config: &SimConfig) ->
             }
             return verdict(shared, checker, |violation| {
                 let k = shared.kernel.lock();
-                Outcome::Hung { violation, at: Duration::from_nanos(k.elapsed()), phase: k.phase, blocked_tasks: k.live_task_names() }
+                Outcome::Hung {
+                    violation,
+                    at: Duration::from_nanos(k.elapsed()),
+                    phase: k.phase,
+                    blocked_tasks: k.live_task_names(),
+                }
             });
         }
         let advanced = {
             let mut k = shared.kernel.lock();
             let advanced = k.advance(&mut due);
             if k.elapsed() > max_time {
-                return Outcome::BudgetExceeded { budget: Budget::SimTime(config.max_sim_time), at: Duration::from_nanos(k.elapsed()) };
+                return Outcome::BudgetExceeded {
+                    budget: Budget::SimTime(config.max_sim_time),
+                    at: Duration::from_nanos(k.elapsed()),
+                };
             }
             advanced
         };
@@ -549,7 +662,10 @@ pub struct Divergence {
 
 impl fmt::Display for Divergence {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let show = |line: &Option<TraceLine>| line.as_ref().map_or_else(|| "<run ended>".to_owned(), ToString::to_string);
+        let show = |line: &Option<TraceLine>| {
+            line.as_ref()
+                .map_or_else(|| "<run ended>".to_owned(), ToString::to_string)
+        };
         write!(
             f,
             "nondeterminism: seed {} diverged at trace event {}\n  first run:  {}\n  second run: {}",
@@ -571,17 +687,28 @@ impl std::error::Error for Divergence {}
 ///
 /// # Panics
 /// If the configuration is invalid.
-pub fn check_determinism(scenario: &dyn Scenario, config: &SimConfig) -> Result<u64, Divergence> {
+pub fn check_determinism(
+    scenario: &dyn Scenario,
+    config: &SimConfig,
+) -> Result<u64, Box<Divergence>> {
     let config = config.clone().with_trace(TraceMode::Full);
     let first = run(scenario, &config);
     let second = run(scenario, &config);
     let a = first.trace.unwrap_or_default();
     let b = second.trace.unwrap_or_default();
-    let index = a.iter().zip(&b).position(|(x, y)| x.hash != y.hash || x.text != y.text);
+    let index = a
+        .iter()
+        .zip(&b)
+        .position(|(x, y)| x.hash != y.hash || x.text != y.text);
     let index = match index {
         Some(i) => i,
         None if a.len() == b.len() && first.hash == second.hash => return Ok(first.hash),
         None => a.len().min(b.len()),
     };
-    Err(Divergence { seed: config.seed, step: index as u64, first: a.get(index).cloned(), second: b.get(index).cloned() })
+    Err(Box::new(Divergence {
+        seed: config.seed,
+        step: index as u64,
+        first: a.get(index).cloned(),
+        second: b.get(index).cloned(),
+    }))
 }

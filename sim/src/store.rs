@@ -16,7 +16,10 @@
 use std::sync::Arc;
 
 use reprise_core::event::StreamId;
-use reprise_core::{AppendBatch, AppendReceipt, BoxFuture, EventStore, InMemoryEventStore, RecordedEvent, Snapshot, StoreError};
+use reprise_core::{
+    AppendBatch, AppendReceipt, BoxFuture, EventStore, InMemoryEventStore, RecordedEvent, Snapshot,
+    StoreError,
+};
 
 use crate::clock::Sleep;
 use crate::executor::{NodeIndex, Shared};
@@ -35,7 +38,11 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { latency_min_us: 100, latency_max_us: 1_000, timeout_ms: 500 }
+        StoreOptions {
+            latency_min_us: 100,
+            latency_max_us: 1_000,
+            timeout_ms: 500,
+        }
     }
 }
 
@@ -44,10 +51,16 @@ impl StoreOptions {
     /// A description of the first invalid field.
     pub fn validate(&self) -> Result<(), String> {
         if self.latency_min_us > self.latency_max_us {
-            return Err(format!("latency_min_us {} > latency_max_us {}", self.latency_min_us, self.latency_max_us));
+            return Err(format!(
+                "latency_min_us {} > latency_max_us {}",
+                self.latency_min_us, self.latency_max_us
+            ));
         }
         if self.timeout_ms == 0 || self.timeout_ms * 1000 <= self.latency_max_us * 2 {
-            return Err(format!("timeout_ms {} must exceed a round trip at maximum latency", self.timeout_ms));
+            return Err(format!(
+                "timeout_ms {} must exceed a round trip at maximum latency",
+                self.timeout_ms
+            ));
         }
         Ok(())
     }
@@ -126,12 +139,21 @@ impl SimEventStore {
             k.fault(node, "store.timeout", format!("{} request lost", op.name()));
             Fate::RequestLost
         } else if op == StoreOp::Append && k.chance(faults.commit_unknown_probability) {
-            k.fault(node, "store.commit_unknown", "append applied, acknowledgement lost".into());
+            k.fault(
+                node,
+                "store.commit_unknown",
+                "append applied, acknowledgement lost".into(),
+            );
             Fate::ResponseLost
         } else {
             Fate::Deliver
         };
-        Plan { out_nanos, back_nanos, timeout_nanos, fate }
+        Plan {
+            out_nanos,
+            back_nanos,
+            timeout_nanos,
+            fate,
+        }
     }
 
     /// Runs one operation through the link. `apply` touches the durable store.
@@ -147,28 +169,43 @@ impl SimEventStore {
             Sleep::after_nanos(&shared, plan.out_nanos).await;
             match plan.fate {
                 Fate::RequestLost => {
-                    Sleep::after_nanos(&shared, plan.timeout_nanos.saturating_sub(plan.out_nanos)).await;
+                    Sleep::after_nanos(&shared, plan.timeout_nanos.saturating_sub(plan.out_nanos))
+                        .await;
                     trace_outcome(&shared, node, op, "timeout (request lost)");
                     return Err(StoreError::Timeout);
                 }
                 Fate::Refused => {
                     trace_outcome(&shared, node, op, "transient error");
-                    return Err(StoreError::Transient(format!("simulated: the store refused {}", op.name())));
+                    return Err(StoreError::Transient(format!(
+                        "simulated: the store refused {}",
+                        op.name()
+                    )));
                 }
                 Fate::Deliver | Fate::ResponseLost => {}
             }
             let result = apply(&shared.store);
-            let lost = plan.fate == Fate::ResponseLost || shared.kernel.lock().network.response_blocked(node, Link::Store);
+            let lost = plan.fate == Fate::ResponseLost
+                || shared
+                    .kernel
+                    .lock()
+                    .network
+                    .response_blocked(node, Link::Store);
             if lost {
-                Sleep::after_nanos(&shared, plan.timeout_nanos.saturating_sub(plan.out_nanos)).await;
+                Sleep::after_nanos(&shared, plan.timeout_nanos.saturating_sub(plan.out_nanos))
+                    .await;
                 trace_outcome(&shared, node, op, "timeout (applied, response lost)");
                 return Err(StoreError::Timeout);
             }
             Sleep::after_nanos(&shared, plan.back_nanos).await;
-            trace_outcome(&shared, node, op, match &result {
-                Ok(_) => "ok",
-                Err(e) => e.kind(),
-            });
+            trace_outcome(
+                &shared,
+                node,
+                op,
+                match &result {
+                    Ok(_) => "ok",
+                    Err(e) => e.kind(),
+                },
+            );
             result
         })
     }
@@ -176,7 +213,13 @@ impl SimEventStore {
 
 fn trace_outcome(shared: &Shared, node: NodeIndex, op: StoreOp, outcome: &'static str) {
     let mut k = shared.kernel.lock();
-    k.record(Tag::Store, Some(node), op as u64, crate::trace::hash_str(outcome), || format!("store {} -> {outcome}", op.name()));
+    k.record(
+        Tag::Store,
+        Some(node),
+        op as u64,
+        crate::trace::hash_str(outcome),
+        || format!("store {} -> {outcome}", op.name()),
+    );
 }
 
 impl EventStore for SimEventStore {
@@ -184,18 +227,33 @@ impl EventStore for SimEventStore {
         self.operate(StoreOp::Append, move |store| store.append_now(&batch))
     }
 
-    fn read_stream(&self, stream: &StreamId, from_version: u64, limit: usize) -> BoxFuture<'static, Result<Vec<RecordedEvent>, StoreError>> {
+    fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<RecordedEvent>, StoreError>> {
         let stream = stream.clone();
-        self.operate(StoreOp::ReadStream, move |store| Ok(store.read_stream_now(&stream, from_version, limit)))
+        self.operate(StoreOp::ReadStream, move |store| {
+            Ok(store.read_stream_now(&stream, from_version, limit))
+        })
     }
 
-    fn read_all(&self, from_position: u64, limit: usize) -> BoxFuture<'static, Result<Vec<RecordedEvent>, StoreError>> {
-        self.operate(StoreOp::ReadAll, move |store| Ok(store.read_all_now(from_position, limit)))
+    fn read_all(
+        &self,
+        from_position: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<RecordedEvent>, StoreError>> {
+        self.operate(StoreOp::ReadAll, move |store| {
+            Ok(store.read_all_now(from_position, limit))
+        })
     }
 
     fn stream_version(&self, stream: &StreamId) -> BoxFuture<'static, Result<u64, StoreError>> {
         let stream = stream.clone();
-        self.operate(StoreOp::StreamVersion, move |store| Ok(store.stream_version_now(&stream)))
+        self.operate(StoreOp::StreamVersion, move |store| {
+            Ok(store.stream_version_now(&stream))
+        })
     }
 
     fn save_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'static, Result<(), StoreError>> {
@@ -205,8 +263,13 @@ impl EventStore for SimEventStore {
         })
     }
 
-    fn load_snapshot(&self, stream: &StreamId) -> BoxFuture<'static, Result<Option<Snapshot>, StoreError>> {
+    fn load_snapshot(
+        &self,
+        stream: &StreamId,
+    ) -> BoxFuture<'static, Result<Option<Snapshot>, StoreError>> {
         let stream = stream.clone();
-        self.operate(StoreOp::LoadSnapshot, move |store| Ok(store.load_snapshot_now(&stream)))
+        self.operate(StoreOp::LoadSnapshot, move |store| {
+            Ok(store.load_snapshot_now(&stream))
+        })
     }
 }

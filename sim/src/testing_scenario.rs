@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use reprise_core::event::StreamId;
 use reprise_core::{
-    AppendBatch, BusError, EventBus, EventId, EventStore, ExpectedVersion, Headers, Metadata, NewEvent, OutgoingMessage, Payload,
-    StoreError,
+    AppendBatch, BusError, EventBus, EventId, EventStore, ExpectedVersion, Headers, Metadata,
+    NewEvent, OutgoingMessage, Payload, StoreError,
 };
 use serde::{Deserialize, Serialize};
 
@@ -53,14 +53,23 @@ pub struct TokenTransfers {
 impl Default for TokenTransfers {
     /// 8 accounts, 50 transfers, 2 ledger nodes, no bug: "checkout-sized".
     fn default() -> Self {
-        TokenTransfers { accounts: 8, transfers: 50, initial_balance: 1_000, ledgers: 2, bug: None }
+        TokenTransfers {
+            accounts: 8,
+            transfers: 50,
+            initial_balance: 1_000,
+            ledgers: 2,
+            bug: None,
+        }
     }
 }
 
 impl TokenTransfers {
     #[must_use]
     pub fn with_bug(bug: PlantedBug) -> Self {
-        TokenTransfers { bug: Some(bug), ..Self::default() }
+        TokenTransfers {
+            bug: Some(bug),
+            ..Self::default()
+        }
     }
 }
 
@@ -120,7 +129,12 @@ async fn backoff(ctx: &NodeContext) {
     ctx.sleep(Duration::from_millis(10 + jitter)).await;
 }
 
-async fn run_transfer(ctx: NodeContext, store: Arc<dyn EventStore>, bus: Arc<dyn EventBus>, t: Transfer) {
+async fn run_transfer(
+    ctx: NodeContext,
+    store: Arc<dyn EventStore>,
+    bus: Arc<dyn EventBus>,
+    t: Transfer,
+) {
     let stream = StreamId::of("transfer", t.id);
     loop {
         match store.stream_version(&stream).await {
@@ -135,9 +149,20 @@ async fn run_transfer(ctx: NodeContext, store: Arc<dyn EventStore>, bus: Arc<dyn
             backoff(&ctx).await;
             continue;
         };
-        let debit = AccountEvent::Debited { transfer: t.id, amount: t.amount };
-        let batch = AppendBatch::single(stream.clone(), ExpectedVersion::NoStream, vec![event(derived_id(1, t.id), &debit)])
-            .and(account(t.from), ExpectedVersion::Exact(version), vec![event(derived_id(2, t.id), &debit)]);
+        let debit = AccountEvent::Debited {
+            transfer: t.id,
+            amount: t.amount,
+        };
+        let batch = AppendBatch::single(
+            stream.clone(),
+            ExpectedVersion::NoStream,
+            vec![event(derived_id(1, t.id), &debit)],
+        )
+        .and(
+            account(t.from),
+            ExpectedVersion::Exact(version),
+            vec![event(derived_id(2, t.id), &debit)],
+        );
         match store.append(batch).await {
             Ok(_) => break,
             // Another writer moved the account (or our own lost-ack write landed): look again.
@@ -149,7 +174,11 @@ async fn run_transfer(ctx: NodeContext, store: Arc<dyn EventStore>, bus: Arc<dyn
             }
         }
     }
-    let credit = Credit { transfer: t.id, to: t.to, amount: t.amount };
+    let credit = Credit {
+        transfer: t.id,
+        to: t.to,
+        amount: t.amount,
+    };
     let message = OutgoingMessage {
         topic: TOPIC.into(),
         key: account(t.to).as_str().into(),
@@ -165,7 +194,10 @@ fn boot_teller(ctx: &NodeContext, transfers: &[Transfer]) {
     let store = ctx.event_store();
     let bus = ctx.event_bus();
     for &t in transfers {
-        ctx.spawn("transfer", run_transfer(ctx.clone(), Arc::clone(&store), Arc::clone(&bus), t));
+        ctx.spawn(
+            "transfer",
+            run_transfer(ctx.clone(), Arc::clone(&store), Arc::clone(&bus), t),
+        );
     }
 }
 
@@ -173,12 +205,9 @@ async fn run_ledger(ctx: NodeContext, bug: Option<PlantedBug>) {
     let store = ctx.event_store();
     let bus = ctx.event_bus();
     loop {
-        let mut subscription = match bus.subscribe(GROUP, &[TOPIC]).await {
-            Ok(s) => s,
-            Err(_) => {
-                backoff(&ctx).await;
-                continue;
-            }
+        let Ok(mut subscription) = bus.subscribe(GROUP, &[TOPIC]).await else {
+            backoff(&ctx).await;
+            continue;
         };
         loop {
             let delivery = match subscription.next().await {
@@ -187,7 +216,10 @@ async fn run_ledger(ctx: NodeContext, bug: Option<PlantedBug>) {
                 Err(_) => continue,
             };
             let Ok(credit) = delivery.payload.decode::<Credit>() else {
-                ctx.note(&format!("poison message {} skipped", delivery.coordinates()));
+                ctx.note(&format!(
+                    "poison message {} skipped",
+                    delivery.coordinates()
+                ));
                 subscription.ack(&delivery);
                 continue;
             };
@@ -195,14 +227,24 @@ async fn run_ledger(ctx: NodeContext, bug: Option<PlantedBug>) {
                 None => derived_id(3, credit.transfer),
                 Some(PlantedBug::RandomCreditId) => EventId(ctx.runtime().next_id()),
             };
-            let credited = AccountEvent::Credited { transfer: credit.transfer, amount: credit.amount };
-            let batch = AppendBatch::single(account(credit.to), ExpectedVersion::Any, vec![event(id, &credited)]);
+            let credited = AccountEvent::Credited {
+                transfer: credit.transfer,
+                amount: credit.amount,
+            };
+            let batch = AppendBatch::single(
+                account(credit.to),
+                ExpectedVersion::Any,
+                vec![event(id, &credited)],
+            );
             loop {
                 match store.append(batch.clone()).await {
                     Ok(_) => break,
                     Err(e) if e.is_transient() => backoff(&ctx).await,
                     Err(e) => {
-                        ctx.note(&format!("credit of transfer {} refused: {e}", credit.transfer));
+                        ctx.note(&format!(
+                            "credit of transfer {} refused: {e}",
+                            credit.transfer
+                        ));
                         break;
                     }
                 }
@@ -224,24 +266,45 @@ impl Scenario for TokenTransfers {
     }
 
     fn setup(&self, world: &mut World) -> Box<dyn ScenarioRun> {
-        assert!(self.accounts >= 2 && self.ledgers >= 1, "need two accounts and a ledger");
+        assert!(
+            self.accounts >= 2 && self.ledgers >= 1,
+            "need two accounts and a ledger"
+        );
         let store = world.event_store();
         for a in 0..self.accounts {
-            let opened = AccountEvent::Opened { balance: self.initial_balance };
+            let opened = AccountEvent::Opened {
+                balance: self.initial_balance,
+            };
             store
-                .append_now(&AppendBatch::single(account(a), ExpectedVersion::NoStream, vec![event(derived_id(0, a), &opened)]))
+                .append_now(&AppendBatch::single(
+                    account(a),
+                    ExpectedVersion::NoStream,
+                    vec![event(derived_id(0, a), &opened)],
+                ))
                 .expect("opening accounts on an empty store succeeds");
         }
         world.event_bus().create_topic(TOPIC, 4);
         let transfers: Vec<Transfer> = (0..self.transfers)
             .map(|id| {
-                let from = u32::try_from(world.random_u64() % u64::from(self.accounts)).expect("fits");
-                let to = (from + 1 + u32::try_from(world.random_u64() % u64::from(self.accounts - 1)).expect("fits")) % self.accounts;
-                Transfer { id, from, to, amount: 1 + world.random_u64() % 10 }
+                let from =
+                    u32::try_from(world.random_u64() % u64::from(self.accounts)).expect("fits");
+                let to = (from
+                    + 1
+                    + u32::try_from(world.random_u64() % u64::from(self.accounts - 1))
+                        .expect("fits"))
+                    % self.accounts;
+                Transfer {
+                    id,
+                    from,
+                    to,
+                    amount: 1 + world.random_u64() % 10,
+                }
             })
             .collect();
         let transfers: Arc<[Transfer]> = transfers.into();
-        world.add_node("teller", NodeOptions::default(), move |ctx| boot_teller(&ctx, &transfers));
+        world.add_node("teller", NodeOptions::default(), move |ctx| {
+            boot_teller(&ctx, &transfers);
+        });
         for n in 1..=self.ledgers {
             let bug = self.bug;
             world.add_node(&format!("ledger-{n}"), NodeOptions::default(), move |ctx| {
@@ -286,18 +349,24 @@ impl Checker {
             }
             let account: u32 = recorded.stream.as_str()["account-".len()..]
                 .parse()
-                .map_err(|_| Violation::new("well-formed-streams", format!("unexpected stream {}", recorded.stream)))?;
-            let event: AccountEvent = recorded
-                .payload
-                .decode()
-                .map_err(|e| Violation::new("well-formed-events", e.to_string()).entity(recorded.stream.to_string()))?;
+                .map_err(|_| {
+                    Violation::new(
+                        "well-formed-streams",
+                        format!("unexpected stream {}", recorded.stream),
+                    )
+                })?;
+            let event: AccountEvent = recorded.payload.decode().map_err(|e| {
+                Violation::new("well-formed-events", e.to_string())
+                    .entity(recorded.stream.to_string())
+            })?;
             let balance = tally.balances.entry(account).or_insert(0);
             match event {
                 AccountEvent::Opened { balance: b } => *balance += b,
                 AccountEvent::Debited { transfer, amount } => {
-                    *balance = balance
-                        .checked_sub(amount)
-                        .ok_or_else(|| Violation::new("no-overdraft", format!("debit of {amount} overdraws")).entity(recorded.stream.to_string()))?;
+                    *balance = balance.checked_sub(amount).ok_or_else(|| {
+                        Violation::new("no-overdraft", format!("debit of {amount} overdraws"))
+                            .entity(recorded.stream.to_string())
+                    })?;
                     tally.debited.insert(transfer);
                 }
                 AccountEvent::Credited { transfer, amount } => {
@@ -319,16 +388,25 @@ impl ScenarioRun for Checker {
         self.refresh(world)?;
         let tally = self.tally.borrow();
         if let Some((transfer, stream)) = &tally.double_credit {
-            return Err(Violation::new("no-double-credit", "a transfer was credited more than once")
-                .entity(format!("transfer-{transfer}"))
-                .entity(stream.clone()));
+            return Err(Violation::new(
+                "no-double-credit",
+                "a transfer was credited more than once",
+            )
+            .entity(format!("transfer-{transfer}"))
+            .entity(stream.clone()));
         }
         let sum: u64 = tally.balances.values().sum();
         if sum > self.total {
-            return Err(Violation::new("money-is-never-created", format!("balances sum to {sum}, more than the {} issued", self.total)));
+            return Err(Violation::new(
+                "money-is-never-created",
+                format!("balances sum to {sum}, more than the {} issued", self.total),
+            ));
         }
         if let Some(t) = tally.credits.keys().find(|t| !tally.debited.contains(t)) {
-            return Err(Violation::new("no-credit-without-debit", "credited before any debit").entity(format!("transfer-{t}")));
+            return Err(
+                Violation::new("no-credit-without-debit", "credited before any debit")
+                    .entity(format!("transfer-{t}")),
+            );
         }
         Ok(())
     }
@@ -339,8 +417,16 @@ impl ScenarioRun for Checker {
         let credited = u32::try_from(tally.credits.len()).unwrap_or(u32::MAX);
         let debited = u32::try_from(tally.debited.len()).unwrap_or(u32::MAX);
         if debited < self.transfers || credited < self.transfers {
-            let pending = (0..self.transfers).find(|t| !tally.credits.contains_key(t)).map(|t| format!("transfer-{t}"));
-            let mut v = Violation::new("all-transfers-complete", format!("{debited}/{} debited, {credited}/{} credited", self.transfers, self.transfers));
+            let pending = (0..self.transfers)
+                .find(|t| !tally.credits.contains_key(t))
+                .map(|t| format!("transfer-{t}"));
+            let mut v = Violation::new(
+                "all-transfers-complete",
+                format!(
+                    "{debited}/{} debited, {credited}/{} credited",
+                    self.transfers, self.transfers
+                ),
+            );
             if let Some(p) = pending {
                 v = v.entity(p);
             }
@@ -348,7 +434,10 @@ impl ScenarioRun for Checker {
         }
         let sum: u64 = tally.balances.values().sum();
         if sum != self.total || tally.balances.len() != self.accounts as usize {
-            return Err(Violation::new("conservation", format!("balances sum to {sum}, expected {}", self.total)));
+            return Err(Violation::new(
+                "conservation",
+                format!("balances sum to {sum}, expected {}", self.total),
+            ));
         }
         Ok(())
     }

@@ -93,11 +93,20 @@ pub(crate) struct Trace {
 impl Trace {
     pub(crate) fn new(mode: TraceMode, seed: u64) -> Self {
         // Seeding the hash with the seed makes two seeds' empty traces differ too.
-        Trace { mode, hash: xxh3_64(&seed.to_le_bytes()), events: 0, lines: Vec::new() }
+        Trace {
+            mode,
+            hash: xxh3_64(&seed.to_le_bytes()),
+            events: 0,
+            lines: Vec::new(),
+        }
     }
 
     pub(crate) fn hash(&self) -> u64 {
-        if self.mode == TraceMode::Off { 0 } else { self.hash }
+        if self.mode == TraceMode::Off {
+            0
+        } else {
+            self.hash
+        }
     }
 
     pub(crate) fn events(&self) -> u64 {
@@ -182,7 +191,9 @@ mod tests {
         assert_eq!(lines[0].hash, full.hash());
         assert!(lines[0].to_string().contains("hello"));
         let mut off = Trace::new(TraceMode::Off, 7);
-        off.record(Tag::Note, 1, None, 1, 2, || unreachable!("no text in off mode"));
+        off.record(Tag::Note, 1, None, 1, 2, || {
+            unreachable!("no text in off mode")
+        });
         assert_eq!(off.hash(), 0);
         assert!(off.take_lines().is_none());
     }

@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use rand::RngCore;
 use rand_chacha::ChaCha8Rng;
-use reprise_core::{BoxFuture, EventBus, EventStore, InMemoryEventBus, InMemoryEventStore, SharedRuntime, Spawner};
+use reprise_core::{
+    BoxFuture, EventBus, EventStore, InMemoryEventBus, InMemoryEventStore, SharedRuntime, Spawner,
+};
 
 use crate::bus::{BusOptions, SimEventBus};
 use crate::clock::NodeRuntime;
@@ -44,7 +46,11 @@ pub struct NodeOptions {
 
 impl Default for NodeOptions {
     fn default() -> Self {
-        NodeOptions { crashable: true, pausable: true, clock_skew: true }
+        NodeOptions {
+            crashable: true,
+            pausable: true,
+            clock_skew: true,
+        }
     }
 }
 
@@ -108,24 +114,42 @@ impl std::fmt::Debug for World {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let k = self.shared.kernel.lock();
         let nodes: Vec<&str> = k.nodes.iter().map(|n| &*n.name).collect();
-        f.debug_struct("World").field("seed", &self.seed).field("nodes", &nodes).finish_non_exhaustive()
+        f.debug_struct("World")
+            .field("seed", &self.seed)
+            .field("nodes", &nodes)
+            .finish_non_exhaustive()
     }
 }
 
 impl World {
     pub(crate) fn new(shared: Arc<Shared>, seed: u64) -> Self {
-        World { shared, seed, workload_rng: crate::executor::rng_stream(seed, crate::executor::STREAM_WORKLOAD) }
+        World {
+            shared,
+            seed,
+            workload_rng: crate::executor::rng_stream(seed, crate::executor::STREAM_WORKLOAD),
+        }
     }
 
     /// Registers a node. `boot` runs when the simulation starts and after every restart.
     ///
     /// # Panics
     /// If the name is empty or taken, or there are already 65 535 nodes.
-    pub fn add_node(&mut self, name: &str, options: NodeOptions, boot: impl Fn(NodeContext) + Send + Sync + 'static) -> NodeId {
+    pub fn add_node(
+        &mut self,
+        name: &str,
+        options: NodeOptions,
+        boot: impl Fn(NodeContext) + Send + Sync + 'static,
+    ) -> NodeId {
         assert!(!name.trim().is_empty(), "a node needs a name");
         let mut k = self.shared.kernel.lock();
-        assert!(k.nodes.iter().all(|n| &*n.name != name), "node {name} is registered twice");
-        let index = NodeIndex::try_from(k.nodes.len()).ok().filter(|&i| i < u16::MAX).expect("at most 65 535 nodes");
+        assert!(
+            k.nodes.iter().all(|n| &*n.name != name),
+            "node {name} is registered twice"
+        );
+        let index = NodeIndex::try_from(k.nodes.len())
+            .ok()
+            .filter(|&i| i < u16::MAX)
+            .expect("at most 65 535 nodes");
         k.nodes.push(Node {
             name: Arc::from(name),
             options,
@@ -153,9 +177,15 @@ impl World {
             panic!("dependency {name}: {e}");
         }
         let mut k = self.shared.kernel.lock();
-        assert!(k.env.dependencies.iter().all(|d| &*d.name != name), "dependency {name} is registered twice");
+        assert!(
+            k.env.dependencies.iter().all(|d| &*d.name != name),
+            "dependency {name} is registered twice"
+        );
         let index = u16::try_from(k.env.dependencies.len()).expect("at most 65 535 dependencies");
-        k.env.dependencies.push(DependencyEntry { name: Arc::from(name), options });
+        k.env.dependencies.push(DependencyEntry {
+            name: Arc::from(name),
+            options,
+        });
         DependencyId(index)
     }
 
@@ -215,13 +245,22 @@ pub struct NodeContext {
 
 impl std::fmt::Debug for NodeContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeContext").field("node", &self.node_name()).field("incarnation", &self.runtime.incarnation).finish()
+        f.debug_struct("NodeContext")
+            .field("node", &self.node_name())
+            .field("incarnation", &self.runtime.incarnation)
+            .finish()
     }
 }
 
 impl NodeContext {
     pub(crate) fn new(shared: Arc<Shared>, node: NodeIndex, incarnation: u32) -> Self {
-        NodeContext { runtime: Arc::new(NodeRuntime { shared, node, incarnation }) }
+        NodeContext {
+            runtime: Arc::new(NodeRuntime {
+                shared,
+                node,
+                incarnation,
+            }),
+        }
     }
 
     fn shared(&self) -> &Arc<Shared> {
@@ -252,7 +291,11 @@ impl NodeContext {
     }
 
     /// Spawns a task of this node.
-    pub fn spawn(&self, name: &'static str, task: impl std::future::Future<Output = ()> + Send + 'static) {
+    pub fn spawn(
+        &self,
+        name: &'static str,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
         self.runtime.spawn(name, Box::pin(task));
     }
 
@@ -260,32 +303,53 @@ impl NodeContext {
     /// partitions, transient errors, timeouts and commit-unknown outcomes.
     #[must_use]
     pub fn event_store(&self) -> Arc<dyn EventStore> {
-        Arc::new(SimEventStore::new(Arc::clone(self.shared()), self.runtime.node))
+        Arc::new(SimEventStore::new(
+            Arc::clone(self.shared()),
+            self.runtime.node,
+        ))
     }
 
     /// The event bus as this node reaches it. Subscriptions leave their group when the
     /// node crashes (its tasks, which own them, are dropped).
     #[must_use]
     pub fn event_bus(&self) -> Arc<dyn EventBus> {
-        Arc::new(SimEventBus::new(Arc::clone(self.shared()), self.runtime.node))
+        Arc::new(SimEventBus::new(
+            Arc::clone(self.shared()),
+            self.runtime.node,
+        ))
     }
 
     /// Calls the external service `dependency`: `call` runs the scenario's model of the
     /// service (e.g. charging a payment-gateway ledger) when — and only if — the request
     /// reaches it. See [`DependencyError`] for the outcomes.
-    pub fn call<T, F>(&self, dependency: &str, call: F) -> BoxFuture<'static, Result<T, DependencyError>>
+    pub fn call<T, F>(
+        &self,
+        dependency: &str,
+        call: F,
+    ) -> BoxFuture<'static, Result<T, DependencyError>>
     where
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
-        dependency::call(Arc::clone(self.shared()), self.runtime.node, dependency, call)
+        dependency::call(
+            Arc::clone(self.shared()),
+            self.runtime.node,
+            dependency,
+            call,
+        )
     }
 
     /// Adds a scenario note to the trace (folded into the hash; text kept with `--trace`).
     pub fn note(&self, text: &str) {
         let mut k = self.shared().kernel.lock();
         k.stats.notes += 1;
-        k.record(Tag::Note, Some(self.runtime.node), hash_str(text), 0, || format!("note: {text}"));
+        k.record(
+            Tag::Note,
+            Some(self.runtime.node),
+            hash_str(text),
+            0,
+            || format!("note: {text}"),
+        );
     }
 
     /// Sleeps for `duration` of virtual time (shorthand for `runtime().sleep`).
@@ -306,7 +370,9 @@ pub(crate) fn boot(shared: &Arc<Shared>, node: NodeIndex) {
         n.boots += 1;
         let (boot, incarnation, boots) = (Arc::clone(&n.boot), n.incarnation, n.boots);
         k.stats.boots += 1;
-        k.record(Tag::Node, Some(node), 1, u64::from(boots), || format!("boot #{boots}"));
+        k.record(Tag::Node, Some(node), 1, u64::from(boots), || {
+            format!("boot #{boots}")
+        });
         (boot, incarnation)
     };
     boot(NodeContext::new(Arc::clone(shared), node, incarnation));
@@ -327,7 +393,14 @@ pub(crate) fn crash(shared: &Arc<Shared>, node: NodeIndex, downtime_nanos: u64) 
         let count = tasks.len();
         let at = k.now + downtime_nanos;
         k.schedule(at, crate::executor::Control::Restart(node, incarnation));
-        k.fault(Some(node), "node.crash", format!("{count} task(s) dropped, down for {}ms", downtime_nanos / 1_000_000));
+        k.fault(
+            Some(node),
+            "node.crash",
+            format!(
+                "{count} task(s) dropped, down for {}ms",
+                downtime_nanos / 1_000_000
+            ),
+        );
         tasks
     };
     drop(dropped);

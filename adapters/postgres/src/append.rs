@@ -44,7 +44,7 @@ WITH locked AS (
     INSERT INTO events (global_position, stream_id, stream_version, event_id, event_type,
                         schema_version, payload, correlation_id, causation_id, traceparent)
     SELECT base.first + used.count + n.ordinal, n.stream_id, locked.version - n.count + n.nth,
-           n.event_id, n.event_type, n.schema_version, n.payload::jsonb, n.correlation_id,
+           n.event_id, n.event_type, n.schema_version, n.payload::json, n.correlation_id,
            n.causation_id, n.traceparent
     FROM unnest($3::text[], $4::int8[], $5::int8[], $6::uuid[], $7::text[], $8::int4[],
                 $9::text[], $10::uuid[], $11::uuid[], $12::text[])

@@ -7,8 +7,8 @@
 //! broker acknowledged. Delivery is at-least-once: a relay that crashes between publish and
 //! stamp publishes again, and consumers deduplicate on the event id header.
 //!
-//! Payloads are stored as `jsonb` (queryable during an incident, like events): the relay
-//! publishes the same JSON value, with whitespace and key order normalised.
+//! Payloads are stored as `json` (validated, kept byte for byte): the relay publishes exactly
+//! the text that was enqueued.
 //!
 //! Ordering: ids come from an identity column, allocated when the row is inserted. Two
 //! appends to the same stream are serialised by the stream's row lock, so the later one gets
@@ -42,7 +42,7 @@ pub(crate) async fn enqueue(
     let headers: Vec<String> = messages.iter().map(|m| encode_headers(&m.headers)).collect();
     sqlx::query(
         "INSERT INTO outbox (topic, message_key, payload, headers) \
-         SELECT m.topic, m.message_key, m.payload::jsonb, m.headers::jsonb \
+         SELECT m.topic, m.message_key, m.payload::json, m.headers::jsonb \
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) \
               WITH ORDINALITY AS m(topic, message_key, payload, headers, ordinal) \
          ORDER BY m.ordinal",

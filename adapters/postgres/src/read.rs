@@ -5,6 +5,10 @@
 //! oldest still-running transaction could write. Everything below it is final (its writers
 //! have committed or aborted), so [`committed_prefix`] never returns an event past a hole
 //! that may still fill. See the crate docs for why positions encode transaction ids.
+//!
+//! The horizon is written as a scalar subquery so PostgreSQL computes it once per statement
+//! (an init plan) and uses it as an index bound; inline, `pg_current_snapshot()` would be
+//! evaluated for every candidate row.
 
 use reprise_core::{RecordedEvent, StoreError, StreamId};
 use sqlx::PgConnection;
@@ -49,7 +53,7 @@ pub(crate) async fn committed_prefix(
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM events \
          WHERE global_position >= $1 \
-           AND global_position < (pg_snapshot_xmin(pg_current_snapshot())::text::int8 << 16) \
+           AND global_position < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8 << 16) \
          ORDER BY global_position LIMIT $2"
     );
     let rows = sqlx::query(&sql)
@@ -64,7 +68,7 @@ pub(crate) async fn committed_prefix(
         let after = events.last().map_or(from_position, |e| e.position + 1);
         sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM events WHERE global_position >= greatest($1, \
-             pg_snapshot_xmin(pg_current_snapshot())::text::int8 << 16))",
+             (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8 << 16)))",
         )
         .bind(to_i64(after))
         .fetch_one(&mut *connection)

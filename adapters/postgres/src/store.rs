@@ -121,7 +121,7 @@ impl PgEventStore {
         batch: &AppendBatch,
     ) -> Result<AppendReceipt, StoreError> {
         check_batch(batch)?;
-        let connection: &mut PgConnection = &mut **transaction;
+        let connection: &mut PgConnection = transaction;
         let mut savepoint = connection.begin().await.map_err(|e| classify(&e))?;
         let outcome = write_batch(&mut savepoint, batch, self.notify_channel()).await;
         match outcome {
@@ -361,7 +361,7 @@ async fn save_snapshot(connection: &mut PgConnection, snapshot: &Snapshot) -> Re
     }
     sqlx::query(
         "INSERT INTO snapshots (stream_id, stream_version, schema_version, state) \
-         VALUES ($1, $2, $3, $4::jsonb) \
+         VALUES ($1, $2, $3, $4::json) \
          ON CONFLICT (stream_id) DO UPDATE SET stream_version = excluded.stream_version, \
            schema_version = excluded.schema_version, state = excluded.state, taken_at = now() \
          WHERE snapshots.stream_version <= excluded.stream_version",

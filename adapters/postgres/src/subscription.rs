@@ -209,16 +209,14 @@ impl CatchUpSubscription {
         self.ensure_listener().await;
         let interval = self.options.poll_interval;
         match self.listener.as_mut() {
-            Some(listener) => match tokio::time::timeout(interval, listener.try_recv()).await {
-                Ok(Ok(Some(_))) | Err(_) => {}
-                // None: the connection dropped (sqlx reconnects on the next call); Err: it
-                // could not. Either way fall back to polling and listen afresh later.
-                Ok(Ok(None)) => {}
-                Ok(Err(error)) => {
+            Some(listener) => {
+                // Ok(Some): woken; Err: the poll interval passed; Ok(None): the connection
+                // dropped and sqlx reconnects on the next call. All mean "read again".
+                if let Ok(Err(error)) = tokio::time::timeout(interval, listener.try_recv()).await {
                     tracing::warn!(subscription = %self.name, %error, "listener failed; polling");
                     self.listener = None;
                 }
-            },
+            }
             None => tokio::time::sleep(interval).await,
         }
     }

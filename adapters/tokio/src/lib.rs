@@ -32,10 +32,11 @@
 //! - **Timers are tokio timers**, created on the runtime the adapter was built for, so
 //!   `sleep` may be called from any thread (a `Store::send` from a plain thread arms its
 //!   timer effects here). The runtime must have its time driver enabled.
-//! - **Randomness is Xoshiro256++ seeded from the OS**: ids only need to be unique and
-//!   unpredictable enough across processes, not secret; 256 bits of seed make collisions
-//!   of 128-bit ids between processes negligible. A mutex, not a thread-local, holds it so
-//!   that one runtime value is one random stream, which is what the trait promises.
+//! - **Randomness is ChaCha8 seeded from the OS**: ids must be unique across processes,
+//!   which 256 bits of OS seed per runtime make a certainty in practice; ChaCha8 produces
+//!   a `u64` in about a nanosecond, so there is no reason to pick a weaker generator. A
+//!   mutex, not a thread-local, holds it so that one runtime value is one random stream,
+//!   which is what the trait promises.
 //! - **Spawning is `Handle::spawn`**: effects are `Send` futures and may run on any worker.
 
 // This crate is the production side of the determinism boundary: reading the wall clock,
@@ -48,8 +49,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use rand::rngs::SmallRng;
-use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
 use reprise_core::{BoxFuture, Clock, Entropy, Runtime, SharedRuntime, Spawner, Timestamp};
 use tokio::runtime::Handle;
 
@@ -65,7 +66,7 @@ pub struct TokioRuntime {
     handle: Handle,
     /// Origin of [`Runtime::stopwatch_nanos`]: monotonic, unaffected by clock steps.
     started: Instant,
-    rng: Arc<Mutex<SmallRng>>,
+    rng: Arc<Mutex<ChaCha8Rng>>,
 }
 
 impl fmt::Debug for TokioRuntime {
@@ -83,7 +84,9 @@ impl TokioRuntime {
     /// # Errors
     /// [`NoTokioRuntime`] outside a tokio runtime.
     pub fn try_current() -> Result<Self, NoTokioRuntime> {
-        Handle::try_current().map(Self::from_handle).map_err(|_| NoTokioRuntime)
+        Handle::try_current()
+            .map(Self::from_handle)
+            .map_err(|_| NoTokioRuntime)
     }
 
     /// A runtime that spawns on and arms timers with `handle`. The tokio runtime behind it
@@ -94,7 +97,7 @@ impl TokioRuntime {
         TokioRuntime {
             handle,
             started: Instant::now(),
-            rng: Arc::new(Mutex::new(SmallRng::from_os_rng())),
+            rng: Arc::new(Mutex::new(ChaCha8Rng::from_os_rng())),
         }
     }
 
@@ -115,11 +118,18 @@ impl Clock for TokioRuntime {
     fn now(&self) -> Timestamp {
         // Before 1970 only on a badly broken clock; saturate rather than panic in a
         // production service. u64 nanoseconds last until the year 2554.
-        let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         Timestamp::from_unix_nanos(u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX))
     }
 
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        if duration.is_zero() {
+            // tokio rounds every deadline up to its next 1 ms tick, so `sleep(0)` would
+            // take a millisecond; zero means "now", so say so without a timer.
+            return Box::pin(std::future::ready(()));
+        }
         // Entering the handle lets callers outside the runtime's threads create timers;
         // the timer starts now, not when the future is first polled.
         let _entered = self.handle.enter();
@@ -167,7 +177,10 @@ mod tests {
         let runtime = TokioRuntime::try_current().unwrap();
         let now = runtime.now().as_unix_nanos();
         // 2024-01-01 and 2200-01-01: catches seconds-vs-nanos mistakes, not clock skew.
-        assert!((1_704_067_200_000_000_000..7_258_118_400_000_000_000).contains(&now), "{now}");
+        assert!(
+            (1_704_067_200_000_000_000..7_258_118_400_000_000_000).contains(&now),
+            "{now}"
+        );
     }
 
     #[tokio::test]
@@ -176,7 +189,10 @@ mod tests {
         let b = TokioRuntime::try_current().unwrap();
         let ids = [a.next_id(), a.next_id(), b.next_id(), b.next_id()];
         for (i, x) in ids.iter().enumerate() {
-            assert!(ids[i + 1..].iter().all(|y| y != x), "duplicate id in {ids:x?}");
+            assert!(
+                ids[i + 1..].iter().all(|y| y != x),
+                "duplicate id in {ids:x?}"
+            );
         }
         let f = a.next_f64();
         assert!((0.0..1.0).contains(&f));
@@ -184,7 +200,10 @@ mod tests {
 
     #[test]
     fn timers_can_be_armed_from_a_thread_outside_the_runtime() {
-        let tokio = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
         let runtime = TokioRuntime::from_handle(tokio.handle().clone());
         // Created here, on a thread that is not running tokio.
         let sleep = runtime.sleep(Duration::from_millis(5));

@@ -158,6 +158,11 @@ impl PaymentProvider {
     pub fn books(&self) -> ProviderBooks {
         self.books.lock().clone()
     }
+
+    /// Reads the books without copying them.
+    pub fn with_books<T>(&self, read: impl FnOnce(&ProviderBooks) -> T) -> T {
+        read(&self.books.lock())
+    }
 }
 
 /// Calls the provider directly, without a network in between (unit tests, local runs).
@@ -230,10 +235,10 @@ impl CarrierOptions {
     }
 }
 
-/// The carrier itself: shipments progress with the carrier's clock; a deterministic
-/// share of them is lost half-way.
+/// The carrier itself: shipments progress with time; a deterministic share of them is
+/// lost half-way. Time is passed in by the caller (the carrier's side of the call), so the
+/// model works under any clock.
 pub struct CarrierModel {
-    clock: Arc<dyn Clock>,
     options: CarrierOptions,
     registered: Mutex<BTreeMap<String, Timestamp>>,
 }
@@ -246,22 +251,23 @@ impl fmt::Debug for CarrierModel {
 
 impl CarrierModel {
     #[must_use]
-    pub fn new(clock: Arc<dyn Clock>, options: CarrierOptions) -> Self {
-        assert!(options.lost_per_mille <= 1000);
-        assert!(!options.tracking_update_every.is_zero());
-        CarrierModel { clock, options, registered: Mutex::default() }
+    pub fn new(options: CarrierOptions) -> Self {
+        assert!(options.lost_per_mille <= 1000, "lost_per_mille is out of 1000: {options:?}");
+        assert!(!options.tracking_update_every.is_zero(), "tracking_update_every must be positive: {options:?}");
+        CarrierModel { options, registered: Mutex::default() }
     }
 
-    pub fn register_now(&self, order: &str) -> String {
-        let now = self.clock.now();
+    /// Registers a shipment (idempotent by order) at time `now`.
+    pub fn register_at(&self, order: &str, now: Timestamp) -> String {
         self.registered.lock().entry(order.to_owned()).or_insert(now);
         format!("TRK-{order}")
     }
 
+    /// The shipment's status at time `now`; `None` if it was never registered.
     #[must_use]
-    pub fn track_now(&self, order: &str) -> Option<CarrierStatus> {
+    pub fn track_at(&self, order: &str, now: Timestamp) -> Option<CarrierStatus> {
         let since = *self.registered.lock().get(order)?;
-        let elapsed = self.clock.now().saturating_since(since);
+        let elapsed = now.saturating_since(since);
         let o = &self.options;
         let lost = xxh3_64_with_seed(order.as_bytes(), o.seed) % 1000 < u64::from(o.lost_per_mille);
         Some(if elapsed < o.pickup_after {
@@ -277,14 +283,25 @@ impl CarrierModel {
     }
 }
 
-/// Calls the carrier directly (unit tests, local runs).
-impl Carrier for CarrierModel {
+/// Calls the carrier directly, reading time from `clock` (unit tests, local runs).
+pub struct DirectCarrier {
+    pub model: Arc<CarrierModel>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for DirectCarrier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DirectCarrier").field("model", &self.model).finish_non_exhaustive()
+    }
+}
+
+impl Carrier for DirectCarrier {
     fn register(&self, order: String) -> BoxFuture<'static, Result<String, ExternalError>> {
-        Box::pin(std::future::ready(Ok(self.register_now(&order))))
+        Box::pin(std::future::ready(Ok(self.model.register_at(&order, self.clock.now()))))
     }
 
     fn track(&self, order: String) -> BoxFuture<'static, Result<CarrierStatus, ExternalError>> {
-        let status = self.track_now(&order).ok_or_else(|| ExternalError::Unavailable(format!("unknown shipment {order}")));
+        let status = self.model.track_at(&order, self.clock.now()).ok_or_else(|| ExternalError::Unavailable(format!("unknown shipment {order}")));
         Box::pin(std::future::ready(status))
     }
 }

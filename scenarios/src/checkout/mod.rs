@@ -17,5 +17,5 @@ pub mod services;
 pub mod shipping;
 pub mod workload;
 
-pub use gateway::{Carrier, CarrierModel, CarrierOptions, PaymentGateway, PaymentProvider};
+pub use gateway::{Carrier, CarrierModel, CarrierOptions, DirectCarrier, PaymentGateway, PaymentProvider};
 pub use saga::{CheckoutCommand, CheckoutInput, CheckoutSaga};

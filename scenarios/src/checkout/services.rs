@@ -572,6 +572,9 @@ pub fn relay_options() -> RelayOptions {
     RelayOptions::new("checkout", routes)
 }
 
+/// How often the saga host restarts failed saga instances.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(500);
+
 /// Starts the saga service: the outbox relay, the recovery of every saga instance, and the
 /// consumer feeding domain events to the sagas.
 pub fn start_saga_service(env: &ServiceEnv, bugs: Bugs) {
@@ -591,6 +594,8 @@ pub fn start_saga_service(env: &ServiceEnv, bugs: Bugs) {
         Box::pin(async move {
             // Recover first: re-armed deadlines must not wait for new traffic.
             host.recover_all().await;
+            let supervised = Arc::clone(&host);
+            env2.runtime.spawn("saga-supervisor", Box::pin(async move { supervised.supervise(SUPERVISE_EVERY).await }));
             consumer::run(env2, options, worker).await;
         }),
     );

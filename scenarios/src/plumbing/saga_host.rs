@@ -102,11 +102,42 @@ impl<S: Saga> SagaHost<S> {
     }
 
     /// Feeds `input` to instance `id` and waits until the instance has durably reacted.
+    /// An instance that fails meanwhile has dropped the input, so it is reloaded and the
+    /// input fed again (the saga recognises it if it was persisted after all).
     pub async fn deliver(&self, id: &str, input: S::Input) {
-        let store = self.instance(id);
-        drop(store.send(SagaAction::Input(input)));
-        while !store.with_state(settled) {
-            self.env.sleep(SETTLE_POLL).await;
+        let mut attempt = 0;
+        loop {
+            let store = self.instance(id);
+            drop(store.send(SagaAction::Input(input.clone())));
+            while !store.with_state(settled) {
+                self.env.sleep(SETTLE_POLL).await;
+            }
+            if store.with_state(|s| s.failure.is_none()) {
+                return;
+            }
+            self.env.sleep(Backoff::SERVICE.delay(attempt, &self.env)).await;
+            attempt = attempt.saturating_add(1);
+        }
+    }
+
+    /// Restarts, every `every`, the instances that stopped after a failure (a stream
+    /// refusing writes for a while, the store failing every retry of one decision):
+    /// without a new input nothing else would look at them, and their deadlines would
+    /// never fire. Runs until its task is dropped.
+    pub async fn supervise(&self, every: Duration) {
+        assert!(!every.is_zero(), "a zero supervision period spins");
+        loop {
+            self.env.sleep(every).await;
+            let failed: Vec<String> = self
+                .instances
+                .lock()
+                .iter()
+                .filter(|(_, store)| store.with_state(|s| s.failure.is_some()))
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in failed {
+                self.instance(&id);
+            }
         }
     }
 

@@ -13,3 +13,29 @@ async fn the_core_event_store_conformance_suite_passes() {
     event_store_suite(Arc::new(store.clone()), &format!("{ns}again")).await.unwrap();
     drop_schema(&store).await;
 }
+
+#[tokio::test]
+async fn recorded_events_carry_server_time_metadata_and_the_exact_payload() {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use reprise_core::{AppendBatch, EventStore, ExpectedVersion, Payload};
+
+    use crate::support::{event, id_base};
+
+    let store = fresh_store("roundtrip").await;
+    let mut sent = event(id_base(), 1);
+    // Spacing and key order are part of the payload: they must come back untouched.
+    sent.payload = Payload::from_json_text(r#"{ "z": 1,  "a": [true, null, "é\u00e9"] }"#);
+    store.append(AppendBatch::single("rt-1".into(), ExpectedVersion::NoStream, vec![sent.clone()])).await.unwrap();
+    let read = store.read_stream(&"rt-1".into(), 1, 10).await.unwrap();
+    assert_eq!(read.len(), 1);
+    let got = &read[0];
+    assert_eq!((got.event_id, &got.event_type, got.schema_version), (sent.event_id, &sent.event_type, 1));
+    assert_eq!(got.payload, sent.payload);
+    assert_eq!(got.metadata, sent.metadata);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let recorded = Duration::from_nanos(got.recorded_at.as_unix_nanos());
+    let skew = now.abs_diff(recorded);
+    assert!(skew < Duration::from_secs(60), "recorded_at {recorded:?} is {skew:?} away from now");
+    drop_schema(&store).await;
+}

@@ -37,18 +37,8 @@ async fn events_and_outbox_messages_commit_together_or_not_at_all() {
     assert!(retry.was_duplicate);
 
     let pending = store.outbox_pending(10).await.unwrap();
-    assert_eq!(pending.len(), 2);
-    for (entry, n) in pending.iter().zip([1, 2]) {
-        let sent = message("order-1", n);
-        // Payloads are stored as jsonb: the same JSON value, not necessarily the same text.
-        let payload = |m: &OutgoingMessage| m.payload.decode::<serde_json::Value>().unwrap();
-        assert_eq!(payload(&entry.message), payload(&sent));
-        assert_eq!(
-            (&entry.message.topic, &entry.message.key, &entry.message.headers),
-            (&sent.topic, &sent.key, &sent.headers),
-            "in order, headers intact"
-        );
-    }
+    let messages: Vec<_> = pending.iter().map(|p| p.message.clone()).collect();
+    assert_eq!(messages, [message("order-1", 1), message("order-1", 2)], "byte for byte, in order");
     assert!(pending[0].id < pending[1].id);
 
     assert_eq!(store.mark_outbox_published(&[pending[0].id]).await.unwrap(), 1);
