@@ -40,9 +40,18 @@ impl Reducer for BenchFeature {
                 *total += n;
                 effects![]
             }
-            BenchAction::Fetch(n) => effects![Effect::run("fetch", async move { Some(BenchAction::Add(n)) })],
-            BenchAction::FanOut(n) => (0..n).map(|_| Effect::run("fan-out", async { Some(BenchAction::Add(1)) })).collect(),
-            BenchAction::After(delay) => effects![Effect::timer("after", delay, BenchAction::Add(1))],
+            BenchAction::Fetch(n) => {
+                effects![Effect::run(
+                    "fetch",
+                    async move { Some(BenchAction::Add(n)) }
+                )]
+            }
+            BenchAction::FanOut(n) => (0..n)
+                .map(|_| Effect::run("fan-out", async { Some(BenchAction::Add(1)) }))
+                .collect(),
+            BenchAction::After(delay) => {
+                effects![Effect::timer("after", delay, BenchAction::Add(1))]
+            }
         }
     }
 

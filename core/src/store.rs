@@ -345,7 +345,7 @@ impl Future for SendHandle {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         match &self.tracker {
             None => Poll::Ready(()),
-            Some(tracker) => Pin::new(&mut tracker.idle()).poll(cx),
+            Some(tracker) => tracker.poll_idle(cx),
         }
     }
 }

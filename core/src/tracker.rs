@@ -11,11 +11,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
+use smallvec::SmallVec;
 
 #[derive(Debug, Default)]
 pub struct Tracker {
     pending: AtomicUsize,
-    waiters: Mutex<Vec<Waker>>,
+    /// Usually one waiter (the `SendHandle` being awaited): kept inline, so awaiting a
+    /// send allocates nothing beyond the tracker itself.
+    waiters: Mutex<SmallVec<[Waker; 1]>>,
     parent: Option<Arc<Tracker>>,
 }
 
@@ -63,6 +66,23 @@ impl Tracker {
     pub fn idle(self: &Arc<Self>) -> Idle {
         Idle { tracker: Arc::clone(self) }
     }
+
+    /// [`Idle`]'s poll, for futures that hold the tracker already (no `Arc` clone per
+    /// poll).
+    pub fn poll_idle(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.pending() == 0 {
+            return Poll::Ready(());
+        }
+        let mut waiters = self.waiters.lock();
+        // Re-check under the lock: a decrement to zero drains the waiters under it.
+        if self.pending() == 0 {
+            return Poll::Ready(());
+        }
+        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
 }
 
 /// A unit of outstanding work; dropping it (normally or by cancellation) completes it.
@@ -98,18 +118,7 @@ impl Future for Idle {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.tracker.pending() == 0 {
-            return Poll::Ready(());
-        }
-        let mut waiters = self.tracker.waiters.lock();
-        // Re-check under the lock: a decrement to zero drains the waiters under it.
-        if self.tracker.pending() == 0 {
-            return Poll::Ready(());
-        }
-        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
-            waiters.push(cx.waker().clone());
-        }
-        Poll::Pending
+        self.tracker.poll_idle(cx)
     }
 }
 

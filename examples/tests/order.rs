@@ -184,7 +184,7 @@ fn a_command_changes_state_only_after_its_events_are_appended() {
 
     // The first command hydrates the aggregate from its (empty) stream.
     store.send(AggregateAction::Execute(place("ada")), |root| {
-        root.queued.push_back(place("ada"))
+        root.queued.push_back(place("ada"));
     });
     store.receive(AggregateAction::Refreshed(Ok(vec![])), |root| {
         root.hydrated = true;
@@ -251,7 +251,7 @@ fn a_command_changes_state_only_after_its_events_are_appended() {
 fn a_rejected_command_appends_nothing_and_reports_why() {
     let mut store = order_test_store("7");
     store.send(AggregateAction::Execute(OrderCommand::Submit), |root| {
-        root.queued.push_back(OrderCommand::Submit)
+        root.queued.push_back(OrderCommand::Submit);
     });
     store.receive(AggregateAction::Refreshed(Ok(vec![])), |root| {
         root.hydrated = true;

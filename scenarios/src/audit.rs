@@ -26,13 +26,23 @@ pub struct Finding {
 impl Finding {
     #[must_use]
     pub fn new(invariant: &'static str, entities: Vec<String>, message: impl Into<String>) -> Self {
-        Finding { invariant, entities, message: message.into() }
+        Finding {
+            invariant,
+            entities,
+            message: message.into(),
+        }
     }
 }
 
 impl fmt::Display for Finding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} [{}]: {}", self.invariant, self.entities.join(", "), self.message)
+        write!(
+            f,
+            "{} [{}]: {}",
+            self.invariant,
+            self.entities.join(", "),
+            self.message
+        )
     }
 }
 
@@ -59,7 +69,10 @@ pub struct LogAudit {
 impl LogAudit {
     #[must_use]
     pub fn new() -> Self {
-        LogAudit { next_position: 1, ..Self::default() }
+        LogAudit {
+            next_position: 1,
+            ..Self::default()
+        }
     }
 
     /// Folds one event; called in global order.
@@ -67,14 +80,20 @@ impl LogAudit {
     /// # Errors
     /// A gap or reordering within a stream; a second effect of one message on one stream.
     pub fn observe(&mut self, event: &RecordedEvent) -> Result<(), Finding> {
-        assert_eq!(event.position, self.next_position, "the audit must see the log gap-free and in order");
+        assert_eq!(
+            event.position, self.next_position,
+            "the audit must see the log gap-free and in order"
+        );
         self.next_position += 1;
         let version = self.versions.entry(event.stream.clone()).or_default();
         if event.version != *version + 1 {
             return Err(Finding::new(
                 invariant::STREAM_ORDER,
                 vec![event.stream.to_string()],
-                format!("event at position {} has version {} after version {}", event.position, event.version, version),
+                format!(
+                    "event at position {} has version {} after version {}",
+                    event.position, event.version, version
+                ),
             ));
         }
         *version = event.version;
@@ -83,12 +102,19 @@ impl LogAudit {
             return Ok(());
         }
         if let Some(cause) = event.metadata.causation_id
-            && !self.causations.insert((cause, event.stream.clone(), Arc::clone(&event.event_type)))
+            && !self
+                .causations
+                .insert((cause, event.stream.clone(), Arc::clone(&event.event_type)))
         {
             return Err(Finding::new(
                 invariant::EFFECT_ONCE,
                 vec![event.stream.to_string()],
-                format!("message {} caused a second {} on {}", EventId(cause), event.event_type, event.stream),
+                format!(
+                    "message {} caused a second {} on {}",
+                    EventId(cause),
+                    event.event_type,
+                    event.stream
+                ),
             ));
         }
         Ok(())
@@ -101,7 +127,11 @@ impl LogAudit {
     ///
     /// # Errors
     /// The first acknowledged message without a marker.
-    pub fn check_nothing_lost(&mut self, bus: &InMemoryEventBus, groups: &[(&'static str, &'static str)]) -> Result<(), Finding> {
+    pub fn check_nothing_lost(
+        &mut self,
+        bus: &InMemoryEventBus,
+        groups: &[(&'static str, &'static str)],
+    ) -> Result<(), Finding> {
         for &(group, topic) in groups {
             for partition in 0..bus.partition_count(topic) {
                 let committed = bus.committed(group, topic, partition);
@@ -111,7 +141,9 @@ impl LogAudit {
                 }
                 let limit = usize::try_from(committed - *verified).unwrap_or(usize::MAX);
                 for delivery in bus.messages_from(topic, partition, *verified, limit) {
-                    let Some(message) = inbox::message_id(&delivery) else { continue };
+                    let Some(message) = inbox::message_id(&delivery) else {
+                        continue;
+                    };
                     if !self.markers.contains(&inbox::marker_id(group, message)) {
                         return Err(lost(group, &delivery, message));
                     }
@@ -125,7 +157,10 @@ impl LogAudit {
 
 fn lost(group: &str, delivery: &Delivery, message: EventId) -> Finding {
     let mut entities = vec![delivery.key.to_string()];
-    if let Some(stream) = delivery.headers.get(reprise_core::event_bus::header::STREAM) {
+    if let Some(stream) = delivery
+        .headers
+        .get(reprise_core::event_bus::header::STREAM)
+    {
         entities.push(stream.to_owned());
     }
     Finding::new(
@@ -134,7 +169,10 @@ fn lost(group: &str, delivery: &Delivery, message: EventId) -> Finding {
         format!(
             "{group} committed past {} ({}) but never recorded handling message {message}",
             delivery.coordinates(),
-            delivery.headers.get(reprise_core::event_bus::header::EVENT_TYPE).unwrap_or("?"),
+            delivery
+                .headers
+                .get(reprise_core::event_bus::header::EVENT_TYPE)
+                .unwrap_or("?"),
         ),
     )
 }

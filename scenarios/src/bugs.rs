@@ -98,7 +98,9 @@ impl Bugs {
 
 impl fmt::Debug for Bugs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_set().entries(PlantedBug::ALL.into_iter().filter(|b| self.contains(*b))).finish()
+        f.debug_set()
+            .entries(PlantedBug::ALL.into_iter().filter(|b| self.contains(*b)))
+            .finish()
     }
 }
 

@@ -8,6 +8,10 @@
 //! ([`checkout::PaymentGateway`], [`checkout::Carrier`]) — so the same code runs in the
 //! deterministic simulator and on tokio + PostgreSQL + Kafka.
 //!
+//! The simulator sees them through [`simulation`]: [`all`] lists every registered
+//! scenario (`checkout`, `transfers`, and one `<name>-bug-<slug>` per planted bug),
+//! [`by_name`] finds one, [`explain_failure`] renders a failing run for a person.
+//!
 //! Layout: [`plumbing`] holds the event-driven machinery both scenarios share (outbox
 //! relay, command bus, inbox, consume loop, saga host); [`checkout`] and [`transfers`] hold
 //! the domains (aggregates, sagas, service handlers, workloads, invariant checkers);
@@ -21,3 +25,4 @@ pub mod simulation;
 pub mod transfers;
 
 pub use bugs::{Bugs, PlantedBug};
+pub use simulation::{CheckoutScenario, TransfersScenario, all, by_name, explain_failure};

@@ -12,14 +12,21 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use reprise_core::{BoxFuture, InMemoryEventBus, InMemoryEventStore};
-use reprise_sim::{DependencyError, DependencyOptions, NodeContext, NodeOptions, RunReport, Scenario, ScenarioRun, Violation, World, WorldView};
+use reprise_sim::{
+    DependencyError, DependencyOptions, NodeContext, NodeOptions, RunReport, Scenario, ScenarioRun,
+    Violation, World, WorldView,
+};
 
 use crate::audit::Finding;
 use crate::bugs::{Bugs, PlantedBug};
-use crate::checkout::gateway::{CarrierStatus, ChargeOutcome, ChargeRequest, ExternalError, RefundOutcome};
+use crate::checkout::gateway::{
+    CarrierStatus, ChargeOutcome, ChargeRequest, ExternalError, RefundOutcome,
+};
 use crate::checkout::invariants::{CheckoutAudit, invariant as checkout_invariant};
 use crate::checkout::workload::{CheckoutOptions, CheckoutWorkload, run_client};
-use crate::checkout::{Carrier, CarrierModel, CarrierOptions, PaymentGateway, PaymentProvider, services};
+use crate::checkout::{
+    Carrier, CarrierModel, CarrierOptions, PaymentGateway, PaymentProvider, services,
+};
 use crate::plumbing::ServiceEnv;
 use crate::transfers;
 use crate::transfers::invariants::{TransfersAudit, invariant as transfers_invariant};
@@ -33,7 +40,8 @@ pub const CARRIER: &str = "carrier";
 #[must_use]
 pub fn service_env(ctx: &NodeContext) -> ServiceEnv {
     let notes_ctx = ctx.clone();
-    ServiceEnv::new(ctx.runtime(), ctx.event_store(), ctx.event_bus()).with_notes(Arc::new(move |text| notes_ctx.note(&text.to_string())))
+    ServiceEnv::new(ctx.runtime(), ctx.event_store(), ctx.event_bus())
+        .with_notes(Arc::new(move |text| notes_ctx.note(&text.to_string())))
 }
 
 fn external(error: DependencyError) -> ExternalError {
@@ -50,15 +58,25 @@ struct SimulatedProvider {
 }
 
 impl PaymentGateway for SimulatedProvider {
-    fn charge(&self, request: ChargeRequest) -> BoxFuture<'static, Result<ChargeOutcome, ExternalError>> {
+    fn charge(
+        &self,
+        request: ChargeRequest,
+    ) -> BoxFuture<'static, Result<ChargeOutcome, ExternalError>> {
         let provider = Arc::clone(&self.provider);
-        let call = self.ctx.call(PAYMENT_PROVIDER, move || provider.charge_now(&request));
+        let call = self
+            .ctx
+            .call(PAYMENT_PROVIDER, move || provider.charge_now(&request));
         Box::pin(async move { call.await.map_err(external) })
     }
 
-    fn refund(&self, idempotency_key: String) -> BoxFuture<'static, Result<RefundOutcome, ExternalError>> {
+    fn refund(
+        &self,
+        idempotency_key: String,
+    ) -> BoxFuture<'static, Result<RefundOutcome, ExternalError>> {
         let provider = Arc::clone(&self.provider);
-        let call = self.ctx.call(PAYMENT_PROVIDER, move || provider.refund_now(&idempotency_key));
+        let call = self.ctx.call(PAYMENT_PROVIDER, move || {
+            provider.refund_now(&idempotency_key)
+        });
         Box::pin(async move { call.await.map_err(external) })
     }
 }
@@ -73,13 +91,17 @@ struct SimulatedCarrier {
 impl Carrier for SimulatedCarrier {
     fn register(&self, order: String) -> BoxFuture<'static, Result<String, ExternalError>> {
         let (model, runtime) = (Arc::clone(&self.model), self.ctx.runtime());
-        let call = self.ctx.call(CARRIER, move || model.register_at(&order, runtime.now()));
+        let call = self
+            .ctx
+            .call(CARRIER, move || model.register_at(&order, runtime.now()));
         Box::pin(async move { call.await.map_err(external) })
     }
 
     fn track(&self, order: String) -> BoxFuture<'static, Result<CarrierStatus, ExternalError>> {
         let (model, runtime) = (Arc::clone(&self.model), self.ctx.runtime());
-        let call = self.ctx.call(CARRIER, move || model.track_at(&order, runtime.now()));
+        let call = self
+            .ctx
+            .call(CARRIER, move || model.track_at(&order, runtime.now()));
         Box::pin(async move {
             match call.await {
                 Ok(Some(status)) => Ok(status),
@@ -129,13 +151,33 @@ impl CheckoutScenario {
     #[must_use]
     pub fn with_bug(bug: PlantedBug) -> Self {
         let (name, description) = match bug {
-            PlantedBug::AckBeforeProcess => ("checkout-bug-ack-before-process", "checkout whose consumers commit offsets before handling"),
-            PlantedBug::PaymentNotIdempotent => ("checkout-bug-payment-not-idempotent", "checkout whose payment handler charges with a fresh key per delivery"),
-            PlantedBug::NoCompensationOnTimeout => ("checkout-bug-no-compensation-on-timeout", "checkout whose saga forgets money and stock on a payment timeout"),
-            PlantedBug::ApplyBeforeAppend => ("checkout-bug-apply-before-append", "checkout whose aggregate cache applies decisions before the append succeeds"),
-            PlantedBug::DecideFromProjection => ("checkout-bug-decide-from-projection", "checkout whose inventory reserves against a lagging projection"),
+            PlantedBug::AckBeforeProcess => (
+                "checkout-bug-ack-before-process",
+                "checkout whose consumers commit offsets before handling",
+            ),
+            PlantedBug::PaymentNotIdempotent => (
+                "checkout-bug-payment-not-idempotent",
+                "checkout whose payment handler charges with a fresh key per delivery",
+            ),
+            PlantedBug::NoCompensationOnTimeout => (
+                "checkout-bug-no-compensation-on-timeout",
+                "checkout whose saga forgets money and stock on a payment timeout",
+            ),
+            PlantedBug::ApplyBeforeAppend => (
+                "checkout-bug-apply-before-append",
+                "checkout whose aggregate cache applies decisions before the append succeeds",
+            ),
+            PlantedBug::DecideFromProjection => (
+                "checkout-bug-decide-from-projection",
+                "checkout whose inventory reserves against a lagging projection",
+            ),
         };
-        CheckoutScenario { bugs: Bugs::only(bug), name, description, ..Self::correct() }
+        CheckoutScenario {
+            bugs: Bugs::only(bug),
+            name,
+            description,
+            ..Self::correct()
+        }
     }
 }
 
@@ -150,20 +192,31 @@ struct CheckoutRun {
 }
 
 impl CheckoutRun {
-    fn catch_up(&self, store: &InMemoryEventStore, bus: &InMemoryEventBus) -> Result<(), Violation> {
+    fn catch_up(
+        &self,
+        store: &InMemoryEventStore,
+        bus: &InMemoryEventBus,
+    ) -> Result<(), Violation> {
         let mut audit = self.audit.borrow_mut();
         let events = store.read_all_now(audit.next_position(), usize::MAX);
         audit.observe(&events).map_err(violation)?;
         audit.check_consumers(bus).map_err(violation)?;
-        self.provider.with_books(|books| audit.check_books(books)).map_err(violation)
+        self.provider
+            .with_books(|books| audit.check_books(books))
+            .map_err(violation)
     }
 
     fn settled(&self, store: &InMemoryEventStore, bus: &InMemoryEventBus) -> Result<(), Violation> {
         self.catch_up(store, bus)?;
         let audit = self.audit.borrow();
-        match self.provider.with_books(|books| audit.check_settled(&self.workload, books)) {
+        match self
+            .provider
+            .with_books(|books| audit.check_settled(&self.workload, books))
+        {
             Ok(()) => Ok(()),
-            Err(finding) if finding.invariant == checkout_invariant::SAGAS_TERMINAL => Err(violation(finding)),
+            Err(finding) if finding.invariant == checkout_invariant::SAGAS_TERMINAL => {
+                Err(violation(finding))
+            }
             Err(finding) => {
                 // Every saga is terminal: nothing will change this state any more.
                 let found = violation(finding);
@@ -197,12 +250,30 @@ impl Scenario for CheckoutScenario {
     }
 
     fn setup(&self, world: &mut World) -> Box<dyn ScenarioRun> {
-        let workload = Arc::new(CheckoutWorkload::generate(&self.options, &mut || world.random_u64()));
+        let workload = Arc::new(CheckoutWorkload::generate(&self.options, &mut || {
+            world.random_u64()
+        }));
         let provider = Arc::new(PaymentProvider::new(self.options.decline_every));
         let carrier = Arc::new(CarrierModel::new(CarrierOptions::new(world.random_u64())));
         // Real services fail now and then in every phase; liveness must hold regardless.
-        world.add_dependency(PAYMENT_PROVIDER, DependencyOptions { latency_min_ms: 20, latency_max_ms: 200, error_probability: 0.02, timeout_ms: 1_000 });
-        world.add_dependency(CARRIER, DependencyOptions { latency_min_ms: 10, latency_max_ms: 100, error_probability: 0.02, timeout_ms: 1_000 });
+        world.add_dependency(
+            PAYMENT_PROVIDER,
+            DependencyOptions {
+                latency_min_ms: 20,
+                latency_max_ms: 200,
+                error_probability: 0.02,
+                timeout_ms: 1_000,
+            },
+        );
+        world.add_dependency(
+            CARRIER,
+            DependencyOptions {
+                latency_min_ms: 10,
+                latency_max_ms: 100,
+                error_probability: 0.02,
+                timeout_ms: 1_000,
+            },
+        );
         let bugs = self.bugs;
 
         let client_workload = Arc::clone(&workload);
@@ -210,19 +281,36 @@ impl Scenario for CheckoutScenario {
             let env = service_env(&ctx);
             ctx.spawn("client", run_client(env, Arc::clone(&client_workload)));
         });
-        world.add_node("saga", crashable(), move |ctx| services::start_saga_service(&service_env(&ctx), bugs));
-        world.add_node("orders", crashable(), move |ctx| services::start_orders_service(&service_env(&ctx), bugs));
-        world.add_node("inventory", crashable(), move |ctx| services::start_inventory_service(&service_env(&ctx), bugs));
+        world.add_node("saga", crashable(), move |ctx| {
+            services::start_saga_service(&service_env(&ctx), bugs)
+        });
+        world.add_node("orders", crashable(), move |ctx| {
+            services::start_orders_service(&service_env(&ctx), bugs)
+        });
+        world.add_node("inventory", crashable(), move |ctx| {
+            services::start_inventory_service(&service_env(&ctx), bugs)
+        });
         let payment_provider = Arc::clone(&provider);
         world.add_node("payments", crashable(), move |ctx| {
-            let gateway = Arc::new(SimulatedProvider { ctx: ctx.clone(), provider: Arc::clone(&payment_provider) });
+            let gateway = Arc::new(SimulatedProvider {
+                ctx: ctx.clone(),
+                provider: Arc::clone(&payment_provider),
+            });
             services::start_payment_service(&service_env(&ctx), gateway, bugs);
         });
         world.add_node("shipping", crashable(), move |ctx| {
-            let carrier = Arc::new(SimulatedCarrier { ctx: ctx.clone(), model: Arc::clone(&carrier) });
+            let carrier = Arc::new(SimulatedCarrier {
+                ctx: ctx.clone(),
+                model: Arc::clone(&carrier),
+            });
             services::start_shipping_service(&service_env(&ctx), carrier, bugs);
         });
-        Box::new(CheckoutRun { workload, provider, audit: RefCell::new(CheckoutAudit::new()), latched: RefCell::new(None) })
+        Box::new(CheckoutRun {
+            workload,
+            provider,
+            audit: RefCell::new(CheckoutAudit::new()),
+            latched: RefCell::new(None),
+        })
     }
 }
 
@@ -279,7 +367,11 @@ struct TransfersRun {
 }
 
 impl TransfersRun {
-    fn catch_up(&self, store: &InMemoryEventStore, bus: &InMemoryEventBus) -> Result<(), Violation> {
+    fn catch_up(
+        &self,
+        store: &InMemoryEventStore,
+        bus: &InMemoryEventBus,
+    ) -> Result<(), Violation> {
         let mut audit = self.audit.borrow_mut();
         let events = store.read_all_now(audit.next_position(), usize::MAX);
         audit.observe(&events).map_err(violation)?;
@@ -299,7 +391,9 @@ impl ScenarioRun for TransfersRun {
         self.catch_up(world.event_store(), world.event_bus())?;
         match self.audit.borrow().check_settled(&self.workload) {
             Ok(()) => Ok(()),
-            Err(finding) if finding.invariant == transfers_invariant::SAGAS_TERMINAL => Err(violation(finding)),
+            Err(finding) if finding.invariant == transfers_invariant::SAGAS_TERMINAL => {
+                Err(violation(finding))
+            }
             Err(finding) => {
                 let found = violation(finding);
                 *self.latched.borrow_mut() = Some(found.clone());
@@ -319,16 +413,29 @@ impl Scenario for TransfersScenario {
     }
 
     fn setup(&self, world: &mut World) -> Box<dyn ScenarioRun> {
-        let workload = Arc::new(TransfersWorkload::generate(&self.options, &mut || world.random_u64()));
+        let workload = Arc::new(TransfersWorkload::generate(&self.options, &mut || {
+            world.random_u64()
+        }));
         let bugs = self.bugs;
         let client_workload = Arc::clone(&workload);
         world.add_node("client", crashable(), move |ctx| {
             let env = service_env(&ctx);
-            ctx.spawn("client", transfers::services::run_client(env, Arc::clone(&client_workload)));
+            ctx.spawn(
+                "client",
+                transfers::services::run_client(env, Arc::clone(&client_workload)),
+            );
         });
-        world.add_node("saga", crashable(), move |ctx| transfers::services::start_saga_service(&service_env(&ctx), bugs));
-        world.add_node("accounts", crashable(), move |ctx| transfers::services::start_accounts_service(&service_env(&ctx), bugs));
-        Box::new(TransfersRun { workload, audit: RefCell::new(TransfersAudit::new()), latched: RefCell::new(None) })
+        world.add_node("saga", crashable(), move |ctx| {
+            transfers::services::start_saga_service(&service_env(&ctx), bugs)
+        });
+        world.add_node("accounts", crashable(), move |ctx| {
+            transfers::services::start_accounts_service(&service_env(&ctx), bugs)
+        });
+        Box::new(TransfersRun {
+            workload,
+            audit: RefCell::new(TransfersAudit::new()),
+            latched: RefCell::new(None),
+        })
     }
 }
 
@@ -339,11 +446,18 @@ impl Scenario for TransfersScenario {
 /// Every scenario of this crate: the correct ones first, then one per planted bug.
 #[must_use]
 pub fn all() -> Vec<Box<dyn Scenario>> {
-    let mut scenarios: Vec<Box<dyn Scenario>> = vec![Box::new(CheckoutScenario::correct()), Box::new(TransfersScenario::correct())];
+    let mut scenarios: Vec<Box<dyn Scenario>> = vec![
+        Box::new(CheckoutScenario::correct()),
+        Box::new(TransfersScenario::correct()),
+    ];
     for bug in PlantedBug::ALL {
         scenarios.push(Box::new(CheckoutScenario::with_bug(bug)));
     }
-    scenarios.extend(TransfersScenario::bug_variants().into_iter().map(|s| Box::new(s) as Box<dyn Scenario>));
+    scenarios.extend(
+        TransfersScenario::bug_variants()
+            .into_iter()
+            .map(|s| Box::new(s) as Box<dyn Scenario>),
+    );
     scenarios
 }
 
@@ -359,22 +473,45 @@ pub fn by_name(name: &str) -> Option<Box<dyn Scenario>> {
 #[must_use]
 pub fn explain_failure(report: &RunReport, lines: usize) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{} failed: {} ({})", report.scenario, report.outcome, report.summary());
-    let Some(found) = report.violation() else { return out };
+    let _ = writeln!(
+        out,
+        "{} failed: {} ({})",
+        report.scenario,
+        report.outcome,
+        report.summary()
+    );
+    let Some(found) = report.violation() else {
+        return out;
+    };
     let _ = writeln!(out, "  invariant: {}", found.invariant);
     let _ = writeln!(out, "  entities:  {}", found.entities.join(", "));
     let _ = writeln!(out, "  message:   {}", found.message);
     let Some(trace) = &report.trace else {
-        let _ = writeln!(out, "  (replay with a full trace to see the lines that touched them)");
+        let _ = writeln!(
+            out,
+            "  (replay with a full trace to see the lines that touched them)"
+        );
         return out;
     };
-    let touching: Vec<_> = trace.iter().filter(|line| found.entities.iter().any(|e| mentions(&line.text, e))).collect();
+    let touching: Vec<_> = trace
+        .iter()
+        .filter(|line| found.entities.iter().any(|e| mentions(&line.text, e)))
+        .collect();
     let skip = touching.len().saturating_sub(lines);
-    let _ = writeln!(out, "  last {} of {} trace lines touching them:", touching.len() - skip, touching.len());
+    let _ = writeln!(
+        out,
+        "  last {} of {} trace lines touching them:",
+        touching.len() - skip,
+        touching.len()
+    );
     for line in &touching[skip..] {
         let _ = writeln!(out, "    {line}");
     }
-    let _ = writeln!(out, "  reproduce: reprise run {} --seed {} --plan {} --trace", report.scenario, report.seed, report.plan.name);
+    let _ = writeln!(
+        out,
+        "  reproduce: reprise run {} --seed {} --plan {} --trace",
+        report.scenario, report.seed, report.plan.name
+    );
     out
 }
 

@@ -14,11 +14,13 @@
 //! A failing seed panics with everything needed to act on it: the seed, the broken
 //! invariant, the simulated time, the faults so far, the last trace lines (the seed is
 //! replayed once with a full trace to get them — deterministic, so it is the same run),
-//! and the commands that reproduce it.
+//! the fault mix the seed drew, the commands that reproduce it, and the command that
+//! shrinks it to the faults that matter ([`crate::shrink`]).
 
 use std::fmt::Write as _;
 
 use crate::checker::Scenario;
+use crate::plan::FaultPlan;
 use crate::run::{RunReport, SimConfig, run};
 use crate::trace::TraceMode;
 
@@ -126,9 +128,50 @@ pub fn sweep(scenario: &dyn Scenario, config: &SimConfig, package: &str) {
     }
 }
 
-/// The message a failing seed panics with.
+/// The message a failing seed panics with: [`failure_message_with`] and two reproduction
+/// commands, the `cargo test` line for `repro` and the `reprise run` line.
 #[must_use]
 pub fn failure_message(report: &RunReport, repro: &Repro) -> String {
+    failure_message_with(
+        report,
+        &[
+            format!(
+                "REPRISE_SEED={} cargo test -p {} {}",
+                report.seed, repro.package, repro.test
+            ),
+            format!(
+                "reprise run {} --seed {} --plan {} --trace   (scenarios registered with the CLI)",
+                report.scenario, report.seed, report.plan.name
+            ),
+        ],
+    )
+}
+
+/// The failure message with the caller's own reproduction commands (a CLI prints only
+/// its own), ending with the hint to shrink the run ([`shrink_command`] with the plan's
+/// name). A caller whose `--plan` argument is not the plan's name (a JSON file) uses
+/// [`failure_message_with_shrink`] instead.
+#[must_use]
+pub fn failure_message_with(report: &RunReport, reproduce: &[String]) -> String {
+    failure_message_with_shrink(
+        report,
+        reproduce,
+        &shrink_command(report, &report.plan.name),
+    )
+}
+
+/// [`failure_message_with`], with the shrink command given by the caller.
+///
+/// The message: the seed and hash, the outcome and the broken invariant, the simulated
+/// time, the resolved plan's fault mix ([`fault_mix`]), the last 20 faults, the trace
+/// tail (full traces only), the reproduction commands, and last the shrink hint — or,
+/// when the plan injected nothing, a note that there is nothing to shrink.
+#[must_use]
+pub fn failure_message_with_shrink(
+    report: &RunReport,
+    reproduce: &[String],
+    shrink: &str,
+) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -149,6 +192,12 @@ pub fn failure_message(report: &RunReport, repro: &Repro) -> String {
         "  sim time:  {:?} after {} steps",
         report.stats.sim_time, report.stats.steps
     );
+    let _ = writeln!(
+        out,
+        "  fault mix: {} (plan {})",
+        fault_mix(&report.plan),
+        report.plan.name
+    );
     let _ = writeln!(out, "  faults so far ({}):", report.faults.len());
     let skip = report.faults.len().saturating_sub(20);
     if skip > 0 {
@@ -165,18 +214,64 @@ pub fn failure_message(report: &RunReport, repro: &Repro) -> String {
         }
     }
     let _ = writeln!(out, "  reproduce:");
-    let _ = writeln!(
-        out,
-        "    REPRISE_SEED={} cargo test -p {} {}",
-        report.seed, repro.package, repro.test
-    );
-    let _ = writeln!(
-        out,
-        "    reprise run {} --seed {} --plan {} --trace   (scenarios registered with the CLI)",
-        report.scenario, report.seed, report.plan.name
-    );
-    let _ = write!(out, "{}", report.summary());
+    for command in reproduce {
+        let _ = writeln!(out, "    {command}");
+    }
+    if report.plan.specs.is_empty() {
+        let _ = write!(
+            out,
+            "  nothing to shrink: the plan injected no faults, the seed alone fails"
+        );
+    } else {
+        let _ = write!(
+            out,
+            "  shrink to the faults that matter (same seed, same invariant):\n    {shrink}"
+        );
+    }
     out
+}
+
+/// `reprise shrink <scenario> --seed <n> --plan <plan>`: the command the failure message
+/// ends with. `plan` is what the CLI's `--plan` takes (a plan name or a JSON file).
+#[must_use]
+pub fn shrink_command(report: &RunReport, plan: &str) -> String {
+    format!(
+        "reprise shrink {} --seed {} --plan {plan}",
+        report.scenario, report.seed
+    )
+}
+
+/// The fault kinds of a resolved plan, in order, repeated kinds counted: `store, bus,
+/// partition ×2, crash` (`none` for a calm plan). For a swarm run this is the mix the
+/// seed drew.
+#[must_use]
+pub fn fault_mix(plan: &FaultPlan) -> String {
+    let mut kinds: Vec<(&'static str, usize)> = Vec::new();
+    for spec in &plan.specs {
+        let label = spec.fault.label();
+        match kinds.iter_mut().find(|(kind, _)| *kind == label) {
+            Some((_, count)) => *count += 1,
+            None => kinds.push((label, 1)),
+        }
+    }
+    if kinds.is_empty() {
+        return "none".into();
+    }
+    let mix: Vec<String> = kinds
+        .into_iter()
+        .map(|(kind, count)| {
+            if count == 1 {
+                kind.to_owned()
+            } else {
+                format!("{kind} ×{count}")
+            }
+        })
+        .collect();
+    let mut line = mix.join(", ");
+    if plan.swarm.is_some() {
+        line.push_str(" + a swarm draw per seed");
+    }
+    line
 }
 
 /// Sweeps seeds in a `#[test]`; see the [module docs](crate::harness).

@@ -50,8 +50,36 @@
 //! | `checker` | [`Scenario`], [`ScenarioRun`], [`Violation`], [`WorldView`] |
 //! | `world` | [`World`], [`NodeContext`], node life cycle |
 //! | `run` | [`SimConfig`], [`run`], [`RunReport`], [`check_determinism`] |
+//! | [`shrink`](mod@shrink) | a failing run's plan reduced to the faults that matter |
 //! | [`harness`] | seed sweeps for `#[test]`s |
 //! | [`testing_scenario`] | a small token-transfer scenario with a planted bug |
+//!
+//! ## Shrinking a failure
+//!
+//! A failing swarm seed usually fails under a busy plan. [`shrink()`] turns it into the
+//! smallest plan it can find under which **the same seed** still breaks **the same
+//! invariant**: it drops whole fault specs (delta debugging: all, then halves, … then
+//! single specs), then switches off individual fault kinds of what remains, narrows
+//! targets to one node or peer, halves probabilities and durations and narrows windows —
+//! every candidate a full deterministic re-run, within a run budget
+//! ([`ShrinkOptions::max_runs`], default 200).
+//!
+//! ```ignore
+//! let config = SimConfig::new(17).with_plan(FaultPlan::swarm());
+//! let shrunk = reprise_sim::shrink(&scenario, &config, &ShrinkOptions::default())?;
+//! println!("{shrunk}");            // what each accepted reduction removed
+//! std::fs::write("plan.json", shrunk.plan.to_json())?;
+//! // Replays the shrunk failure hash for hash (also from plan.json, `--plan plan.json`):
+//! let replay = reprise_sim::run(&scenario, &shrunk.replay_config(&config));
+//! assert_eq!(replay.hash, shrunk.shrunk.hash);
+//! ```
+//!
+//! The seed itself is never shrunk — a seed is not a size, and another seed is another
+//! execution. Removing a fault changes the rest of the run (the fault and latency draws
+//! share one stream, and faults change the schedule), so each candidate is a different
+//! execution judged only by its failure: see [the module docs](mod@shrink) for what that
+//! means for the result. Failure messages ([`harness::failure_message_with`]) end with
+//! the `reprise shrink` command.
 //!
 //! ## Guarantees and their limits
 //!
@@ -76,6 +104,7 @@ pub mod harness;
 mod network;
 pub mod plan;
 mod run;
+pub mod shrink;
 mod store;
 pub mod testing_scenario;
 pub mod trace;
@@ -93,6 +122,7 @@ pub use run::{
     Budget, Divergence, Outcome, Phase, RunReport, RunStats, SimConfig, SimError,
     check_determinism, run, try_run,
 };
+pub use shrink::{FailureSignature, ShrinkError, ShrinkOptions, ShrinkReport, shrink};
 pub use store::StoreOptions;
 pub use trace::{TraceLine, TraceMode, summary_line};
 pub use world::{BootFn, DependencyId, NodeContext, NodeId, NodeOptions, NodeStatus, World};

@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hdrhistogram::Histogram;
-use reprise_core::{AppendBatch, EventId, EventStore, ExpectedVersion, Metadata, NewEvent, Payload, StreamId};
+use reprise_core::{
+    AppendBatch, EventId, EventStore, ExpectedVersion, Metadata, NewEvent, Payload, StreamId,
+};
 use reprise_postgres::{PgConfig, PgEventStore, SubscriptionOptions};
 
 #[derive(Parser, Debug)]
@@ -44,6 +46,9 @@ struct Args {
     /// Events per page in the catch-up scenario.
     #[arg(long, default_value_t = 5_000)]
     page: usize,
+    /// Append without `NOTIFY` (subscriptions then notice new events at their poll interval).
+    #[arg(long)]
+    no_notify: bool,
     /// Keep the benchmark schema instead of dropping it.
     #[arg(long)]
     keep: bool,
@@ -69,7 +74,11 @@ impl Ids {
             event_type: "OrderPlaced".into(),
             schema_version: 1,
             payload: payload(n),
-            metadata: Metadata { correlation_id: Some(u128::from(n)), causation_id: None, traceparent: None },
+            metadata: Metadata {
+                correlation_id: Some(u128::from(n)),
+                causation_id: None,
+                traceparent: None,
+            },
         }
     }
 }
@@ -98,7 +107,14 @@ fn report(name: &str, operations: &Histogram<u64>, events: u64, elapsed: Duratio
 
 /// `writers` tasks appending `batch` events per transaction to their own streams for
 /// `duration`, each with the exact expected version (the normal aggregate path).
-async fn append_scenario(store: &PgEventStore, ids: &Arc<Ids>, name: &str, writers: usize, batch: usize, duration: Duration) {
+async fn append_scenario(
+    store: &PgEventStore,
+    ids: &Arc<Ids>,
+    name: &str,
+    writers: usize,
+    batch: usize,
+    duration: Duration,
+) {
     let started = Instant::now();
     let tasks: Vec<_> = (0..writers)
         .map(|w| {
@@ -111,10 +127,16 @@ async fn append_scenario(store: &PgEventStore, ids: &Arc<Ids>, name: &str, write
                 let mut events = 0u64;
                 while started.elapsed() < duration {
                     let batch_events = (0..batch).map(|_| ids.next()).collect();
-                    let append = AppendBatch::single(stream.clone(), ExpectedVersion::after(version), batch_events);
+                    let append = AppendBatch::single(
+                        stream.clone(),
+                        ExpectedVersion::after(version),
+                        batch_events,
+                    );
                     let t = Instant::now();
                     let receipt = store.append(append).await.expect("append");
-                    latencies.record(micros(t.elapsed())).expect("in histogram range");
+                    latencies
+                        .record(micros(t.elapsed()))
+                        .expect("in histogram range");
                     version = receipt.version_of(&stream).expect("our stream");
                     events += batch as u64;
                 }
@@ -129,7 +151,12 @@ async fn append_scenario(store: &PgEventStore, ids: &Arc<Ids>, name: &str, write
         all.add(&latencies).expect("same bounds");
         events += n;
     }
-    report(&format!("append {name} ({writers}w x {batch}/tx)"), &all, events, started.elapsed());
+    report(
+        &format!("append {name} ({writers}w x {batch}/tx)"),
+        &all,
+        events,
+        started.elapsed(),
+    );
 }
 
 async fn load_scenario(store: &PgEventStore, ids: &Ids, length: usize, duration: Duration) {
@@ -137,26 +164,53 @@ async fn load_scenario(store: &PgEventStore, ids: &Ids, length: usize, duration:
     for chunk in 0..length.div_ceil(1_000) {
         let n = (length - chunk * 1_000).min(1_000);
         let events = (0..n).map(|_| ids.next()).collect();
-        store.append(AppendBatch::single(stream.clone(), ExpectedVersion::Any, events)).await.expect("seed stream");
+        store
+            .append(AppendBatch::single(
+                stream.clone(),
+                ExpectedVersion::Any,
+                events,
+            ))
+            .await
+            .expect("seed stream");
     }
     let mut latencies = histogram();
     let mut events = 0u64;
     let started = Instant::now();
     while started.elapsed() < duration {
         let t = Instant::now();
-        let read = store.read_stream(&stream, 1, usize::MAX).await.expect("read stream");
-        latencies.record(micros(t.elapsed())).expect("in histogram range");
+        let read = store
+            .read_stream(&stream, 1, usize::MAX)
+            .await
+            .expect("read stream");
+        latencies
+            .record(micros(t.elapsed()))
+            .expect("in histogram range");
         assert_eq!(read.len(), length);
         events += read.len() as u64;
     }
-    report(&format!("load stream ({length} events)"), &latencies, events, started.elapsed());
+    report(
+        &format!("load stream ({length} events)"),
+        &latencies,
+        events,
+        started.elapsed(),
+    );
 }
 
 async fn catch_up_scenario(store: &PgEventStore, page: usize) {
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(store.pool()).await.expect("count");
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(store.pool())
+        .await
+        .expect("count");
     // Through the subscription API a projection uses: pages below the horizon, in order.
-    let options = SubscriptionOptions { batch_size: page, poll_interval: Duration::from_millis(100), listen: false };
-    let mut subscription = store.subscribe("bench-catch-up", options).await.expect("subscribe");
+    let options = SubscriptionOptions {
+        batch_size: page,
+        poll_interval: Duration::from_millis(100),
+        listen: false,
+    };
+    let mut subscription = store
+        .subscribe("bench-catch-up", options)
+        .await
+        .expect("subscribe");
     let mut latencies = histogram();
     let mut events = 0u64;
     let started = Instant::now();
@@ -166,11 +220,22 @@ async fn catch_up_scenario(store: &PgEventStore, page: usize) {
         if batch.is_empty() {
             break;
         }
-        latencies.record(micros(t.elapsed())).expect("in histogram range");
+        latencies
+            .record(micros(t.elapsed()))
+            .expect("in histogram range");
         events += batch.len() as u64;
     }
-    assert_eq!(events, u64::try_from(total).expect("count is positive"), "catch-up read every event");
-    report(&format!("catch-up read (pages of {page})"), &latencies, events, started.elapsed());
+    assert_eq!(
+        events,
+        u64::try_from(total).expect("count is positive"),
+        "catch-up read every event"
+    );
+    report(
+        &format!("catch-up read (pages of {page})"),
+        &latencies,
+        events,
+        started.elapsed(),
+    );
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -182,16 +247,34 @@ async fn main() {
     let schema = format!("bench_{}", std::process::id());
     let config = PgConfig::new(database_url)
         .with_schema(schema.clone())
-        .with_max_connections(u32::try_from(args.writers).unwrap_or(u32::MAX).saturating_add(2));
-    let store = PgEventStore::connect(config).await.unwrap_or_else(|e| panic!("connect: {e}"));
+        .with_notify(!args.no_notify)
+        .with_max_connections(
+            u32::try_from(args.writers)
+                .unwrap_or(u32::MAX)
+                .saturating_add(2),
+        );
+    let store = PgEventStore::connect(config)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
     let ids = Arc::new(Ids(AtomicU64::new(1)));
     let duration = Duration::from_secs(args.seconds);
-    println!("pg-load: schema {schema}, {}s per append scenario", args.seconds);
+    println!(
+        "pg-load: schema {schema}, {}s per append scenario, notify {}",
+        args.seconds, !args.no_notify
+    );
 
     append_scenario(&store, &ids, "single", 1, 1, duration).await;
     append_scenario(&store, &ids, "single-concurrent", args.writers, 1, duration).await;
     append_scenario(&store, &ids, "batch", 1, args.batch, duration).await;
-    append_scenario(&store, &ids, "batch-concurrent", args.writers, args.batch, duration).await;
+    append_scenario(
+        &store,
+        &ids,
+        "batch-concurrent",
+        args.writers,
+        args.batch,
+        duration,
+    )
+    .await;
     load_scenario(&store, &ids, args.stream_length, duration).await;
     catch_up_scenario(&store, args.page).await;
 
@@ -207,7 +290,10 @@ async fn main() {
         stats.acquire_wait_total / u32::try_from(stats.acquires.max(1)).unwrap_or(u32::MAX),
     );
     if !args.keep {
-        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(store.pool()).await.expect("drop schema");
+        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(store.pool())
+            .await
+            .expect("drop schema");
     }
     store.close().await;
 }

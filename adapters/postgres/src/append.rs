@@ -77,7 +77,10 @@ pub(crate) async fn write_batch(
     let mut by_id: Vec<&StreamAppend> = batch.streams.iter().collect();
     by_id.sort_by(|a, b| a.stream.cmp(&b.stream));
     let stream_ids: Vec<&str> = by_id.iter().map(|s| s.stream.as_str()).collect();
-    let counts: Vec<i64> = by_id.iter().map(|s| to_i64(s.events.len() as u64)).collect();
+    let counts: Vec<i64> = by_id
+        .iter()
+        .map(|s| to_i64(s.events.len() as u64))
+        .collect();
 
     let total = batch.event_count();
     let mut columns = EventColumns::with_capacity(total);
@@ -88,11 +91,19 @@ pub(crate) async fn write_batch(
             columns.nth.push(to_i64(nth as u64 + 1));
             columns.event_id.push(Uuid::from_u128(event.event_id.0));
             columns.event_type.push(&event.event_type);
-            columns.schema_version.push(i32::try_from(event.schema_version).unwrap_or(i32::MAX));
+            columns
+                .schema_version
+                .push(i32::try_from(event.schema_version).unwrap_or(i32::MAX));
             columns.payload.push(event.payload.as_str());
-            columns.correlation.push(event.metadata.correlation_id.map(Uuid::from_u128));
-            columns.causation.push(event.metadata.causation_id.map(Uuid::from_u128));
-            columns.traceparent.push(event.metadata.traceparent.as_deref());
+            columns
+                .correlation
+                .push(event.metadata.correlation_id.map(Uuid::from_u128));
+            columns
+                .causation
+                .push(event.metadata.causation_id.map(Uuid::from_u128));
+            columns
+                .traceparent
+                .push(event.metadata.traceparent.as_deref());
         }
     }
 
@@ -123,14 +134,21 @@ pub(crate) async fn write_batch(
         new_versions.insert(stream, version);
         last_position = position;
     }
-    assert_eq!(new_versions.len(), batch.streams.len(), "one locked row per stream of the batch");
+    assert_eq!(
+        new_versions.len(),
+        batch.streams.len(),
+        "one locked row per stream of the batch"
+    );
 
     let mut stream_versions = Vec::with_capacity(batch.streams.len());
     for append in &batch.streams {
         let new_version = to_u64(new_versions[append.stream.as_str()], "version")
             .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
         let count = append.events.len() as u64;
-        assert!(new_version >= count, "a stream's version covers the events just added");
+        assert!(
+            new_version >= count,
+            "a stream's version covers the events just added"
+        );
         let before = new_version - count;
         if !append.expected.admits(before) {
             return Ok(Written::ExpectationFailed(StoreError::Conflict {
@@ -143,7 +161,11 @@ pub(crate) async fn write_batch(
     }
     let last_position = to_u64(last_position, "global_position")
         .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-    Ok(Written::Pending(AppendReceipt { stream_versions, last_position, was_duplicate: false }))
+    Ok(Written::Pending(AppendReceipt {
+        stream_versions,
+        last_position,
+        was_duplicate: false,
+    }))
 }
 
 /// Column arrays for `unnest`, borrowed from the batch.
@@ -242,7 +264,11 @@ pub(crate) async fn already_committed(
         let position: i64 = row.try_get(3).map_err(decode)?;
         stored.insert(
             EventId(id.as_u128()),
-            (stream, to_u64(version, "stream_version")?, to_u64(position, "global_position")?),
+            (
+                stream,
+                to_u64(version, "stream_version")?,
+                to_u64(position, "global_position")?,
+            ),
         );
     }
     if stored.is_empty() {
@@ -275,7 +301,11 @@ pub(crate) async fn already_committed(
         }
         stream_versions.push((append.stream.clone(), last_version));
     }
-    Ok(Some(AppendReceipt { stream_versions, last_position, was_duplicate: true }))
+    Ok(Some(AppendReceipt {
+        stream_versions,
+        last_position,
+        was_duplicate: true,
+    }))
 }
 
 /// A conflict on the first stream whose current version the batch does not admit (or on
@@ -308,10 +338,11 @@ pub(crate) async fn current_version(
     connection: &mut PgConnection,
     stream: &StreamId,
 ) -> Result<u64, StoreError> {
-    let version: Option<i64> = sqlx::query_scalar("SELECT version FROM streams WHERE stream_id = $1")
-        .bind(stream.as_str())
-        .fetch_optional(&mut *connection)
-        .await
-        .map_err(|e| classify(&e))?;
+    let version: Option<i64> =
+        sqlx::query_scalar("SELECT version FROM streams WHERE stream_id = $1")
+            .bind(stream.as_str())
+            .fetch_optional(&mut *connection)
+            .await
+            .map_err(|e| classify(&e))?;
     to_u64(version.unwrap_or(0), "version")
 }

@@ -142,7 +142,10 @@ impl PgConfig {
         for (name, value) in [
             ("acquire_timeout", self.acquire_timeout),
             ("statement_timeout", self.statement_timeout),
-            ("idle_in_transaction_timeout", self.idle_in_transaction_timeout),
+            (
+                "idle_in_transaction_timeout",
+                self.idle_in_transaction_timeout,
+            ),
             ("operation_timeout", self.operation_timeout),
         ] {
             if value < Duration::from_millis(1) {
@@ -172,7 +175,10 @@ impl PgConfig {
         Ok(options.application_name("reprise").options([
             ("search_path", self.schema.clone()),
             ("statement_timeout", millis(self.statement_timeout)),
-            ("idle_in_transaction_session_timeout", millis(self.idle_in_transaction_timeout)),
+            (
+                "idle_in_transaction_session_timeout",
+                millis(self.idle_in_transaction_timeout),
+            ),
         ]))
     }
 
@@ -211,7 +217,10 @@ impl fmt::Debug for PgConfig {
             .field("min_connections", &self.min_connections)
             .field("acquire_timeout", &self.acquire_timeout)
             .field("statement_timeout", &self.statement_timeout)
-            .field("idle_in_transaction_timeout", &self.idle_in_transaction_timeout)
+            .field(
+                "idle_in_transaction_timeout",
+                &self.idle_in_transaction_timeout,
+            )
             .field("operation_timeout", &self.operation_timeout)
             .field("visibility_wait", &self.visibility_wait)
             .field("notify", &self.notify)
@@ -234,10 +243,16 @@ mod tests {
     #[test]
     fn inconsistent_settings_are_refused_with_a_reason() {
         let cases = [
-            (PgConfig::new(URL).with_max_connections(0), "max_connections"),
+            (
+                PgConfig::new(URL).with_max_connections(0),
+                "max_connections",
+            ),
             (PgConfig::new(URL).with_schema("Robert'); drop"), "schema"),
             (PgConfig::new(URL).with_schema(""), "schema"),
-            (PgConfig::new(URL).with_statement_timeout(Duration::ZERO), "statement_timeout"),
+            (
+                PgConfig::new(URL).with_statement_timeout(Duration::ZERO),
+                "statement_timeout",
+            ),
             (
                 PgConfig::new(URL)
                     .with_acquire_timeout(Duration::from_secs(5))

@@ -34,6 +34,15 @@ pub enum SetupError {
          migrations (MigrationMode::Apply or `sqlx migrate run`)"
     )]
     SchemaBehind { database: i64, code: i64 },
+    /// The cluster's transaction counter is behind the transaction ids encoded in stored
+    /// positions: typically a logical restore (`pg_restore`) into a new cluster. New events
+    /// would get *lower* positions than old ones and subscribers would never see them.
+    #[error(
+        "the cluster's next transaction id ({next}) is not above the newest stored event's \
+         ({stored}): after restoring into a new cluster, advance the counter with \
+         `pg_resetwal -e/-x` before starting (docs/runbooks/backup-restore.md)"
+    )]
+    TransactionIdsBehindEvents { next: i64, stored: i64 },
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
@@ -83,9 +92,9 @@ pub(crate) fn classify(error: &sqlx::Error) -> StoreError {
                 c => StoreError::Permanent(format!("{c}: {}", db.message())),
             }
         }
-        sqlx::Error::PoolTimedOut => {
-            StoreError::Transient("connection pool exhausted: no connection within the acquire timeout".into())
-        }
+        sqlx::Error::PoolTimedOut => StoreError::Transient(
+            "connection pool exhausted: no connection within the acquire timeout".into(),
+        ),
         sqlx::Error::Io(e) => StoreError::Transient(format!("connection: {e}")),
         sqlx::Error::Tls(e) => StoreError::Transient(format!("tls: {e}")),
         sqlx::Error::WorkerCrashed => StoreError::Transient("connection worker crashed".into()),

@@ -39,7 +39,10 @@ pub(crate) async fn enqueue(
     let topics: Vec<&str> = messages.iter().map(|m| &*m.topic).collect();
     let keys: Vec<&str> = messages.iter().map(|m| &*m.key).collect();
     let payloads: Vec<&str> = messages.iter().map(|m| m.payload.as_str()).collect();
-    let headers: Vec<String> = messages.iter().map(|m| encode_headers(&m.headers)).collect();
+    let headers: Vec<String> = messages
+        .iter()
+        .map(|m| encode_headers(&m.headers))
+        .collect();
     sqlx::query(
         "INSERT INTO outbox (topic, message_key, payload, headers) \
          SELECT m.topic, m.message_key, m.payload::json, m.headers::jsonb \
@@ -58,7 +61,11 @@ pub(crate) async fn enqueue(
 
 /// Headers are ordered and may repeat a name (as in Kafka), hence pairs, not an object.
 fn encode_headers(headers: &Headers) -> String {
-    let pairs: Vec<[&str; 2]> = headers.0.iter().map(|(k, v)| [k.as_str(), v.as_str()]).collect();
+    let pairs: Vec<[&str; 2]> = headers
+        .0
+        .iter()
+        .map(|(k, v)| [k.as_str(), v.as_str()])
+        .collect();
     serde_json::to_string(&pairs).expect("string pairs always serialize")
 }
 
@@ -86,7 +93,8 @@ impl PgEventStore {
                 .map_err(|e| classify(&e))?;
                 rows.iter()
                     .map(|row| {
-                        let decode = |e: sqlx::Error| StoreError::Permanent(format!("outbox row: {e}"));
+                        let decode =
+                            |e: sqlx::Error| StoreError::Permanent(format!("outbox row: {e}"));
                         let headers: String = row.try_get(4).map_err(decode)?;
                         Ok(OutboxEntry {
                             id: row.try_get(0).map_err(decode)?,

@@ -73,7 +73,8 @@ impl InstrumentedPool {
         let waited = started.elapsed();
         let nanos = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
         let schema = self.schema.clone();
-        metrics::histogram!(POOL_ACQUIRE_WAIT, "schema" => schema.clone()).record(waited.as_secs_f64());
+        metrics::histogram!(POOL_ACQUIRE_WAIT, "schema" => schema.clone())
+            .record(waited.as_secs_f64());
         match result {
             Ok(connection) => {
                 self.acquires.fetch_add(1, Ordering::Relaxed);

@@ -10,11 +10,12 @@
 //! (an init plan) and uses it as an index bound; inline, `pg_current_snapshot()` would be
 //! evaluated for every candidate row.
 
+use futures::TryStreamExt;
 use reprise_core::{RecordedEvent, StoreError, StreamId};
 use sqlx::PgConnection;
 
 use crate::error::classify;
-use crate::rows::{EVENT_COLUMNS, decode_event, limit_to_i64, to_i64};
+use crate::rows::{EVENT_COLUMNS, EventDecoder, limit_to_i64, to_i64};
 
 /// Events of `stream` from `from_version` on, in version order.
 pub(crate) async fn stream_events(
@@ -34,7 +35,8 @@ pub(crate) async fn stream_events(
         .fetch_all(&mut *connection)
         .await
         .map_err(|e| classify(&e))?;
-    rows.iter().map(decode_event).collect()
+    let mut decoder = EventDecoder::default();
+    rows.iter().map(|row| decoder.decode(row)).collect()
 }
 
 /// A page of the global order from `from_position`, and whether committed events beyond the
@@ -50,19 +52,27 @@ pub(crate) async fn committed_prefix(
     from_position: u64,
     limit: usize,
 ) -> Result<Page, StoreError> {
+    // Limit first, then cut at the horizon: positions below the horizon precede those above
+    // it, so the result is still a prefix of the global order. Keeping the horizon out of the
+    // index condition leaves the planner one obvious plan (walk the primary key from $1 and
+    // stop after $2 rows) even on a freshly loaded table without statistics, where a
+    // two-sided range estimate would tempt it into scanning and sorting the whole range.
     let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM events \
-         WHERE global_position >= $1 \
-           AND global_position < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8 << 16) \
-         ORDER BY global_position LIMIT $2"
+        "SELECT * FROM (SELECT {EVENT_COLUMNS} FROM events WHERE global_position >= $1 \
+         ORDER BY global_position LIMIT $2) page \
+         WHERE global_position < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8 << 16) \
+         ORDER BY global_position"
     );
-    let rows = sqlx::query(&sql)
+    // Streamed, so rows are decoded while the server is still producing the rest.
+    let mut decoder = EventDecoder::default();
+    let events: Vec<RecordedEvent> = sqlx::query(&sql)
         .bind(to_i64(from_position))
         .bind(limit_to_i64(limit))
-        .fetch_all(&mut *connection)
-        .await
-        .map_err(|e| classify(&e))?;
-    let events = rows.iter().map(decode_event).collect::<Result<Vec<_>, _>>()?;
+        .fetch(&mut *connection)
+        .map_err(|e| classify(&e))
+        .and_then(|row| std::future::ready(decoder.decode(&row)))
+        .try_collect()
+        .await?;
     // A full page needs no second look: the caller comes back for more anyway.
     let held_back = if events.len() < limit {
         let after = events.last().map_or(from_position, |e| e.position + 1);

@@ -57,7 +57,10 @@ pub async fn database_version(pool: &PgPool) -> Result<i64, sqlx::Error> {
 pub(crate) async fn prepare(pool: &PgPool, config: &PgConfig) -> Result<(), SetupError> {
     // The name was validated as a plain identifier, so it is safe in SQL text.
     let create = format!("CREATE SCHEMA IF NOT EXISTS {}", config.schema);
-    sqlx::query(&create).execute(pool).await.map_err(SetupError::Connect)?;
+    sqlx::query(&create)
+        .execute(pool)
+        .await
+        .map_err(SetupError::Connect)?;
 
     let code = code_version();
     let database = database_version(pool).await.map_err(SetupError::Connect)?;
@@ -70,14 +73,39 @@ pub(crate) async fn prepare(pool: &PgPool, config: &PgConfig) -> Result<(), Setu
             // Another process may have migrated further between our check and the run.
             let after = database_version(pool).await.map_err(SetupError::Connect)?;
             if after > code {
-                return Err(SetupError::SchemaTooNew { database: after, code });
+                return Err(SetupError::SchemaTooNew {
+                    database: after,
+                    code,
+                });
             }
-            Ok(())
         }
         MigrationMode::Verify if database < code => {
-            Err(SetupError::SchemaBehind { database, code })
+            return Err(SetupError::SchemaBehind { database, code });
         }
-        MigrationMode::Verify => Ok(()),
+        MigrationMode::Verify => {}
+    }
+    check_transaction_ids(pool).await
+}
+
+/// Positions encode transaction ids, so the cluster must hand out ids above every stored one.
+/// Within one cluster that always holds (xid8 never goes backwards); a logical restore into
+/// a fresh cluster breaks it, silently, unless checked here.
+async fn check_transaction_ids(pool: &PgPool) -> Result<(), SetupError> {
+    // pg_snapshot_xmax is the next id to be assigned; reading it does not consume one.
+    let row = sqlx::query(
+        "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::int8, \
+                (SELECT max(global_position) >> 16 FROM events)",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(SetupError::Connect)?;
+    let next: i64 = row.try_get(0).map_err(SetupError::Connect)?;
+    let stored: Option<i64> = row.try_get(1).map_err(SetupError::Connect)?;
+    match stored {
+        Some(stored) if next <= stored => {
+            Err(SetupError::TransactionIdsBehindEvents { next, stored })
+        }
+        _ => Ok(()),
     }
 }
 
@@ -99,6 +127,9 @@ mod tests {
             .collect();
         assert!(!ups.is_empty());
         assert_eq!(ups, downs, "reversible migrations come in pairs");
-        assert!(ups.windows(2).all(|w| w[1] == w[0] + 1), "versions are consecutive: {ups:?}");
+        assert!(
+            ups.windows(2).all(|w| w[1] == w[0] + 1),
+            "versions are consecutive: {ups:?}"
+        );
     }
 }

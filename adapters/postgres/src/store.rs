@@ -103,7 +103,9 @@ impl PgEventStore {
     /// `Transient` when the pool is exhausted or the server unreachable.
     pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         let connection = self.inner.pool.acquire().await?;
-        Transaction::begin(connection, None).await.map_err(|e| classify(&e))
+        Transaction::begin(connection, None)
+            .await
+            .map_err(|e| classify(&e))
     }
 
     /// Appends `batch` inside the caller's transaction, so the application can commit its
@@ -152,7 +154,8 @@ impl PgEventStore {
         messages: Vec<OutgoingMessage>,
     ) -> Result<AppendReceipt, StoreError> {
         let inner = Arc::clone(&self.inner);
-        self.bounded(async move { inner.append(&batch, &messages).await }).await
+        self.bounded(async move { inner.append(&batch, &messages).await })
+            .await
     }
 
     fn notify_channel(&self) -> Option<&str> {
@@ -200,7 +203,9 @@ async fn bounded<T>(
     limit: Duration,
     operation: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
-    tokio::time::timeout(limit, operation).await.unwrap_or(Err(StoreError::Timeout))
+    tokio::time::timeout(limit, operation)
+        .await
+        .unwrap_or(Err(StoreError::Timeout))
 }
 
 /// Well-formedness checks that need no I/O.
@@ -232,9 +237,9 @@ impl Inner {
         let mut transaction = connection.begin().await.map_err(|e| classify(&e))?;
         let written = match write_batch(&mut transaction, batch, self.notify_channel()).await {
             Ok(Written::Pending(receipt)) if messages.is_empty() => Ok(receipt),
-            Ok(Written::Pending(receipt)) => {
-                outbox::enqueue(&mut transaction, messages).await.map(|()| receipt)
-            }
+            Ok(Written::Pending(receipt)) => outbox::enqueue(&mut transaction, messages)
+                .await
+                .map(|()| receipt),
             Ok(Written::ExpectationFailed(conflict)) => {
                 transaction.rollback().await.map_err(|e| classify(&e))?;
                 return Err(conflict);
@@ -243,7 +248,10 @@ impl Inner {
         };
         match written {
             Ok(receipt) => {
-                transaction.commit().await.map_err(|e| classify_commit(&e))?;
+                transaction
+                    .commit()
+                    .await
+                    .map_err(|e| classify_commit(&e))?;
                 let schema = self.config.schema.clone();
                 metrics::histogram!(APPEND_DURATION, "schema" => schema.clone())
                     .record(started.elapsed().as_secs_f64());
@@ -260,7 +268,11 @@ impl Inner {
         }
     }
 
-    async fn read_all(&self, from_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+    async fn read_all(
+        &self,
+        from_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         let mut connection = self.pool.acquire().await?;
         let deadline = Instant::now() + self.config.visibility_wait;
         let mut pause = Duration::from_millis(1);
@@ -283,7 +295,9 @@ impl EventStore for PgEventStore {
         let store = self.clone();
         Box::pin(async move {
             let inner = Arc::clone(&store.inner);
-            store.bounded(async move { inner.append(&batch, &[]).await }).await
+            store
+                .bounded(async move { inner.append(&batch, &[]).await })
+                .await
         })
     }
 
@@ -313,8 +327,12 @@ impl EventStore for PgEventStore {
         Box::pin(async move {
             let inner = Arc::clone(&store.inner);
             // The visibility wait happens inside the operation: give it room on top.
-            let limit_time = store.inner.config.operation_timeout + store.inner.config.visibility_wait;
-            bounded(limit_time, async move { inner.read_all(from_position, limit).await }).await
+            let limit_time =
+                store.inner.config.operation_timeout + store.inner.config.visibility_wait;
+            bounded(limit_time, async move {
+                inner.read_all(from_position, limit).await
+            })
+            .await
         })
     }
 
@@ -323,7 +341,9 @@ impl EventStore for PgEventStore {
         let stream = stream.clone();
         Box::pin(async move {
             store
-                .with_connection(move |c| Box::pin(async move { current_version(c, &stream).await }))
+                .with_connection(move |c| {
+                    Box::pin(async move { current_version(c, &stream).await })
+                })
                 .await
         })
     }
@@ -332,7 +352,9 @@ impl EventStore for PgEventStore {
         let store = self.clone();
         Box::pin(async move {
             store
-                .with_connection(move |c| Box::pin(async move { save_snapshot(c, &snapshot).await }))
+                .with_connection(move |c| {
+                    Box::pin(async move { save_snapshot(c, &snapshot).await })
+                })
                 .await
         })
     }
@@ -352,7 +374,10 @@ impl EventStore for PgEventStore {
 }
 
 /// Keeps the newest snapshot: an older one arriving late (a slow writer) never replaces it.
-async fn save_snapshot(connection: &mut PgConnection, snapshot: &Snapshot) -> Result<(), StoreError> {
+async fn save_snapshot(
+    connection: &mut PgConnection,
+    snapshot: &Snapshot,
+) -> Result<(), StoreError> {
     if snapshot.version == 0 || snapshot.schema_version == 0 {
         return Err(StoreError::InvalidBatch(format!(
             "snapshot of {} needs a version and a schema version above 0",

@@ -37,7 +37,11 @@ pub struct SubscriptionOptions {
 
 impl Default for SubscriptionOptions {
     fn default() -> Self {
-        SubscriptionOptions { batch_size: 1_000, poll_interval: Duration::from_millis(500), listen: true }
+        SubscriptionOptions {
+            batch_size: 1_000,
+            poll_interval: Duration::from_millis(500),
+            listen: true,
+        }
     }
 }
 
@@ -83,7 +87,9 @@ impl PgEventStore {
     /// Store failures; `InvalidBatch` for an empty name.
     pub async fn save_checkpoint(&self, name: &str, position: u64) -> Result<(), StoreError> {
         if name.is_empty() {
-            return Err(StoreError::InvalidBatch("a subscription needs a name".into()));
+            return Err(StoreError::InvalidBatch(
+                "a subscription needs a name".into(),
+            ));
         }
         let name = name.to_owned();
         self.with_connection(move |connection| {
@@ -179,8 +185,10 @@ impl CatchUpSubscription {
     }
 
     async fn read(&mut self) -> Result<(Vec<RecordedEvent>, bool), StoreError> {
-        let (events, held_back) =
-            self.store.read_committed_page(self.delivered + 1, self.options.batch_size).await?;
+        let (events, held_back) = self
+            .store
+            .read_committed_page(self.delivered + 1, self.options.batch_size)
+            .await?;
         if let Some(last) = events.last() {
             assert!(
                 events.first().is_some_and(|e| e.position > self.delivered),
@@ -198,7 +206,9 @@ impl CatchUpSubscription {
     /// Store failures.
     pub async fn checkpoint(&mut self) -> Result<(), StoreError> {
         if self.delivered > self.checkpointed {
-            self.store.save_checkpoint(&self.name, self.delivered).await?;
+            self.store
+                .save_checkpoint(&self.name, self.delivered)
+                .await?;
             self.checkpointed = self.delivered;
         }
         Ok(())

@@ -44,8 +44,12 @@ pub struct ChargeRequest {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChargeOutcome {
-    Captured { charge: String },
-    Declined { reason: String },
+    Captured {
+        charge: String,
+    },
+    Declined {
+        reason: String,
+    },
     /// The key was voided (refunded before any capture): the charge is refused for good.
     Refused,
 }
@@ -60,9 +64,15 @@ pub enum RefundOutcome {
 
 /// A payment provider, as the payment service sees it.
 pub trait PaymentGateway: Send + Sync {
-    fn charge(&self, request: ChargeRequest) -> BoxFuture<'static, Result<ChargeOutcome, ExternalError>>;
+    fn charge(
+        &self,
+        request: ChargeRequest,
+    ) -> BoxFuture<'static, Result<ChargeOutcome, ExternalError>>;
     /// Refunds the capture made under `idempotency_key`, or voids the key.
-    fn refund(&self, idempotency_key: String) -> BoxFuture<'static, Result<RefundOutcome, ExternalError>>;
+    fn refund(
+        &self,
+        idempotency_key: String,
+    ) -> BoxFuture<'static, Result<RefundOutcome, ExternalError>>;
 }
 
 /// One capture in the provider's books.
@@ -108,15 +118,23 @@ pub struct PaymentProvider {
 
 impl fmt::Debug for PaymentProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PaymentProvider").field("charges", &self.books.lock().charges.len()).finish()
+        f.debug_struct("PaymentProvider")
+            .field("charges", &self.books.lock().charges.len())
+            .finish()
     }
 }
 
 impl PaymentProvider {
     #[must_use]
     pub fn new(decline_every: u32) -> Self {
-        assert!(decline_every >= 2, "decline_every={decline_every} would decline every card");
-        PaymentProvider { books: Mutex::default(), decline_every }
+        assert!(
+            decline_every >= 2,
+            "decline_every={decline_every} would decline every card"
+        );
+        PaymentProvider {
+            books: Mutex::default(),
+            decline_every,
+        }
     }
 
     /// Handles a charge at the provider (synchronously: the provider's side of the call).
@@ -126,17 +144,27 @@ impl PaymentProvider {
             return ChargeOutcome::Refused;
         }
         if books.charges.contains_key(&request.idempotency_key) {
-            return ChargeOutcome::Captured { charge: request.idempotency_key.clone() };
+            return ChargeOutcome::Captured {
+                charge: request.idempotency_key.clone(),
+            };
         }
         if request.card % self.decline_every == 0 {
             books.declines += 1;
-            return ChargeOutcome::Declined { reason: format!("card {} declined", request.card) };
+            return ChargeOutcome::Declined {
+                reason: format!("card {} declined", request.card),
+            };
         }
         books.charges.insert(
             request.idempotency_key.clone(),
-            ProviderCharge { order: request.order.clone(), amount: request.amount, refunded: false },
+            ProviderCharge {
+                order: request.order.clone(),
+                amount: request.amount,
+                refunded: false,
+            },
         );
-        ChargeOutcome::Captured { charge: request.idempotency_key.clone() }
+        ChargeOutcome::Captured {
+            charge: request.idempotency_key.clone(),
+        }
     }
 
     /// Handles a refund at the provider.
@@ -145,7 +173,9 @@ impl PaymentProvider {
         match books.charges.get_mut(idempotency_key) {
             Some(charge) => {
                 charge.refunded = true;
-                RefundOutcome::Refunded { amount: charge.amount }
+                RefundOutcome::Refunded {
+                    amount: charge.amount,
+                }
             }
             None => {
                 books.voided.insert(idempotency_key.to_owned());
@@ -167,21 +197,33 @@ impl PaymentProvider {
 
 /// Calls the provider directly, without a network in between (unit tests, local runs).
 impl PaymentGateway for PaymentProvider {
-    fn charge(&self, request: ChargeRequest) -> BoxFuture<'static, Result<ChargeOutcome, ExternalError>> {
+    fn charge(
+        &self,
+        request: ChargeRequest,
+    ) -> BoxFuture<'static, Result<ChargeOutcome, ExternalError>> {
         Box::pin(std::future::ready(Ok(self.charge_now(&request))))
     }
 
-    fn refund(&self, idempotency_key: String) -> BoxFuture<'static, Result<RefundOutcome, ExternalError>> {
+    fn refund(
+        &self,
+        idempotency_key: String,
+    ) -> BoxFuture<'static, Result<RefundOutcome, ExternalError>> {
         Box::pin(std::future::ready(Ok(self.refund_now(&idempotency_key))))
     }
 }
 
 impl<T: PaymentGateway + ?Sized> PaymentGateway for Arc<T> {
-    fn charge(&self, request: ChargeRequest) -> BoxFuture<'static, Result<ChargeOutcome, ExternalError>> {
+    fn charge(
+        &self,
+        request: ChargeRequest,
+    ) -> BoxFuture<'static, Result<ChargeOutcome, ExternalError>> {
         (**self).charge(request)
     }
 
-    fn refund(&self, idempotency_key: String) -> BoxFuture<'static, Result<RefundOutcome, ExternalError>> {
+    fn refund(
+        &self,
+        idempotency_key: String,
+    ) -> BoxFuture<'static, Result<RefundOutcome, ExternalError>> {
         (**self).refund(idempotency_key)
     }
 }
@@ -245,21 +287,35 @@ pub struct CarrierModel {
 
 impl fmt::Debug for CarrierModel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CarrierModel").field("options", &self.options).finish_non_exhaustive()
+        f.debug_struct("CarrierModel")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
     }
 }
 
 impl CarrierModel {
     #[must_use]
     pub fn new(options: CarrierOptions) -> Self {
-        assert!(options.lost_per_mille <= 1000, "lost_per_mille is out of 1000: {options:?}");
-        assert!(!options.tracking_update_every.is_zero(), "tracking_update_every must be positive: {options:?}");
-        CarrierModel { options, registered: Mutex::default() }
+        assert!(
+            options.lost_per_mille <= 1000,
+            "lost_per_mille is out of 1000: {options:?}"
+        );
+        assert!(
+            !options.tracking_update_every.is_zero(),
+            "tracking_update_every must be positive: {options:?}"
+        );
+        CarrierModel {
+            options,
+            registered: Mutex::default(),
+        }
     }
 
     /// Registers a shipment (idempotent by order) at time `now`.
     pub fn register_at(&self, order: &str, now: Timestamp) -> String {
-        self.registered.lock().entry(order.to_owned()).or_insert(now);
+        self.registered
+            .lock()
+            .entry(order.to_owned())
+            .or_insert(now);
         format!("TRK-{order}")
     }
 
@@ -277,8 +333,11 @@ impl CarrierModel {
         } else if elapsed >= o.delivered_after() {
             CarrierStatus::Delivered
         } else {
-            let updates = (elapsed - o.pickup_after).as_nanos() / o.tracking_update_every.as_nanos();
-            CarrierStatus::InTransit { updates: u32::try_from(updates).unwrap_or(u32::MAX) }
+            let updates =
+                (elapsed - o.pickup_after).as_nanos() / o.tracking_update_every.as_nanos();
+            CarrierStatus::InTransit {
+                updates: u32::try_from(updates).unwrap_or(u32::MAX),
+            }
         })
     }
 }
@@ -291,17 +350,24 @@ pub struct DirectCarrier {
 
 impl fmt::Debug for DirectCarrier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DirectCarrier").field("model", &self.model).finish_non_exhaustive()
+        f.debug_struct("DirectCarrier")
+            .field("model", &self.model)
+            .finish_non_exhaustive()
     }
 }
 
 impl Carrier for DirectCarrier {
     fn register(&self, order: String) -> BoxFuture<'static, Result<String, ExternalError>> {
-        Box::pin(std::future::ready(Ok(self.model.register_at(&order, self.clock.now()))))
+        Box::pin(std::future::ready(Ok(self
+            .model
+            .register_at(&order, self.clock.now()))))
     }
 
     fn track(&self, order: String) -> BoxFuture<'static, Result<CarrierStatus, ExternalError>> {
-        let status = self.model.track_at(&order, self.clock.now()).ok_or_else(|| ExternalError::Unavailable(format!("unknown shipment {order}")));
+        let status = self
+            .model
+            .track_at(&order, self.clock.now())
+            .ok_or_else(|| ExternalError::Unavailable(format!("unknown shipment {order}")));
         Box::pin(std::future::ready(status))
     }
 }
@@ -323,16 +389,34 @@ mod tests {
     #[test]
     fn provider_is_idempotent_by_key_and_void_blocks_late_charges() {
         let p = PaymentProvider::new(10);
-        let req = ChargeRequest { idempotency_key: "o1".into(), order: "o1".into(), amount: 500, card: 3 };
+        let req = ChargeRequest {
+            idempotency_key: "o1".into(),
+            order: "o1".into(),
+            amount: 500,
+            card: 3,
+        };
         assert!(matches!(p.charge_now(&req), ChargeOutcome::Captured { .. }));
         assert!(matches!(p.charge_now(&req), ChargeOutcome::Captured { .. }));
         assert_eq!(p.books().held_for("o1"), (500, 1));
         assert_eq!(p.refund_now("o1"), RefundOutcome::Refunded { amount: 500 });
         assert_eq!(p.books().held_for("o1"), (0, 1));
         assert_eq!(p.refund_now("o2"), RefundOutcome::Voided);
-        let late = ChargeRequest { idempotency_key: "o2".into(), order: "o2".into(), amount: 1, card: 3 };
+        let late = ChargeRequest {
+            idempotency_key: "o2".into(),
+            order: "o2".into(),
+            amount: 1,
+            card: 3,
+        };
         assert_eq!(p.charge_now(&late), ChargeOutcome::Refused);
-        let declined = ChargeRequest { idempotency_key: "o3".into(), order: "o3".into(), amount: 1, card: 20 };
-        assert!(matches!(p.charge_now(&declined), ChargeOutcome::Declined { .. }));
+        let declined = ChargeRequest {
+            idempotency_key: "o3".into(),
+            order: "o3".into(),
+            amount: 1,
+            card: 20,
+        };
+        assert!(matches!(
+            p.charge_now(&declined),
+            ChargeOutcome::Declined { .. }
+        ));
     }
 }

@@ -39,7 +39,8 @@ pub mod invariant {
     pub const COMPLETED_UNDELIVERED: &str = "an order is completed only after delivery";
     pub const DOUBLE_CAPTURE: &str = "the provider captures at most once per order";
     pub const SAGAS_TERMINAL: &str = "after the liveness phase every saga is terminal";
-    pub const CAPTURE_BELONGS: &str = "every captured payment belongs to a shipped or refunded order";
+    pub const CAPTURE_BELONGS: &str =
+        "every captured payment belongs to a shipped or refunded order";
     pub const STOCK_RETURNED: &str = "a cancelled order holds no stock";
     pub const UNDECODABLE: &str = "every stored event decodes";
 }
@@ -75,14 +76,21 @@ fn order_entity(order: &str) -> String {
 
 fn decode<T: serde::de::DeserializeOwned>(event: &RecordedEvent) -> Result<T, Finding> {
     event.payload.decode().map_err(|e| {
-        Finding::new(invariant::UNDECODABLE, vec![event.stream.to_string()], format!("{} at position {}: {e}", event.event_type, event.position))
+        Finding::new(
+            invariant::UNDECODABLE,
+            vec![event.stream.to_string()],
+            format!("{} at position {}: {e}", event.event_type, event.position),
+        )
     })
 }
 
 impl CheckoutAudit {
     #[must_use]
     pub fn new() -> Self {
-        CheckoutAudit { log: LogAudit::new(), ..Self::default() }
+        CheckoutAudit {
+            log: LogAudit::new(),
+            ..Self::default()
+        }
     }
 
     /// The next global position the audit wants (pass `read_all_now(next_position, ..)`).
@@ -104,7 +112,11 @@ impl CheckoutAudit {
     }
 
     fn observe_domain(&mut self, event: &RecordedEvent) -> Result<(), Finding> {
-        let entity = event.stream.as_str().split_once('-').map_or("", |(_, id)| id);
+        let entity = event
+            .stream
+            .as_str()
+            .split_once('-')
+            .map_or("", |(_, id)| id);
         match event.stream.category() {
             Order::CATEGORY => {
                 let facts = self.orders.entry(entity.to_owned()).or_default();
@@ -114,18 +126,28 @@ impl CheckoutAudit {
                     OrderEvent::Completed => {
                         facts.completed = true;
                         if !facts.delivered {
-                            return Err(Finding::new(invariant::COMPLETED_UNDELIVERED, vec![event.stream.to_string()], "completed before its shipment was delivered"));
+                            return Err(Finding::new(
+                                invariant::COMPLETED_UNDELIVERED,
+                                vec![event.stream.to_string()],
+                                "completed before its shipment was delivered",
+                            ));
                         }
                     }
                 }
                 if facts.cancelled && facts.completed {
-                    return Err(Finding::new(invariant::COMPLETED_AND_CANCELLED, vec![event.stream.to_string()], "the order was completed and cancelled"));
+                    return Err(Finding::new(
+                        invariant::COMPLETED_AND_CANCELLED,
+                        vec![event.stream.to_string()],
+                        "the order was completed and cancelled",
+                    ));
                 }
             }
             Inventory::CATEGORY => {
                 let stock = self.stock.entry(entity.to_owned()).or_default();
                 match decode::<InventoryEvent>(event)? {
-                    InventoryEvent::Initialized { quantity } => stock.available += i64::from(quantity),
+                    InventoryEvent::Initialized { quantity } => {
+                        stock.available += i64::from(quantity)
+                    }
                     InventoryEvent::Reserved { order, quantity } => {
                         stock.available -= i64::from(quantity);
                         stock.held.insert(order.clone(), quantity);
@@ -142,7 +164,10 @@ impl CheckoutAudit {
                             return Err(Finding::new(
                                 invariant::OVERSOLD,
                                 vec![event.stream.to_string(), order_entity(&order)],
-                                format!("reserving {quantity} for order {order} left {} units", stock.available),
+                                format!(
+                                    "reserving {quantity} for order {order} left {} units",
+                                    stock.available
+                                ),
                             ));
                         }
                     }
@@ -150,7 +175,8 @@ impl CheckoutAudit {
                         stock.available += i64::from(quantity);
                         stock.held.remove(&order);
                     }
-                    InventoryEvent::ReservationRefused { .. } | InventoryEvent::ReservationVoided { .. } => {}
+                    InventoryEvent::ReservationRefused { .. }
+                    | InventoryEvent::ReservationVoided { .. } => {}
                 }
             }
             Payment::CATEGORY => {
@@ -173,7 +199,10 @@ impl CheckoutAudit {
             }
             CheckoutSaga::NAME if !event.event_type.starts_with("reprise.") => {
                 let saga_event = decode::<CheckoutEvent>(event)?;
-                self.sagas.entry(entity.to_owned()).or_default().apply(&saga_event);
+                self.sagas
+                    .entry(entity.to_owned())
+                    .or_default()
+                    .apply(&saga_event);
             }
             _ => {}
         }
@@ -190,10 +219,20 @@ impl CheckoutAudit {
             let n = captures.entry(&charge.order).or_default();
             *n += 1;
             if *n > 1 {
-                return Err(Finding::new(invariant::DOUBLE_CAPTURE, vec![order_entity(&charge.order), format!("payment-{}", charge.order)], format!("{n} captures at the provider")));
+                return Err(Finding::new(
+                    invariant::DOUBLE_CAPTURE,
+                    vec![
+                        order_entity(&charge.order),
+                        format!("payment-{}", charge.order),
+                    ],
+                    format!("{n} captures at the provider"),
+                ));
             }
             if charge.refunded && self.orders.get(&charge.order).is_some_and(|f| f.delivered) {
-                return Err(shipped_and_refunded(&charge.order, "the provider refunded a delivered order"));
+                return Err(shipped_and_refunded(
+                    &charge.order,
+                    "the provider refunded a delivered order",
+                ));
             }
         }
         Ok(())
@@ -204,7 +243,11 @@ impl CheckoutAudit {
     ///
     /// # Errors
     /// What has not settled, or settled wrongly.
-    pub fn check_settled(&self, workload: &CheckoutWorkload, books: &ProviderBooks) -> Result<(), Finding> {
+    pub fn check_settled(
+        &self,
+        workload: &CheckoutWorkload,
+        books: &ProviderBooks,
+    ) -> Result<(), Finding> {
         for planned in &workload.orders {
             let id = &planned.id;
             let placed = self.orders.get(id).is_some_and(|f| f.line.is_some());
@@ -223,10 +266,17 @@ impl CheckoutAudit {
             let (held, _) = books.held_for(id);
             let completed = self.sagas[id].step == Step::Completed;
             let expected = if completed { planned.line.amount } else { 0 };
-            if held != expected || (completed && !(facts.delivered && facts.completed)) || (!completed && !facts.cancelled) {
+            if held != expected
+                || (completed && !(facts.delivered && facts.completed))
+                || (!completed && !facts.cancelled)
+            {
                 return Err(Finding::new(
                     invariant::CAPTURE_BELONGS,
-                    vec![order_entity(id), format!("payment-{id}"), format!("shipping-{id}")],
+                    vec![
+                        order_entity(id),
+                        format!("payment-{id}"),
+                        format!("shipping-{id}"),
+                    ],
                     format!(
                         "saga {}, order completed={} cancelled={}, delivered={}, provider holds {held} (expected {expected})",
                         if completed { "completed" } else { "cancelled" },
@@ -261,5 +311,13 @@ impl CheckoutAudit {
 }
 
 fn shipped_and_refunded(order: &str, what: &str) -> Finding {
-    Finding::new(invariant::SHIPPED_AND_REFUNDED, vec![order_entity(order), format!("payment-{order}"), format!("shipping-{order}")], what)
+    Finding::new(
+        invariant::SHIPPED_AND_REFUNDED,
+        vec![
+            order_entity(order),
+            format!("payment-{order}"),
+            format!("shipping-{order}"),
+        ],
+        what,
+    )
 }

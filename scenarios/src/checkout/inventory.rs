@@ -29,18 +29,39 @@ pub struct Inventory {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InventoryCommand {
     /// Sets the initial stock; a no-op once stock exists.
-    Initialize { quantity: u32 },
-    Reserve { order: String, quantity: u32 },
-    Release { order: String },
+    Initialize {
+        quantity: u32,
+    },
+    Reserve {
+        order: String,
+        quantity: u32,
+    },
+    Release {
+        order: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InventoryEvent {
-    Initialized { quantity: u32 },
-    Reserved { order: String, quantity: u32 },
-    ReservationRefused { order: String, requested: u32, available: u32 },
-    Released { order: String, quantity: u32 },
-    ReservationVoided { order: String },
+    Initialized {
+        quantity: u32,
+    },
+    Reserved {
+        order: String,
+        quantity: u32,
+    },
+    ReservationRefused {
+        order: String,
+        requested: u32,
+        available: u32,
+    },
+    Released {
+        order: String,
+        quantity: u32,
+    },
+    ReservationVoided {
+        order: String,
+    },
 }
 
 impl InventoryEvent {
@@ -80,9 +101,16 @@ impl Inventory {
     #[must_use]
     pub fn decide_reserve(order: &str, quantity: u32, available: u32) -> InventoryEvent {
         if available >= quantity {
-            InventoryEvent::Reserved { order: order.to_owned(), quantity }
+            InventoryEvent::Reserved {
+                order: order.to_owned(),
+                quantity,
+            }
         } else {
-            InventoryEvent::ReservationRefused { order: order.to_owned(), requested: quantity, available }
+            InventoryEvent::ReservationRefused {
+                order: order.to_owned(),
+                requested: quantity,
+                available,
+            }
         }
     }
 }
@@ -99,7 +127,9 @@ impl Aggregate for Inventory {
                 if self.initialized {
                     vec![]
                 } else {
-                    vec![InventoryEvent::Initialized { quantity: *quantity }]
+                    vec![InventoryEvent::Initialized {
+                        quantity: *quantity,
+                    }]
                 }
             }
             InventoryCommand::Reserve { order, quantity } => match self.reservations.get(order) {
@@ -107,8 +137,13 @@ impl Aggregate for Inventory {
                 None => vec![Inventory::decide_reserve(order, *quantity, self.available)],
             },
             InventoryCommand::Release { order } => match self.reservations.get(order) {
-                Some(Reservation::Held(quantity)) => vec![InventoryEvent::Released { order: order.clone(), quantity: *quantity }],
-                None => vec![InventoryEvent::ReservationVoided { order: order.clone() }],
+                Some(Reservation::Held(quantity)) => vec![InventoryEvent::Released {
+                    order: order.clone(),
+                    quantity: *quantity,
+                }],
+                None => vec![InventoryEvent::ReservationVoided {
+                    order: order.clone(),
+                }],
                 Some(_) => vec![],
             },
         })
@@ -124,14 +159,17 @@ impl Aggregate for Inventory {
                 // Events are facts: apply stays total even for an oversold stream (which
                 // the invariant checker reports), hence saturating.
                 self.available = self.available.saturating_sub(*quantity);
-                self.reservations.insert(order.clone(), Reservation::Held(*quantity));
+                self.reservations
+                    .insert(order.clone(), Reservation::Held(*quantity));
             }
             InventoryEvent::ReservationRefused { order, .. } => {
-                self.reservations.insert(order.clone(), Reservation::Refused);
+                self.reservations
+                    .insert(order.clone(), Reservation::Refused);
             }
             InventoryEvent::Released { order, quantity } => {
                 self.available += quantity;
-                self.reservations.insert(order.clone(), Reservation::Released);
+                self.reservations
+                    .insert(order.clone(), Reservation::Released);
             }
             InventoryEvent::ReservationVoided { order } => {
                 self.reservations.insert(order.clone(), Reservation::Voided);
@@ -161,24 +199,74 @@ mod tests {
     #[test]
     fn reserves_until_out_of_stock_then_refuses() {
         let mut inv = stocked(3);
-        assert_eq!(run(&mut inv, &InventoryCommand::Reserve { order: "1".into(), quantity: 2 }).len(), 1);
-        assert_eq!(run(&mut inv, &InventoryCommand::Reserve { order: "1".into(), quantity: 2 }), vec![], "duplicate reserve");
         assert_eq!(
-            run(&mut inv, &InventoryCommand::Reserve { order: "2".into(), quantity: 2 }),
-            vec![InventoryEvent::ReservationRefused { order: "2".into(), requested: 2, available: 1 }]
+            run(
+                &mut inv,
+                &InventoryCommand::Reserve {
+                    order: "1".into(),
+                    quantity: 2
+                }
+            )
+            .len(),
+            1
+        );
+        assert_eq!(
+            run(
+                &mut inv,
+                &InventoryCommand::Reserve {
+                    order: "1".into(),
+                    quantity: 2
+                }
+            ),
+            vec![],
+            "duplicate reserve"
+        );
+        assert_eq!(
+            run(
+                &mut inv,
+                &InventoryCommand::Reserve {
+                    order: "2".into(),
+                    quantity: 2
+                }
+            ),
+            vec![InventoryEvent::ReservationRefused {
+                order: "2".into(),
+                requested: 2,
+                available: 1
+            }]
         );
         assert_eq!(inv.available, 1);
         run(&mut inv, &InventoryCommand::Release { order: "1".into() });
         assert_eq!(inv.available, 3);
-        assert_eq!(run(&mut inv, &InventoryCommand::Release { order: "1".into() }), vec![], "duplicate release");
+        assert_eq!(
+            run(&mut inv, &InventoryCommand::Release { order: "1".into() }),
+            vec![],
+            "duplicate release"
+        );
     }
 
     #[test]
     fn release_before_reserve_leaves_a_tombstone_that_blocks_a_late_reserve() {
         let mut inv = stocked(5);
-        assert_eq!(run(&mut inv, &InventoryCommand::Release { order: "9".into() }), vec![InventoryEvent::ReservationVoided { order: "9".into() }]);
-        assert_eq!(run(&mut inv, &InventoryCommand::Reserve { order: "9".into(), quantity: 1 }), vec![]);
+        assert_eq!(
+            run(&mut inv, &InventoryCommand::Release { order: "9".into() }),
+            vec![InventoryEvent::ReservationVoided { order: "9".into() }]
+        );
+        assert_eq!(
+            run(
+                &mut inv,
+                &InventoryCommand::Reserve {
+                    order: "9".into(),
+                    quantity: 1
+                }
+            ),
+            vec![]
+        );
         assert_eq!(inv.available, 5);
-        assert_eq!(run(&mut inv, &InventoryCommand::Initialize { quantity: 99 }), vec![], "initialize once");
+        assert_eq!(
+            run(&mut inv, &InventoryCommand::Initialize { quantity: 99 }),
+            vec![],
+            "initialize once"
+        );
     }
 }

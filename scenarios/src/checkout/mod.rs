@@ -8,8 +8,8 @@
 //! - what a run does: [`workload`]; what must hold: [`invariants`].
 
 pub mod gateway;
-pub mod inventory;
 pub mod invariants;
+pub mod inventory;
 pub mod order;
 pub mod payment;
 pub mod saga;
@@ -17,5 +17,7 @@ pub mod services;
 pub mod shipping;
 pub mod workload;
 
-pub use gateway::{Carrier, CarrierModel, CarrierOptions, DirectCarrier, PaymentGateway, PaymentProvider};
+pub use gateway::{
+    Carrier, CarrierModel, CarrierOptions, DirectCarrier, PaymentGateway, PaymentProvider,
+};
 pub use saga::{CheckoutCommand, CheckoutInput, CheckoutSaga};

@@ -74,8 +74,12 @@ impl Aggregate for Order {
         match (command, self.status) {
             (OrderCommand::Place(line), NotPlaced) => Ok(vec![OrderEvent::Placed(line.clone())]),
             // Placing again (a client retry) is a no-op.
-            (OrderCommand::Place(_), _) | (OrderCommand::Cancel { .. }, Cancelled) | (OrderCommand::Complete, Completed) => Ok(vec![]),
-            (OrderCommand::Cancel { reason }, Placed) => Ok(vec![OrderEvent::Cancelled { reason: reason.clone() }]),
+            (OrderCommand::Place(_), _)
+            | (OrderCommand::Cancel { .. }, Cancelled)
+            | (OrderCommand::Complete, Completed) => Ok(vec![]),
+            (OrderCommand::Cancel { reason }, Placed) => Ok(vec![OrderEvent::Cancelled {
+                reason: reason.clone(),
+            }]),
             (OrderCommand::Complete, Placed) => Ok(vec![OrderEvent::Completed]),
             (_, NotPlaced) => Err(OrderError::NotPlaced),
             (_, status) => Err(OrderError::Closed(status)),
@@ -100,18 +104,37 @@ mod tests {
 
     fn placed() -> Order {
         let mut order = Order::default();
-        order.apply(&OrderEvent::Placed(OrderLine { sku: "a".into(), quantity: 1, amount: 100, card: 1 }));
+        order.apply(&OrderEvent::Placed(OrderLine {
+            sku: "a".into(),
+            quantity: 1,
+            amount: 100,
+            card: 1,
+        }));
         order
     }
 
     #[test]
     fn placing_is_idempotent_and_closing_is_final() {
         let order = placed();
-        assert_eq!(order.decide(&OrderCommand::Place(order.line.clone().unwrap())), Ok(vec![]));
+        assert_eq!(
+            order.decide(&OrderCommand::Place(order.line.clone().unwrap())),
+            Ok(vec![])
+        );
         let mut cancelled = order.clone();
         cancelled.apply(&OrderEvent::Cancelled { reason: "x".into() });
-        assert_eq!(cancelled.decide(&OrderCommand::Cancel { reason: "again".into() }), Ok(vec![]));
-        assert_eq!(cancelled.decide(&OrderCommand::Complete), Err(OrderError::Closed(OrderStatus::Cancelled)));
-        assert_eq!(Order::default().decide(&OrderCommand::Complete), Err(OrderError::NotPlaced));
+        assert_eq!(
+            cancelled.decide(&OrderCommand::Cancel {
+                reason: "again".into()
+            }),
+            Ok(vec![])
+        );
+        assert_eq!(
+            cancelled.decide(&OrderCommand::Complete),
+            Err(OrderError::Closed(OrderStatus::Cancelled))
+        );
+        assert_eq!(
+            Order::default().decide(&OrderCommand::Complete),
+            Err(OrderError::NotPlaced)
+        );
     }
 }

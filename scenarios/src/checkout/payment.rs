@@ -10,9 +10,13 @@ use serde::{Deserialize, Serialize};
 pub enum PaymentStatus {
     #[default]
     Pending,
-    Captured { amount: u64 },
+    Captured {
+        amount: u64,
+    },
     Declined,
-    Refunded { amount: u64 },
+    Refunded {
+        amount: u64,
+    },
     /// Cancelled before anything was captured: the provider will refuse a late charge.
     Voided,
 }
@@ -21,7 +25,10 @@ impl PaymentStatus {
     /// Declined, refunded or voided: the provider holds no money for this order.
     #[must_use]
     pub fn is_closed(self) -> bool {
-        matches!(self, PaymentStatus::Declined | PaymentStatus::Refunded { .. } | PaymentStatus::Voided)
+        matches!(
+            self,
+            PaymentStatus::Declined | PaymentStatus::Refunded { .. } | PaymentStatus::Voided
+        )
     }
 }
 
@@ -69,10 +76,19 @@ impl Aggregate for Payment {
     fn decide(&self, command: &PaymentCommand) -> Result<Vec<PaymentEvent>, PaymentError> {
         use PaymentStatus::{Captured, Pending};
         Ok(match (command, self.status) {
-            (PaymentCommand::RecordCapture { amount, charge }, Pending) => vec![PaymentEvent::Captured { amount: *amount, charge: charge.clone() }],
-            (PaymentCommand::RecordDecline { reason }, Pending) => vec![PaymentEvent::Declined { reason: reason.clone() }],
+            (PaymentCommand::RecordCapture { amount, charge }, Pending) => {
+                vec![PaymentEvent::Captured {
+                    amount: *amount,
+                    charge: charge.clone(),
+                }]
+            }
+            (PaymentCommand::RecordDecline { reason }, Pending) => vec![PaymentEvent::Declined {
+                reason: reason.clone(),
+            }],
             // A refund of a capture whose report was lost is still a refund.
-            (PaymentCommand::RecordRefund { amount }, Pending | Captured { .. }) => vec![PaymentEvent::Refunded { amount: *amount }],
+            (PaymentCommand::RecordRefund { amount }, Pending | Captured { .. }) => {
+                vec![PaymentEvent::Refunded { amount: *amount }]
+            }
             (PaymentCommand::RecordVoid, Pending) => vec![PaymentEvent::Voided],
             _ => vec![],
         })
@@ -96,10 +112,22 @@ mod tests {
     fn settled_payments_ignore_late_reports() {
         let mut p = Payment::default();
         p.apply(&PaymentEvent::Voided);
-        assert_eq!(p.decide(&PaymentCommand::RecordCapture { amount: 5, charge: "c".into() }), Ok(vec![]));
+        assert_eq!(
+            p.decide(&PaymentCommand::RecordCapture {
+                amount: 5,
+                charge: "c".into()
+            }),
+            Ok(vec![])
+        );
         let mut q = Payment::default();
-        q.apply(&PaymentEvent::Captured { amount: 5, charge: "c".into() });
-        assert_eq!(q.decide(&PaymentCommand::RecordRefund { amount: 5 }), Ok(vec![PaymentEvent::Refunded { amount: 5 }]));
+        q.apply(&PaymentEvent::Captured {
+            amount: 5,
+            charge: "c".into(),
+        });
+        assert_eq!(
+            q.decide(&PaymentCommand::RecordRefund { amount: 5 }),
+            Ok(vec![PaymentEvent::Refunded { amount: 5 }])
+        );
         assert_eq!(q.decide(&PaymentCommand::RecordVoid), Ok(vec![]));
     }
 }

@@ -17,9 +17,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use reprise_core::{Aggregate, AppendBatch, BoxFuture, Delivery, EventId, ExpectedVersion, Metadata, NewEvent};
+use reprise_core::{
+    Aggregate, AppendBatch, BoxFuture, Delivery, EventId, ExpectedVersion, Metadata, NewEvent,
+};
 
-use super::gateway::{Carrier, CarrierStatus, ChargeOutcome, ChargeRequest, ExternalError, PaymentGateway, RefundOutcome};
+use super::gateway::{
+    Carrier, CarrierStatus, ChargeOutcome, ChargeRequest, ExternalError, PaymentGateway,
+    RefundOutcome,
+};
 use super::inventory::{Inventory, InventoryCommand, InventoryEvent};
 use super::order::{Order, OrderCommand, OrderEvent};
 use super::payment::{Payment, PaymentCommand, PaymentEvent, PaymentStatus};
@@ -64,18 +69,31 @@ fn consumer_options(group: &str, topic: &'static str, bugs: Bugs) -> ConsumerOpt
     options
 }
 
-fn spawn_consumer(env: &ServiceEnv, name: &'static str, options: ConsumerOptions, handler: Arc<dyn MessageHandler>) {
-    env.runtime.spawn(name, Box::pin(consumer::run(env.clone(), options, handler)));
+fn spawn_consumer(
+    env: &ServiceEnv,
+    name: &'static str,
+    options: ConsumerOptions,
+    handler: Arc<dyn MessageHandler>,
+) {
+    env.runtime
+        .spawn(name, Box::pin(consumer::run(env.clone(), options, handler)));
 }
 
 /// Decodes a command message; an undecodable one is recorded as handled (a producer bug:
 /// retrying cannot help) so it does not block its partition.
-async fn decode_command(env: &ServiceEnv, group: &Arc<str>, delivery: &Delivery) -> Option<(CheckoutCommand, EventId)> {
+async fn decode_command(
+    env: &ServiceEnv,
+    group: &Arc<str>,
+    delivery: &Delivery,
+) -> Option<(CheckoutCommand, EventId)> {
     let message = inbox::message_id(delivery)?;
     match commands::decode::<CheckoutCommand>(delivery) {
         Ok(command) => Some((command, message)),
         Err(error) => {
-            env.note(format_args!("{group}: undecodable message {}: {error}", delivery.coordinates()));
+            env.note(format_args!(
+                "{group}: undecodable message {}: {error}",
+                delivery.coordinates()
+            ));
             inbox::record_alone(env, group, message).await;
             None
         }
@@ -83,7 +101,10 @@ async fn decode_command(env: &ServiceEnv, group: &Arc<str>, delivery: &Delivery)
 }
 
 /// Calls an external service up to [`EXTERNAL_ATTEMPTS`] times.
-async fn call_external<T>(env: &ServiceEnv, call: impl Fn() -> BoxFuture<'static, Result<T, ExternalError>>) -> Result<T, ExternalError> {
+async fn call_external<T>(
+    env: &ServiceEnv,
+    call: impl Fn() -> BoxFuture<'static, Result<T, ExternalError>>,
+) -> Result<T, ExternalError> {
     let mut attempt = 0;
     loop {
         match call().await {
@@ -110,20 +131,37 @@ struct OrdersHandler {
 impl MessageHandler for OrdersHandler {
     fn handle<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            let Some((command, message)) = decode_command(&self.env, &self.group, delivery).await else { return };
-            let handling = Some(Handling { consumer: &self.group, message });
+            let Some((command, message)) = decode_command(&self.env, &self.group, delivery).await
+            else {
+                return;
+            };
+            let handling = Some(Handling {
+                consumer: &self.group,
+                message,
+            });
             let (order, order_command) = match command {
-                CheckoutCommand::CancelOrder { order, reason } => (order, OrderCommand::Cancel { reason }),
+                CheckoutCommand::CancelOrder { order, reason } => {
+                    (order, OrderCommand::Cancel { reason })
+                }
                 CheckoutCommand::CompleteOrder { order } => (order, OrderCommand::Complete),
                 other => {
-                    self.env.note(format_args!("{}: {} is not for this service", self.group, commands::CommandRoute::name(&other)));
+                    self.env.note(format_args!(
+                        "{}: {} is not for this service",
+                        self.group,
+                        commands::CommandRoute::name(&other)
+                    ));
                     inbox::record_alone(&self.env, &self.group, message).await;
                     return;
                 }
             };
-            let handled = self.orders.execute_until_done(&self.env, &order, &order_command, handling).await;
+            let handled = self
+                .orders
+                .execute_until_done(&self.env, &order, &order_command, handling)
+                .await;
             if let Some(rejection) = handled.rejection {
-                self.env.note(format_args!("order-{order}: {order_command:?} refused: {rejection}"));
+                self.env.note(format_args!(
+                    "order-{order}: {order_command:?} refused: {rejection}"
+                ));
             }
         })
     }
@@ -134,9 +172,15 @@ pub fn start_orders_service(env: &ServiceEnv, bugs: Bugs) {
     let handler = Arc::new(OrdersHandler {
         env: env.clone(),
         group: groups::ORDERS.into(),
-        orders: AggregateCache::new().with_apply_before_append(bugs.contains(PlantedBug::ApplyBeforeAppend)),
+        orders: AggregateCache::new()
+            .with_apply_before_append(bugs.contains(PlantedBug::ApplyBeforeAppend)),
     });
-    spawn_consumer(env, "orders-service", consumer_options(groups::ORDERS, topics::ORDERS, bugs), handler);
+    spawn_consumer(
+        env,
+        "orders-service",
+        consumer_options(groups::ORDERS, topics::ORDERS, bugs),
+        handler,
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -154,7 +198,9 @@ struct StockProjection {
 
 impl fmt::Debug for StockProjection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StockProjection").field("next_position", &self.next_position).finish_non_exhaustive()
+        f.debug_struct("StockProjection")
+            .field("next_position", &self.next_position)
+            .finish_non_exhaustive()
     }
 }
 
@@ -168,12 +214,21 @@ async fn run_stock_projection(env: ServiceEnv, projection: Arc<Mutex<StockProjec
                 if event.stream.category() != Inventory::CATEGORY {
                     continue;
                 }
-                let sku = event.stream.as_str().split_once('-').map_or("", |(_, s)| s).to_owned();
-                let Ok(decoded) = event.payload.decode::<InventoryEvent>() else { continue };
+                let sku = event
+                    .stream
+                    .as_str()
+                    .split_once('-')
+                    .map_or("", |(_, s)| s)
+                    .to_owned();
+                let Ok(decoded) = event.payload.decode::<InventoryEvent>() else {
+                    continue;
+                };
                 let delta = match &decoded {
-                    InventoryEvent::Initialized { quantity } | InventoryEvent::Released { quantity, .. } => i64::from(*quantity),
+                    InventoryEvent::Initialized { quantity }
+                    | InventoryEvent::Released { quantity, .. } => i64::from(*quantity),
                     InventoryEvent::Reserved { quantity, .. } => -i64::from(*quantity),
-                    InventoryEvent::ReservationRefused { .. } | InventoryEvent::ReservationVoided { .. } => 0,
+                    InventoryEvent::ReservationRefused { .. }
+                    | InventoryEvent::ReservationVoided { .. } => 0,
                 };
                 *p.available.entry(sku).or_default() += delta;
                 if let Some(order) = decoded.order() {
@@ -198,26 +253,53 @@ struct InventoryHandler {
 impl InventoryHandler {
     /// PLANTED BUG: decides a reservation on the lagging projection and appends it with
     /// no expected version, so two reservations can both take the last units.
-    async fn reserve_from_projection(&self, projection: &Mutex<StockProjection>, sku: &str, order: &str, quantity: u32, message: EventId) {
+    async fn reserve_from_projection(
+        &self,
+        projection: &Mutex<StockProjection>,
+        sku: &str,
+        order: &str,
+        quantity: u32,
+        message: EventId,
+    ) {
         let (available, decided) = {
             let p = projection.lock();
-            (p.available.get(sku).copied().unwrap_or(0), p.decided.contains(order))
+            (
+                p.available.get(sku).copied().unwrap_or(0),
+                p.decided.contains(order),
+            )
         };
         let mut batch = AppendBatch::default();
         if !decided {
             let available = u32::try_from(available.max(0)).unwrap_or(u32::MAX);
             let event = Inventory::decide_reserve(order, quantity, available);
-            let metadata = Metadata { causation_id: Some(message.0), ..Metadata::default() };
-            let Ok(encoded) = NewEvent::encode(EventId(self.env.runtime.next_id()), &event, metadata) else { return };
-            batch = batch.and(Inventory::stream_id(sku), ExpectedVersion::Any, vec![encoded]);
+            let metadata = Metadata {
+                causation_id: Some(message.0),
+                ..Metadata::default()
+            };
+            let Ok(encoded) =
+                NewEvent::encode(EventId(self.env.runtime.next_id()), &event, metadata)
+            else {
+                return;
+            };
+            batch = batch.and(
+                Inventory::stream_id(sku),
+                ExpectedVersion::Any,
+                vec![encoded],
+            );
         }
-        batch = batch.and(inbox::stream(&self.group), ExpectedVersion::Any, vec![inbox::marker(&self.group, message)]);
+        batch = batch.and(
+            inbox::stream(&self.group),
+            ExpectedVersion::Any,
+            vec![inbox::marker(&self.group, message)],
+        );
         let mut attempt = 0;
         while let Err(error) = self.env.store.append(batch.clone()).await {
             if inbox::is_already_handled(&error) {
                 return;
             }
-            self.env.sleep(Backoff::SERVICE.delay(attempt, &self.env)).await;
+            self.env
+                .sleep(Backoff::SERVICE.delay(attempt, &self.env))
+                .await;
             attempt += 1;
         }
     }
@@ -226,23 +308,38 @@ impl InventoryHandler {
 impl MessageHandler for InventoryHandler {
     fn handle<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            let Some((command, message)) = decode_command(&self.env, &self.group, delivery).await else { return };
-            let handling = Some(Handling { consumer: &self.group, message });
+            let Some((command, message)) = decode_command(&self.env, &self.group, delivery).await
+            else {
+                return;
+            };
+            let handling = Some(Handling {
+                consumer: &self.group,
+                message,
+            });
             let (sku, inventory_command) = match command {
-                CheckoutCommand::ReserveInventory { order, sku, quantity } => {
+                CheckoutCommand::ReserveInventory {
+                    order,
+                    sku,
+                    quantity,
+                } => {
                     if let Some(projection) = &self.projection {
-                        self.reserve_from_projection(projection, &sku, &order, quantity, message).await;
+                        self.reserve_from_projection(projection, &sku, &order, quantity, message)
+                            .await;
                         return;
                     }
                     (sku, InventoryCommand::Reserve { order, quantity })
                 }
-                CheckoutCommand::ReleaseInventory { order, sku } => (sku, InventoryCommand::Release { order }),
+                CheckoutCommand::ReleaseInventory { order, sku } => {
+                    (sku, InventoryCommand::Release { order })
+                }
                 _ => {
                     inbox::record_alone(&self.env, &self.group, message).await;
                     return;
                 }
             };
-            self.stock.execute_until_done(&self.env, &sku, &inventory_command, handling).await;
+            self.stock
+                .execute_until_done(&self.env, &sku, &inventory_command, handling)
+                .await;
         })
     }
 }
@@ -251,22 +348,33 @@ impl MessageHandler for InventoryHandler {
 pub fn start_inventory_service(env: &ServiceEnv, bugs: Bugs) {
     let projection = bugs.contains(PlantedBug::DecideFromProjection).then(|| {
         let projection = Arc::new(Mutex::new(StockProjection::default()));
-        env.runtime.spawn("stock-projection", Box::pin(run_stock_projection(env.clone(), Arc::clone(&projection))));
+        env.runtime.spawn(
+            "stock-projection",
+            Box::pin(run_stock_projection(env.clone(), Arc::clone(&projection))),
+        );
         projection
     });
     let handler = Arc::new(InventoryHandler {
         env: env.clone(),
         group: groups::INVENTORY.into(),
-        stock: AggregateCache::new().with_apply_before_append(bugs.contains(PlantedBug::ApplyBeforeAppend)),
+        stock: AggregateCache::new()
+            .with_apply_before_append(bugs.contains(PlantedBug::ApplyBeforeAppend)),
         projection,
     });
-    spawn_consumer(env, "inventory-service", consumer_options(groups::INVENTORY, topics::INVENTORY, bugs), handler);
+    spawn_consumer(
+        env,
+        "inventory-service",
+        consumer_options(groups::INVENTORY, topics::INVENTORY, bugs),
+        handler,
+    );
 }
 
 /// Sets a SKU's initial stock (idempotent), retrying until the store takes it.
 pub async fn initialize_stock(env: &ServiceEnv, sku: &str, quantity: u32) {
     let cache = AggregateCache::<Inventory>::new();
-    cache.execute_until_done(env, sku, &InventoryCommand::Initialize { quantity }, None).await;
+    cache
+        .execute_until_done(env, sku, &InventoryCommand::Initialize { quantity }, None)
+        .await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -288,7 +396,9 @@ impl PaymentHandler {
             match self.payments.load(&self.env, order).await {
                 Ok((payment, _)) => return payment.status,
                 Err(_) => {
-                    self.env.sleep(Backoff::SERVICE.delay(attempt, &self.env)).await;
+                    self.env
+                        .sleep(Backoff::SERVICE.delay(attempt, &self.env))
+                        .await;
                     attempt += 1;
                 }
             }
@@ -296,7 +406,10 @@ impl PaymentHandler {
     }
 
     async fn charge(&self, order: String, amount: u64, card: u32, message: EventId) {
-        let handling = Some(Handling { consumer: &self.group, message });
+        let handling = Some(Handling {
+            consumer: &self.group,
+            message,
+        });
         let idempotency_key = if self.not_idempotent {
             // PLANTED BUG: a fresh key per delivery, and no look at what was already recorded.
             format!("{order}/{:x}", self.env.runtime.next_u64())
@@ -307,12 +420,21 @@ impl PaymentHandler {
             }
             order.clone()
         };
-        let request = ChargeRequest { idempotency_key, order: order.clone(), amount, card };
+        let request = ChargeRequest {
+            idempotency_key,
+            order: order.clone(),
+            amount,
+            card,
+        };
         let gateway = Arc::clone(&self.gateway);
         let outcome = call_external(&self.env, || gateway.charge(request.clone())).await;
-        self.env.note(format_args!("payment-{order}: charge {amount} -> {outcome:?}"));
+        self.env.note(format_args!(
+            "payment-{order}: charge {amount} -> {outcome:?}"
+        ));
         let command = match outcome {
-            Ok(ChargeOutcome::Captured { charge }) => PaymentCommand::RecordCapture { amount, charge },
+            Ok(ChargeOutcome::Captured { charge }) => {
+                PaymentCommand::RecordCapture { amount, charge }
+            }
             Ok(ChargeOutcome::Declined { reason }) => PaymentCommand::RecordDecline { reason },
             // Refused (voided meanwhile) or no answer: the saga's deadline and the void
             // it triggers settle the payment; nothing to record here.
@@ -321,18 +443,24 @@ impl PaymentHandler {
                 return;
             }
         };
-        self.payments.execute_until_done(&self.env, &order, &command, handling).await;
+        self.payments
+            .execute_until_done(&self.env, &order, &command, handling)
+            .await;
     }
 
     async fn refund(&self, order: String, message: EventId) {
-        let handling = Some(Handling { consumer: &self.group, message });
+        let handling = Some(Handling {
+            consumer: &self.group,
+            message,
+        });
         if self.status(&order).await.is_closed() {
             inbox::record_alone(&self.env, &self.group, message).await;
             return;
         }
         let gateway = Arc::clone(&self.gateway);
         let outcome = call_external(&self.env, || gateway.refund(order.clone())).await;
-        self.env.note(format_args!("payment-{order}: refund -> {outcome:?}"));
+        self.env
+            .note(format_args!("payment-{order}: refund -> {outcome:?}"));
         let command = match outcome {
             Ok(RefundOutcome::Refunded { amount }) => PaymentCommand::RecordRefund { amount },
             Ok(RefundOutcome::Voided) => PaymentCommand::RecordVoid,
@@ -342,16 +470,25 @@ impl PaymentHandler {
                 return;
             }
         };
-        self.payments.execute_until_done(&self.env, &order, &command, handling).await;
+        self.payments
+            .execute_until_done(&self.env, &order, &command, handling)
+            .await;
     }
 }
 
 impl MessageHandler for PaymentHandler {
     fn handle<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            let Some((command, message)) = decode_command(&self.env, &self.group, delivery).await else { return };
+            let Some((command, message)) = decode_command(&self.env, &self.group, delivery).await
+            else {
+                return;
+            };
             match command {
-                CheckoutCommand::ChargePayment { order, amount, card } => self.charge(order, amount, card, message).await,
+                CheckoutCommand::ChargePayment {
+                    order,
+                    amount,
+                    card,
+                } => self.charge(order, amount, card, message).await,
                 CheckoutCommand::RefundPayment { order } => self.refund(order, message).await,
                 _ => inbox::record_alone(&self.env, &self.group, message).await,
             }
@@ -364,11 +501,17 @@ pub fn start_payment_service(env: &ServiceEnv, gateway: Arc<dyn PaymentGateway>,
     let handler = Arc::new(PaymentHandler {
         env: env.clone(),
         group: groups::PAYMENTS.into(),
-        payments: AggregateCache::new().with_apply_before_append(bugs.contains(PlantedBug::ApplyBeforeAppend)),
+        payments: AggregateCache::new()
+            .with_apply_before_append(bugs.contains(PlantedBug::ApplyBeforeAppend)),
         gateway,
         not_idempotent: bugs.contains(PlantedBug::PaymentNotIdempotent),
     });
-    spawn_consumer(env, "payment-service", consumer_options(groups::PAYMENTS, topics::PAYMENTS, bugs), handler);
+    spawn_consumer(
+        env,
+        "payment-service",
+        consumer_options(groups::PAYMENTS, topics::PAYMENTS, bugs),
+        handler,
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -387,18 +530,31 @@ struct ShippingHandler {
 
 impl ShippingHandler {
     async fn create(&self, order: String, message: EventId) {
-        let handling = Some(Handling { consumer: &self.group, message });
+        let handling = Some(Handling {
+            consumer: &self.group,
+            message,
+        });
         let carrier = Arc::clone(&self.carrier);
         let tracking = match call_external(&self.env, || carrier.register(order.clone())).await {
             Ok(tracking) => tracking,
             Err(error) => {
                 // The saga's shipment deadline cancels; a later retry of ours would race it.
-                self.env.note(format_args!("shipping-{order}: carrier refused registration: {error}"));
+                self.env.note(format_args!(
+                    "shipping-{order}: carrier refused registration: {error}"
+                ));
                 inbox::record_alone(&self.env, &self.group, message).await;
                 return;
             }
         };
-        let handled = self.shipments.execute_until_done(&self.env, &order, &ShippingCommand::Create { tracking }, handling).await;
+        let handled = self
+            .shipments
+            .execute_until_done(
+                &self.env,
+                &order,
+                &ShippingCommand::Create { tracking },
+                handling,
+            )
+            .await;
         if handled.state.status.is_open() {
             self.open.lock().insert(order);
         }
@@ -408,12 +564,21 @@ impl ShippingHandler {
 impl MessageHandler for ShippingHandler {
     fn handle<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            let Some((command, message)) = decode_command(&self.env, &self.group, delivery).await else { return };
+            let Some((command, message)) = decode_command(&self.env, &self.group, delivery).await
+            else {
+                return;
+            };
             match command {
                 CheckoutCommand::CreateShipment { order } => self.create(order, message).await,
                 CheckoutCommand::CancelShipment { order } => {
-                    let handling = Some(Handling { consumer: &self.group, message });
-                    let handled = self.shipments.execute_until_done(&self.env, &order, &ShippingCommand::Cancel, handling).await;
+                    let handling = Some(Handling {
+                        consumer: &self.group,
+                        message,
+                    });
+                    let handled = self
+                        .shipments
+                        .execute_until_done(&self.env, &order, &ShippingCommand::Cancel, handling)
+                        .await;
                     if !handled.state.status.is_open() {
                         self.open.lock().remove(&order);
                     }
@@ -426,7 +591,12 @@ impl MessageHandler for ShippingHandler {
 
 /// The shipping tracker: asks the carrier about every open shipment and records what it
 /// reports. On boot it finds the open shipments in the store.
-async fn run_tracker(env: ServiceEnv, shipments: Arc<AggregateCache<Shipment>>, carrier: Arc<dyn Carrier>, open: OpenShipments) {
+async fn run_tracker(
+    env: ServiceEnv,
+    shipments: Arc<AggregateCache<Shipment>>,
+    carrier: Arc<dyn Carrier>,
+    open: OpenShipments,
+) {
     let mut next = 1;
     loop {
         let Ok(events) = env.store.read_all(next, 1024).await else {
@@ -435,7 +605,10 @@ async fn run_tracker(env: ServiceEnv, shipments: Arc<AggregateCache<Shipment>>, 
         };
         let Some(last) = events.last() else { break };
         next = last.position + 1;
-        for event in events.iter().filter(|e| e.stream.category() == Shipment::CATEGORY) {
+        for event in events
+            .iter()
+            .filter(|e| e.stream.category() == Shipment::CATEGORY)
+        {
             if let Ok(ShippingEvent::Created { .. }) = event.payload.decode::<ShippingEvent>()
                 && let Some((_, order)) = event.stream.as_str().split_once('-')
             {
@@ -447,12 +620,16 @@ async fn run_tracker(env: ServiceEnv, shipments: Arc<AggregateCache<Shipment>>, 
         env.sleep(TRACK_EVERY).await;
         let orders: Vec<String> = open.lock().iter().cloned().collect();
         for order in orders {
-            let Ok((shipment, _)) = shipments.load(&env, &order).await else { continue };
+            let Ok((shipment, _)) = shipments.load(&env, &order).await else {
+                continue;
+            };
             if !shipment.status.is_open() {
                 open.lock().remove(&order);
                 continue;
             }
-            let Ok(status) = carrier.track(order.clone()).await else { continue };
+            let Ok(status) = carrier.track(order.clone()).await else {
+                continue;
+            };
             let mut commands = Vec::new();
             let seen_updates = match shipment.status {
                 ShipmentStatus::InTransit { updates } => Some(updates),
@@ -469,7 +646,9 @@ async fn run_tracker(env: ServiceEnv, shipments: Arc<AggregateCache<Shipment>>, 
                     }
                 }
                 CarrierStatus::Delivered => commands.push(ShippingCommand::RecordDelivered),
-                CarrierStatus::Lost => commands.push(ShippingCommand::RecordFailed { reason: "lost by carrier".into() }),
+                CarrierStatus::Lost => commands.push(ShippingCommand::RecordFailed {
+                    reason: "lost by carrier".into(),
+                }),
             }
             for command in commands {
                 match shipments.execute(&env, &order, &command, None).await {
@@ -487,11 +666,33 @@ async fn run_tracker(env: ServiceEnv, shipments: Arc<AggregateCache<Shipment>>, 
 
 /// Starts the shipping service (creates and cancels shipments, tracks them at the carrier).
 pub fn start_shipping_service(env: &ServiceEnv, carrier: Arc<dyn Carrier>, bugs: Bugs) {
-    let shipments = Arc::new(AggregateCache::new().with_apply_before_append(bugs.contains(PlantedBug::ApplyBeforeAppend)));
+    let shipments = Arc::new(
+        AggregateCache::new()
+            .with_apply_before_append(bugs.contains(PlantedBug::ApplyBeforeAppend)),
+    );
     let open: OpenShipments = Arc::default();
-    env.runtime.spawn("shipping-tracker", Box::pin(run_tracker(env.clone(), Arc::clone(&shipments), Arc::clone(&carrier), Arc::clone(&open))));
-    let handler = Arc::new(ShippingHandler { env: env.clone(), group: groups::SHIPPING.into(), shipments, carrier, open });
-    spawn_consumer(env, "shipping-service", consumer_options(groups::SHIPPING, topics::SHIPPING, bugs), handler);
+    env.runtime.spawn(
+        "shipping-tracker",
+        Box::pin(run_tracker(
+            env.clone(),
+            Arc::clone(&shipments),
+            Arc::clone(&carrier),
+            Arc::clone(&open),
+        )),
+    );
+    let handler = Arc::new(ShippingHandler {
+        env: env.clone(),
+        group: groups::SHIPPING.into(),
+        shipments,
+        carrier,
+        open,
+    });
+    spawn_consumer(
+        env,
+        "shipping-service",
+        consumer_options(groups::SHIPPING, topics::SHIPPING, bugs),
+        handler,
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -500,11 +701,21 @@ pub fn start_shipping_service(env: &ServiceEnv, carrier: Arc<dyn Carrier>, bugs:
 
 /// The saga input a relayed domain event means, and the order it concerns.
 #[must_use]
-pub fn saga_input(event: &RelayedEvent, compensate_on_timeout: bool) -> Option<(String, CheckoutInput)> {
+pub fn saga_input(
+    event: &RelayedEvent,
+    compensate_on_timeout: bool,
+) -> Option<(String, CheckoutInput)> {
     let entity = event.entity().to_owned();
     match event.stream.category() {
         Order::CATEGORY => match event.payload.decode::<OrderEvent>().ok()? {
-            OrderEvent::Placed(line) => Some((entity.clone(), CheckoutInput::Start { order: entity, line, compensate_on_timeout })),
+            OrderEvent::Placed(line) => Some((
+                entity.clone(),
+                CheckoutInput::Start {
+                    order: entity,
+                    line,
+                    compensate_on_timeout,
+                },
+            )),
             OrderEvent::Cancelled { .. } => Some((entity, CheckoutInput::OrderCancelled)),
             OrderEvent::Completed => Some((entity, CheckoutInput::OrderCompleted)),
         },
@@ -514,7 +725,9 @@ pub fn saga_input(event: &RelayedEvent, compensate_on_timeout: bool) -> Option<(
             let input = match decoded {
                 InventoryEvent::Reserved { .. } => CheckoutInput::InventoryReserved,
                 InventoryEvent::ReservationRefused { .. } => CheckoutInput::ReservationRefused,
-                InventoryEvent::Released { .. } | InventoryEvent::ReservationVoided { .. } => CheckoutInput::InventoryReleased,
+                InventoryEvent::Released { .. } | InventoryEvent::ReservationVoided { .. } => {
+                    CheckoutInput::InventoryReleased
+                }
                 InventoryEvent::Initialized { .. } => return None,
             };
             Some((order, input))
@@ -523,7 +736,9 @@ pub fn saga_input(event: &RelayedEvent, compensate_on_timeout: bool) -> Option<(
             let input = match event.payload.decode::<PaymentEvent>().ok()? {
                 PaymentEvent::Captured { .. } => CheckoutInput::PaymentCaptured,
                 PaymentEvent::Declined { .. } => CheckoutInput::PaymentDeclined,
-                PaymentEvent::Refunded { .. } | PaymentEvent::Voided => CheckoutInput::PaymentRefunded,
+                PaymentEvent::Refunded { .. } | PaymentEvent::Voided => {
+                    CheckoutInput::PaymentRefunded
+                }
             };
             Some((entity, input))
         }
@@ -551,7 +766,11 @@ impl MessageHandler for SagaWorker {
     fn handle<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let Some(event) = RelayedEvent::from_delivery(delivery) else {
-                self.env.note(format_args!("{}: not a relayed event at {}", self.group, delivery.coordinates()));
+                self.env.note(format_args!(
+                    "{}: not a relayed event at {}",
+                    self.group,
+                    delivery.coordinates()
+                ));
                 return;
             };
             if let Some((order, input)) = saga_input(&event, self.compensate_on_timeout) {
@@ -565,10 +784,18 @@ impl MessageHandler for SagaWorker {
 /// The outbox relay options of the checkout.
 #[must_use]
 pub fn relay_options() -> RelayOptions {
-    let routes = [Order::CATEGORY, Inventory::CATEGORY, Payment::CATEGORY, Shipment::CATEGORY]
-        .into_iter()
-        .map(|category| Route { category, topic: topics::EVENTS })
-        .collect();
+    let routes = [
+        Order::CATEGORY,
+        Inventory::CATEGORY,
+        Payment::CATEGORY,
+        Shipment::CATEGORY,
+    ]
+    .into_iter()
+    .map(|category| Route {
+        category,
+        topic: topics::EVENTS,
+    })
+    .collect();
     RelayOptions::new("checkout", routes)
 }
 
@@ -578,7 +805,10 @@ const SUPERVISE_EVERY: Duration = Duration::from_millis(500);
 /// Starts the saga service: the outbox relay, the recovery of every saga instance, and the
 /// consumer feeding domain events to the sagas.
 pub fn start_saga_service(env: &ServiceEnv, bugs: Bugs) {
-    env.runtime.spawn("outbox-relay", Box::pin(outbox::run(env.clone(), Arc::new(relay_options()))));
+    env.runtime.spawn(
+        "outbox-relay",
+        Box::pin(outbox::run(env.clone(), Arc::new(relay_options()))),
+    );
     let dispatcher = Arc::new(BusDispatcher::<CheckoutCommand>::new(env.clone(), 3));
     let host = Arc::new(SagaHost::<CheckoutSaga>::new(env.clone(), dispatcher));
     let worker = Arc::new(SagaWorker {
@@ -595,7 +825,10 @@ pub fn start_saga_service(env: &ServiceEnv, bugs: Bugs) {
             // Recover first: re-armed deadlines must not wait for new traffic.
             host.recover_all().await;
             let supervised = Arc::clone(&host);
-            env2.runtime.spawn("saga-supervisor", Box::pin(async move { supervised.supervise(SUPERVISE_EVERY).await }));
+            env2.runtime.spawn(
+                "saga-supervisor",
+                Box::pin(async move { supervised.supervise(SUPERVISE_EVERY).await }),
+            );
             consumer::run(env2, options, worker).await;
         }),
     );

@@ -13,17 +13,26 @@ use serde::{Deserialize, Serialize};
 pub enum ShipmentStatus {
     #[default]
     NotCreated,
-    Created { tracking: String },
-    InTransit { updates: u32 },
+    Created {
+        tracking: String,
+    },
+    InTransit {
+        updates: u32,
+    },
     Delivered,
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
 }
 
 impl ShipmentStatus {
     /// Created or in transit: the carrier still has it.
     #[must_use]
     pub fn is_open(&self) -> bool {
-        matches!(self, ShipmentStatus::Created { .. } | ShipmentStatus::InTransit { .. })
+        matches!(
+            self,
+            ShipmentStatus::Created { .. } | ShipmentStatus::InTransit { .. }
+        )
     }
 }
 
@@ -75,15 +84,27 @@ impl Aggregate for Shipment {
     fn decide(&self, command: &ShippingCommand) -> Result<Vec<ShippingEvent>, ShippingError> {
         use ShipmentStatus::{Created, InTransit, NotCreated};
         Ok(match (command, &self.status) {
-            (ShippingCommand::Create { tracking }, NotCreated) => vec![ShippingEvent::Created { tracking: tracking.clone() }],
+            (ShippingCommand::Create { tracking }, NotCreated) => vec![ShippingEvent::Created {
+                tracking: tracking.clone(),
+            }],
             (ShippingCommand::RecordInTransit, Created { .. }) => vec![ShippingEvent::InTransit],
-            (ShippingCommand::RecordTracking { update }, InTransit { updates }) if update > updates => {
+            (ShippingCommand::RecordTracking { update }, InTransit { updates })
+                if update > updates =>
+            {
                 vec![ShippingEvent::TrackingUpdated { update: *update }]
             }
-            (ShippingCommand::RecordDelivered, Created { .. } | InTransit { .. }) => vec![ShippingEvent::Delivered],
-            (ShippingCommand::RecordFailed { reason }, Created { .. } | InTransit { .. }) => vec![ShippingEvent::Failed { reason: reason.clone() }],
+            (ShippingCommand::RecordDelivered, Created { .. } | InTransit { .. }) => {
+                vec![ShippingEvent::Delivered]
+            }
+            (ShippingCommand::RecordFailed { reason }, Created { .. } | InTransit { .. }) => {
+                vec![ShippingEvent::Failed {
+                    reason: reason.clone(),
+                }]
+            }
             (ShippingCommand::Cancel, NotCreated | Created { .. } | InTransit { .. }) => {
-                vec![ShippingEvent::Failed { reason: "cancelled".into() }]
+                vec![ShippingEvent::Failed {
+                    reason: "cancelled".into(),
+                }]
             }
             _ => vec![],
         })
@@ -91,11 +112,17 @@ impl Aggregate for Shipment {
 
     fn apply(&mut self, event: &ShippingEvent) {
         self.status = match event {
-            ShippingEvent::Created { tracking } => ShipmentStatus::Created { tracking: tracking.clone() },
+            ShippingEvent::Created { tracking } => ShipmentStatus::Created {
+                tracking: tracking.clone(),
+            },
             ShippingEvent::InTransit => ShipmentStatus::InTransit { updates: 0 },
-            ShippingEvent::TrackingUpdated { update } => ShipmentStatus::InTransit { updates: *update },
+            ShippingEvent::TrackingUpdated { update } => {
+                ShipmentStatus::InTransit { updates: *update }
+            }
             ShippingEvent::Delivered => ShipmentStatus::Delivered,
-            ShippingEvent::Failed { reason } => ShipmentStatus::Failed { reason: reason.clone() },
+            ShippingEvent::Failed { reason } => ShipmentStatus::Failed {
+                reason: reason.clone(),
+            },
         };
     }
 }
@@ -107,12 +134,21 @@ mod tests {
     #[test]
     fn first_of_delivery_and_cancellation_wins() {
         let mut s = Shipment::default();
-        s.apply(&ShippingEvent::Created { tracking: "t".into() });
+        s.apply(&ShippingEvent::Created {
+            tracking: "t".into(),
+        });
         s.apply(&ShippingEvent::Delivered);
         assert_eq!(s.decide(&ShippingCommand::Cancel), Ok(vec![]));
         let mut t = Shipment::default();
-        t.apply(&ShippingEvent::Failed { reason: "cancelled".into() });
-        assert_eq!(t.decide(&ShippingCommand::Create { tracking: "late".into() }), Ok(vec![]));
+        t.apply(&ShippingEvent::Failed {
+            reason: "cancelled".into(),
+        });
+        assert_eq!(
+            t.decide(&ShippingCommand::Create {
+                tracking: "late".into()
+            }),
+            Ok(vec![])
+        );
         assert_eq!(t.decide(&ShippingCommand::RecordDelivered), Ok(vec![]));
     }
 }

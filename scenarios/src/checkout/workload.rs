@@ -47,9 +47,18 @@ impl CheckoutOptions {
     /// # Panics
     /// On options that describe no meaningful run.
     pub fn validate(&self) {
-        assert!(self.orders > 0 && self.skus > 0 && self.max_quantity > 0, "empty workload: {self:?}");
-        assert!((1..=1000).contains(&self.stock_percent_of_demand), "stock_percent_of_demand out of range: {self:?}");
-        assert!(self.decline_every >= 2, "decline_every must be at least 2: {self:?}");
+        assert!(
+            self.orders > 0 && self.skus > 0 && self.max_quantity > 0,
+            "empty workload: {self:?}"
+        );
+        assert!(
+            (1..=1000).contains(&self.stock_percent_of_demand),
+            "stock_percent_of_demand out of range: {self:?}"
+        );
+        assert!(
+            self.decline_every >= 2,
+            "decline_every must be at least 2: {self:?}"
+        );
     }
 }
 
@@ -79,18 +88,37 @@ impl CheckoutWorkload {
     #[must_use]
     pub fn generate(options: &CheckoutOptions, draw: &mut dyn FnMut() -> u64) -> Self {
         options.validate();
-        let demand_per_sku = u64::from(options.orders) * u64::from(options.max_quantity + 1) / 2 / u64::from(options.skus);
-        let stock_per_sku = u32::try_from(demand_per_sku * u64::from(options.stock_percent_of_demand) / 100).unwrap_or(u32::MAX).max(1);
-        let stock = (0..options.skus).map(|i| (format!("sku{i}"), stock_per_sku)).collect();
-        let span = u64::try_from(options.arrival_span.as_millis()).unwrap_or(u64::MAX).max(1);
+        let demand_per_sku = u64::from(options.orders) * u64::from(options.max_quantity + 1)
+            / 2
+            / u64::from(options.skus);
+        let stock_per_sku =
+            u32::try_from(demand_per_sku * u64::from(options.stock_percent_of_demand) / 100)
+                .unwrap_or(u32::MAX)
+                .max(1);
+        let stock = (0..options.skus)
+            .map(|i| (format!("sku{i}"), stock_per_sku))
+            .collect();
+        let span = u64::try_from(options.arrival_span.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let mut orders: Vec<PlannedOrder> = (0..options.orders)
             .map(|n| {
                 let sku_index = u32::try_from(draw() % u64::from(options.skus)).unwrap_or(0);
-                let quantity = u32::try_from(draw() % u64::from(options.max_quantity)).unwrap_or(0) + 1;
+                let quantity =
+                    u32::try_from(draw() % u64::from(options.max_quantity)).unwrap_or(0) + 1;
                 let card = u32::try_from(draw() % 1000).unwrap_or(0) + 1;
-                let line = OrderLine { sku: format!("sku{sku_index}"), quantity, amount: price(sku_index) * u64::from(quantity), card };
+                let line = OrderLine {
+                    sku: format!("sku{sku_index}"),
+                    quantity,
+                    amount: price(sku_index) * u64::from(quantity),
+                    card,
+                };
                 // A short pause after start lets the stock be initialized first.
-                PlannedOrder { id: format!("o{n:03}"), line, at: Duration::from_millis(100 + draw() % span) }
+                PlannedOrder {
+                    id: format!("o{n:03}"),
+                    line,
+                    at: Duration::from_millis(100 + draw() % span),
+                }
             })
             .collect();
         orders.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.id.cmp(&b.id)));
@@ -109,9 +137,19 @@ pub async fn run_client(env: ServiceEnv, workload: Arc<CheckoutWorkload>) {
     for planned in &workload.orders {
         let due = start + planned.at;
         env.sleep(due.saturating_since(env.runtime.now())).await;
-        let handled = orders.execute_until_done(&env, &planned.id, &OrderCommand::Place(planned.line.clone()), None).await;
+        let handled = orders
+            .execute_until_done(
+                &env,
+                &planned.id,
+                &OrderCommand::Place(planned.line.clone()),
+                None,
+            )
+            .await;
         if !handled.events.is_empty() {
-            env.note(format_args!("order-{} placed: {:?}", planned.id, planned.line));
+            env.note(format_args!(
+                "order-{} placed: {:?}",
+                planned.id, planned.line
+            ));
         }
     }
 }
@@ -124,20 +162,30 @@ mod tests {
     fn generation_is_a_function_of_the_draws() {
         let mut counter = 0u64;
         let mut draw = || {
-            counter = counter.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            counter = counter
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
             counter >> 11
         };
         let a = CheckoutWorkload::generate(&CheckoutOptions::default(), &mut draw);
         let mut counter = 0u64;
         let mut draw = || {
-            counter = counter.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            counter = counter
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
             counter >> 11
         };
-        assert_eq!(a, CheckoutWorkload::generate(&CheckoutOptions::default(), &mut draw));
+        assert_eq!(
+            a,
+            CheckoutWorkload::generate(&CheckoutOptions::default(), &mut draw)
+        );
         assert_eq!(a.orders.len(), 50);
         assert!(a.orders.windows(2).all(|w| w[0].at <= w[1].at));
         let demand: u32 = a.orders.iter().map(|o| o.line.quantity).sum();
         let stock: u32 = a.stock.iter().map(|(_, q)| q).sum();
-        assert!(stock < demand, "some orders must run out of stock (stock {stock}, demand {demand})");
+        assert!(
+            stock < demand,
+            "some orders must run out of stock (stock {stock}, demand {demand})"
+        );
     }
 }

@@ -17,7 +17,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use parking_lot::Mutex;
-use reprise_core::{Aggregate, AppendBatch, DecodeError, EventId, ExpectedVersion, Metadata, NewEvent, StoreError, Upcasters};
+use reprise_core::{
+    Aggregate, AppendBatch, DecodeError, EventId, ExpectedVersion, Metadata, NewEvent, StoreError,
+    Upcasters,
+};
 
 use super::env::ServiceEnv;
 use super::inbox;
@@ -74,7 +77,10 @@ pub struct AggregateCache<A: Aggregate> {
 
 impl<A: Aggregate> fmt::Debug for AggregateCache<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AggregateCache").field("category", &A::CATEGORY).field("entries", &self.entries.lock().len()).finish()
+        f.debug_struct("AggregateCache")
+            .field("category", &A::CATEGORY)
+            .field("entries", &self.entries.lock().len())
+            .finish()
     }
 }
 
@@ -87,7 +93,11 @@ impl<A: Aggregate> Default for AggregateCache<A> {
 impl<A: Aggregate> AggregateCache<A> {
     #[must_use]
     pub fn new() -> Self {
-        AggregateCache { entries: Mutex::default(), upcasters: Upcasters::new(), apply_before_append: false }
+        AggregateCache {
+            entries: Mutex::default(),
+            upcasters: Upcasters::new(),
+            apply_before_append: false,
+        }
     }
 
     /// Plants [`PlantedBug::ApplyBeforeAppend`](crate::bugs::PlantedBug::ApplyBeforeAppend).
@@ -102,16 +112,31 @@ impl<A: Aggregate> AggregateCache<A> {
     /// # Errors
     /// Store failures and undecodable events.
     pub async fn load(&self, env: &ServiceEnv, id: &str) -> Result<(A, u64), ExecuteError> {
-        let (mut state, mut version) =
-            self.entries.lock().get(id).map_or_else(|| (A::default(), 0), |c| (c.state.clone(), c.version));
+        let (mut state, mut version) = self
+            .entries
+            .lock()
+            .get(id)
+            .map_or_else(|| (A::default(), 0), |c| (c.state.clone(), c.version));
         let stream = A::stream_id(id);
-        let tail = env.store.read_stream(&stream, version + 1, usize::MAX).await.map_err(ExecuteError::Store)?;
+        let tail = env
+            .store
+            .read_stream(&stream, version + 1, usize::MAX)
+            .await
+            .map_err(ExecuteError::Store)?;
         if tail.is_empty() {
             return Ok((state, version));
         }
         for record in &tail {
-            state.apply(&record.decode::<A::Event>(&self.upcasters).map_err(ExecuteError::Decode)?);
-            assert_eq!(record.version, version + 1, "{stream}: stream versions must be contiguous");
+            state.apply(
+                &record
+                    .decode::<A::Event>(&self.upcasters)
+                    .map_err(ExecuteError::Decode)?,
+            );
+            assert_eq!(
+                record.version,
+                version + 1,
+                "{stream}: stream versions must be contiguous"
+            );
             version = record.version;
         }
         self.remember(id, &state, version);
@@ -119,7 +144,13 @@ impl<A: Aggregate> AggregateCache<A> {
     }
 
     fn remember(&self, id: &str, state: &A, version: u64) {
-        self.entries.lock().insert(id.to_owned(), Cached { state: state.clone(), version });
+        self.entries.lock().insert(
+            id.to_owned(),
+            Cached {
+                state: state.clone(),
+                version,
+            },
+        );
     }
 
     /// Decides `command` on the aggregate `id` and appends the events — together with the
@@ -129,9 +160,18 @@ impl<A: Aggregate> AggregateCache<A> {
     /// # Errors
     /// Transient store failures (retry later with the same `handling`: the marker makes the
     /// retry safe), undecodable streams, and contention.
-    pub async fn execute(&self, env: &ServiceEnv, id: &str, command: &A::Command, handling: Option<Handling<'_>>) -> Result<Handled<A>, ExecuteError> {
+    pub async fn execute(
+        &self,
+        env: &ServiceEnv,
+        id: &str,
+        command: &A::Command,
+        handling: Option<Handling<'_>>,
+    ) -> Result<Handled<A>, ExecuteError> {
         let stream = A::stream_id(id);
-        let metadata = Metadata { causation_id: handling.map(|h| h.message.0), ..Metadata::default() };
+        let metadata = Metadata {
+            causation_id: handling.map(|h| h.message.0),
+            ..Metadata::default()
+        };
         for _ in 0..MAX_DECISIONS {
             let (mut state, version) = self.load(env, id).await?;
             let (events, rejection) = match state.decide(command) {
@@ -139,7 +179,12 @@ impl<A: Aggregate> AggregateCache<A> {
                 Err(error) => (Vec::new(), Some(error)),
             };
             if events.is_empty() && handling.is_none() {
-                return Ok(Handled { events, state, duplicate: false, rejection });
+                return Ok(Handled {
+                    events,
+                    state,
+                    duplicate: false,
+                    rejection,
+                });
             }
             let mut batch = AppendBatch::default();
             if !events.is_empty() {
@@ -151,7 +196,11 @@ impl<A: Aggregate> AggregateCache<A> {
                 batch = batch.and(stream.clone(), ExpectedVersion::after(version), encoded);
             }
             if let Some(h) = handling {
-                batch = batch.and(inbox::stream(h.consumer), ExpectedVersion::Any, vec![inbox::marker(h.consumer, h.message)]);
+                batch = batch.and(
+                    inbox::stream(h.consumer),
+                    ExpectedVersion::Any,
+                    vec![inbox::marker(h.consumer, h.message)],
+                );
             }
             let mut after = state.clone();
             for event in &events {
@@ -164,17 +213,32 @@ impl<A: Aggregate> AggregateCache<A> {
             }
             match env.store.append(batch).await {
                 Ok(receipt) if receipt.was_duplicate => {
-                    return Ok(Handled { events: Vec::new(), state, duplicate: true, rejection: None });
+                    return Ok(Handled {
+                        events: Vec::new(),
+                        state,
+                        duplicate: true,
+                        rejection: None,
+                    });
                 }
                 Ok(_) => {
                     if !events.is_empty() {
                         self.remember(id, &after, new_version);
                     }
                     state = after;
-                    return Ok(Handled { events, state, duplicate: false, rejection });
+                    return Ok(Handled {
+                        events,
+                        state,
+                        duplicate: false,
+                        rejection,
+                    });
                 }
                 Err(error) if inbox::is_already_handled(&error) => {
-                    return Ok(Handled { events: Vec::new(), state, duplicate: true, rejection: None });
+                    return Ok(Handled {
+                        events: Vec::new(),
+                        state,
+                        duplicate: true,
+                        rejection: None,
+                    });
                 }
                 Err(StoreError::Conflict { .. }) => {}
                 Err(error) => return Err(ExecuteError::Store(error)),
@@ -187,7 +251,13 @@ impl<A: Aggregate> AggregateCache<A> {
 impl<A: Aggregate> AggregateCache<A> {
     /// [`execute`](Self::execute), retried with backoff until it gives an answer: transient
     /// store failures and contention pass, and the inbox marker makes every retry safe.
-    pub async fn execute_until_done(&self, env: &ServiceEnv, id: &str, command: &A::Command, handling: Option<Handling<'_>>) -> Handled<A> {
+    pub async fn execute_until_done(
+        &self,
+        env: &ServiceEnv,
+        id: &str,
+        command: &A::Command,
+        handling: Option<Handling<'_>>,
+    ) -> Handled<A> {
         let mut attempt = 0;
         loop {
             match self.execute(env, id, command, handling).await {

@@ -10,7 +10,9 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use reprise_core::event_bus::header;
-use reprise_core::{BoxFuture, Delivery, DispatchError, Dispatcher, EventId, Headers, OutgoingMessage, Payload};
+use reprise_core::{
+    BoxFuture, Delivery, DispatchError, Dispatcher, EventId, Headers, OutgoingMessage, Payload,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -35,7 +37,9 @@ pub struct BusDispatcher<C> {
 
 impl<C> fmt::Debug for BusDispatcher<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BusDispatcher").field("publish_attempts", &self.publish_attempts).finish_non_exhaustive()
+        f.debug_struct("BusDispatcher")
+            .field("publish_attempts", &self.publish_attempts)
+            .finish_non_exhaustive()
     }
 }
 
@@ -45,7 +49,11 @@ impl<C> BusDispatcher<C> {
     #[must_use]
     pub fn new(env: ServiceEnv, publish_attempts: u32) -> Self {
         assert!(publish_attempts > 0, "a dispatcher must try at least once");
-        BusDispatcher { env, publish_attempts, _command: PhantomData }
+        BusDispatcher {
+            env,
+            publish_attempts,
+            _command: PhantomData,
+        }
     }
 }
 
@@ -53,12 +61,17 @@ impl<C> BusDispatcher<C> {
 ///
 /// # Errors
 /// If the command does not serialize.
-pub fn encode<C: CommandRoute + Serialize>(command: &C, id: EventId) -> Result<OutgoingMessage, serde_json::Error> {
+pub fn encode<C: CommandRoute + Serialize>(
+    command: &C,
+    id: EventId,
+) -> Result<OutgoingMessage, serde_json::Error> {
     Ok(OutgoingMessage {
         topic: command.topic().into(),
         key: command.key().into(),
         payload: Payload::encode(command)?,
-        headers: Headers::default().with(header::EVENT_ID, id.to_string()).with(header::EVENT_TYPE, command.name()),
+        headers: Headers::default()
+            .with(header::EVENT_ID, id.to_string())
+            .with(header::EVENT_TYPE, command.name()),
     })
 }
 
@@ -79,13 +92,18 @@ where
         let attempts = self.publish_attempts;
         let id = EventId(env.runtime.next_id());
         Box::pin(async move {
-            let message = encode(&command, id).map_err(|e| DispatchError::Refused(e.to_string()))?;
+            let message =
+                encode(&command, id).map_err(|e| DispatchError::Refused(e.to_string()))?;
             let topic: Arc<str> = Arc::clone(&message.topic);
             let mut last_error = None;
             for attempt in 0..attempts {
                 match env.bus.publish(vec![message.clone()]).await {
                     Ok(()) => {
-                        env.note(format_args!("command {} {} -> {topic}", command.name(), command.key()));
+                        env.note(format_args!(
+                            "command {} {} -> {topic}",
+                            command.name(),
+                            command.key()
+                        ));
                         return Ok(());
                     }
                     Err(error) => {
@@ -97,7 +115,11 @@ where
                 }
             }
             let error = last_error.map_or_else(String::new, |e| e.to_string());
-            env.note(format_args!("command {} {} lost: {error}", command.name(), command.key()));
+            env.note(format_args!(
+                "command {} {} lost: {error}",
+                command.name(),
+                command.key()
+            ));
             Err(DispatchError::Unavailable(error))
         })
     }

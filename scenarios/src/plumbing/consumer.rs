@@ -31,8 +31,15 @@ pub struct ConsumerOptions {
 impl ConsumerOptions {
     #[must_use]
     pub fn new(group: &str, topics: Vec<&'static str>) -> Self {
-        assert!(!group.is_empty() && !topics.is_empty(), "a consumer needs a group and topics");
-        ConsumerOptions { group: group.into(), topics, ack_before_process: false }
+        assert!(
+            !group.is_empty() && !topics.is_empty(),
+            "a consumer needs a group and topics"
+        );
+        ConsumerOptions {
+            group: group.into(),
+            topics,
+            ack_before_process: false,
+        }
     }
 }
 

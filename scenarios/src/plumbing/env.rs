@@ -26,14 +26,21 @@ pub struct ServiceEnv {
 
 impl fmt::Debug for ServiceEnv {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServiceEnv").field("runtime", &self.runtime).finish_non_exhaustive()
+        f.debug_struct("ServiceEnv")
+            .field("runtime", &self.runtime)
+            .finish_non_exhaustive()
     }
 }
 
 impl ServiceEnv {
     #[must_use]
     pub fn new(runtime: SharedRuntime, store: Arc<dyn EventStore>, bus: Arc<dyn EventBus>) -> Self {
-        ServiceEnv { runtime, store, bus, notes: Arc::new(|_| {}) }
+        ServiceEnv {
+            runtime,
+            store,
+            bus,
+            notes: Arc::new(|_| {}),
+        }
     }
 
     #[must_use]
@@ -63,12 +70,18 @@ pub struct Backoff {
 
 impl Backoff {
     /// Retry pauses for calls to stores, buses and external services.
-    pub const SERVICE: Backoff = Backoff { initial: Duration::from_millis(20), max: Duration::from_millis(1_000) };
+    pub const SERVICE: Backoff = Backoff {
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(1_000),
+    };
 
     #[must_use]
     pub fn new(initial: Duration, max: Duration) -> Self {
         assert!(!initial.is_zero(), "a zero backoff spins");
-        assert!(initial <= max, "backoff initial {initial:?} exceeds max {max:?}");
+        assert!(
+            initial <= max,
+            "backoff initial {initial:?} exceeds max {max:?}"
+        );
         Backoff { initial, max }
     }
 
@@ -77,10 +90,17 @@ impl Backoff {
     /// still spreads out but never retries instantly.
     #[must_use]
     pub fn delay(&self, attempt: u32, env: &ServiceEnv) -> Duration {
-        let cap = self.initial.saturating_mul(1u32 << attempt.min(16)).min(self.max);
+        let cap = self
+            .initial
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.max);
         let half = cap / 2;
         let jitter_nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
-        let extra = if jitter_nanos == 0 { 0 } else { env.runtime.next_u64() % jitter_nanos };
+        let extra = if jitter_nanos == 0 {
+            0
+        } else {
+            env.runtime.next_u64() % jitter_nanos
+        };
         half + Duration::from_nanos(extra)
     }
 }

@@ -14,7 +14,9 @@
 use std::sync::Arc;
 
 use reprise_core::event_bus::header;
-use reprise_core::{Delivery, EventId, ExpectedVersion, Metadata, NewEvent, Payload, StoreError, StreamId};
+use reprise_core::{
+    Delivery, EventId, ExpectedVersion, Metadata, NewEvent, Payload, StoreError, StreamId,
+};
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::env::{Backoff, ServiceEnv};
@@ -50,14 +52,20 @@ pub fn marker(consumer: &str, message: EventId) -> NewEvent {
         schema_version: 1,
         // The id is the content; the payload only helps a person reading the store.
         payload: Payload::from_json_text(format!("{{\"message\":\"{message}\"}}")),
-        metadata: Metadata { causation_id: Some(message.0), ..Metadata::default() },
+        metadata: Metadata {
+            causation_id: Some(message.0),
+            ..Metadata::default()
+        },
     }
 }
 
 /// The message id a producer put in the `reprise-event-id` header.
 #[must_use]
 pub fn message_id(delivery: &Delivery) -> Option<EventId> {
-    delivery.headers.get(header::EVENT_ID).and_then(parse_event_id)
+    delivery
+        .headers
+        .get(header::EVENT_ID)
+        .and_then(parse_event_id)
 }
 
 /// Parses an [`EventId`] as formatted by its `Display` (UUID layout) or `Debug` (32 hex).
@@ -83,7 +91,11 @@ pub fn is_already_handled(error: &StoreError) -> bool {
 pub async fn record_alone(env: &ServiceEnv, consumer: &Arc<str>, message: EventId) {
     let mut attempt = 0;
     loop {
-        let batch = reprise_core::AppendBatch::single(stream(consumer), ExpectedVersion::Any, vec![marker(consumer, message)]);
+        let batch = reprise_core::AppendBatch::single(
+            stream(consumer),
+            ExpectedVersion::Any,
+            vec![marker(consumer, message)],
+        );
         match env.store.append(batch).await {
             Ok(_) => return,
             Err(error) if is_already_handled(&error) => return,

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reprise_core::event_bus::header;
-use reprise_core::{Delivery, EventId, Headers, OutgoingMessage, Payload, RecordedEvent, Snapshot, StreamId};
+use reprise_core::{
+    Delivery, EventId, Headers, OutgoingMessage, Payload, RecordedEvent, Snapshot, StreamId,
+};
 
 use super::env::{Backoff, ServiceEnv};
 use super::inbox;
@@ -40,8 +42,17 @@ pub struct RelayOptions {
 impl RelayOptions {
     #[must_use]
     pub fn new(name: &'static str, routes: Vec<Route>) -> Self {
-        assert!(!routes.is_empty(), "a relay without routes publishes nothing");
-        RelayOptions { name, routes, batch_size: 256, min_idle_pause: Duration::from_millis(2), max_idle_pause: Duration::from_millis(100) }
+        assert!(
+            !routes.is_empty(),
+            "a relay without routes publishes nothing"
+        );
+        RelayOptions {
+            name,
+            routes,
+            batch_size: 256,
+            min_idle_pause: Duration::from_millis(2),
+            max_idle_pause: Duration::from_millis(100),
+        }
     }
 }
 
@@ -83,7 +94,12 @@ fn message(event: &RecordedEvent, topic: &'static str) -> OutgoingMessage {
     if let Some(causation) = event.metadata.causation_id {
         headers.insert(header::CAUSATION_ID, EventId(causation).to_string());
     }
-    OutgoingMessage { topic: topic.into(), key: event.stream.as_str().into(), payload: event.payload.clone(), headers }
+    OutgoingMessage {
+        topic: topic.into(),
+        key: event.stream.as_str().into(),
+        payload: event.payload.clone(),
+        headers,
+    }
 }
 
 /// Runs the relay forever (until its task is dropped, e.g. by a crash).
@@ -99,7 +115,10 @@ pub async fn run(env: ServiceEnv, options: Arc<RelayOptions>) {
             }
         }
     };
-    env.note(format_args!("relay {} resumes at position {next}", options.name));
+    env.note(format_args!(
+        "relay {} resumes at position {next}",
+        options.name
+    ));
     let mut idle_pause = options.min_idle_pause;
     let mut read_attempt = 0;
     loop {
@@ -119,7 +138,13 @@ pub async fn run(env: ServiceEnv, options: Arc<RelayOptions>) {
         let last_position = last.position;
         let messages: Vec<OutgoingMessage> = events
             .iter()
-            .filter_map(|e| options.routes.iter().find(|r| r.category == e.stream.category()).map(|r| message(e, r.topic)))
+            .filter_map(|e| {
+                options
+                    .routes
+                    .iter()
+                    .find(|r| r.category == e.stream.category())
+                    .map(|r| message(e, r.topic))
+            })
             .collect();
         let mut publish_attempt = 0;
         while !messages.is_empty() {
@@ -127,13 +152,19 @@ pub async fn run(env: ServiceEnv, options: Arc<RelayOptions>) {
                 Ok(()) => break,
                 Err(error) => {
                     tracing::debug!(relay = options.name, %error, "publish failed; retrying");
-                    env.sleep(Backoff::SERVICE.delay(publish_attempt, &env)).await;
+                    env.sleep(Backoff::SERVICE.delay(publish_attempt, &env))
+                        .await;
                     publish_attempt = publish_attempt.saturating_add(1);
                 }
             }
         }
         next = last_position + 1;
-        let snapshot = Snapshot { stream: checkpoint.clone(), version: last_position, schema_version: 1, state: Payload::from_json_text("{}") };
+        let snapshot = Snapshot {
+            stream: checkpoint.clone(),
+            version: last_position,
+            schema_version: 1,
+            state: Payload::from_json_text("{}"),
+        };
         // A lost checkpoint only means republishing from an older position.
         let _ = env.store.save_snapshot(snapshot).await;
     }

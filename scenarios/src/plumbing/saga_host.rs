@@ -31,20 +31,28 @@ pub struct SagaHost<S: Saga> {
 
 impl<S: Saga> fmt::Debug for SagaHost<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SagaHost").field("saga", &S::NAME).field("instances", &self.instances.lock().len()).finish()
+        f.debug_struct("SagaHost")
+            .field("saga", &S::NAME)
+            .field("instances", &self.instances.lock().len())
+            .finish()
     }
 }
 
 /// Whether an instance has finished with every input it was given: recovered, nothing
 /// being appended, nothing queued — or stopped by a failure.
 fn settled<S: Saga>(state: &SagaState<S>) -> bool {
-    state.failure.is_some() || (state.recovered && state.persisting.is_none() && state.queued.is_empty())
+    state.failure.is_some()
+        || (state.recovered && state.persisting.is_none() && state.queued.is_empty())
 }
 
 impl<S: Saga> SagaHost<S> {
     #[must_use]
     pub fn new(env: ServiceEnv, dispatcher: Arc<dyn Dispatcher<S::Command>>) -> Self {
-        SagaHost { env, dispatcher, instances: Mutex::default() }
+        SagaHost {
+            env,
+            dispatcher,
+            instances: Mutex::default(),
+        }
     }
 
     /// The running instance `id`, started (and told to recover) if it is not running or
@@ -57,14 +65,26 @@ impl<S: Saga> SagaHost<S> {
                 return store.clone();
             }
             let failure = store.with_state(|s| s.failure.clone()).unwrap_or_default();
-            self.env.note(format_args!("saga {}-{id} failed ({failure}); reloading", S::NAME));
+            self.env.note(format_args!(
+                "saga {}-{id} failed ({failure}); reloading",
+                S::NAME
+            ));
         }
-        let saga_env = SagaEnv::new(Arc::clone(&self.env.runtime), Arc::clone(&self.env.store), Arc::clone(&self.dispatcher));
-        let store = Store::builder(SagaReducer::<S>::default(), SagaState::new(id), saga_env, Arc::clone(&self.env.runtime))
-            .name(S::NAME)
-            .event_store(Arc::clone(&self.env.store))
-            .event_bus(Arc::clone(&self.env.bus))
-            .build();
+        let saga_env = SagaEnv::new(
+            Arc::clone(&self.env.runtime),
+            Arc::clone(&self.env.store),
+            Arc::clone(&self.dispatcher),
+        );
+        let store = Store::builder(
+            SagaReducer::<S>::default(),
+            SagaState::new(id),
+            saga_env,
+            Arc::clone(&self.env.runtime),
+        )
+        .name(S::NAME)
+        .event_store(Arc::clone(&self.env.store))
+        .event_bus(Arc::clone(&self.env.bus))
+        .build();
         // Fire and forget: the handle would also wait for the deadlines' timers.
         drop(store.send(SagaAction::Recover));
         instances.insert(id.to_owned(), store.clone());
@@ -90,12 +110,18 @@ impl<S: Saga> SagaHost<S> {
                     }
                 }
                 Err(_) => {
-                    self.env.sleep(Backoff::SERVICE.delay(attempt, &self.env)).await;
+                    self.env
+                        .sleep(Backoff::SERVICE.delay(attempt, &self.env))
+                        .await;
                     attempt = attempt.saturating_add(1);
                 }
             }
         }
-        self.env.note(format_args!("{} host recovers {} instances", S::NAME, ids.len()));
+        self.env.note(format_args!(
+            "{} host recovers {} instances",
+            S::NAME,
+            ids.len()
+        ));
         for id in ids {
             self.instance(&id);
         }
@@ -115,7 +141,9 @@ impl<S: Saga> SagaHost<S> {
             if store.with_state(|s| s.failure.is_none()) {
                 return;
             }
-            self.env.sleep(Backoff::SERVICE.delay(attempt, &self.env)).await;
+            self.env
+                .sleep(Backoff::SERVICE.delay(attempt, &self.env))
+                .await;
             attempt = attempt.saturating_add(1);
         }
     }

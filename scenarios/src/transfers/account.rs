@@ -43,13 +43,32 @@ pub enum AccountCommand {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AccountEvent {
-    Opened { balance: u64 },
-    Debited { transfer: String, amount: u64 },
-    DebitRefused { transfer: String, amount: u64, balance: u64 },
-    DebitReversed { transfer: String, amount: u64 },
-    DebitVoided { transfer: String },
-    Credited { transfer: String, amount: u64 },
-    CreditVoided { transfer: String },
+    Opened {
+        balance: u64,
+    },
+    Debited {
+        transfer: String,
+        amount: u64,
+    },
+    DebitRefused {
+        transfer: String,
+        amount: u64,
+        balance: u64,
+    },
+    DebitReversed {
+        transfer: String,
+        amount: u64,
+    },
+    DebitVoided {
+        transfer: String,
+    },
+    Credited {
+        transfer: String,
+        amount: u64,
+    },
+    CreditVoided {
+        transfer: String,
+    },
 }
 
 impl AccountEvent {
@@ -95,7 +114,11 @@ impl Aggregate for Account {
 
     fn decide(&self, command: &AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
         if let AccountCommand::Open { balance } = command {
-            return Ok(if self.opened { vec![] } else { vec![AccountEvent::Opened { balance: *balance }] });
+            return Ok(if self.opened {
+                vec![]
+            } else {
+                vec![AccountEvent::Opened { balance: *balance }]
+            });
         }
         if !self.opened {
             return Err(AccountError::NotOpen);
@@ -104,21 +127,38 @@ impl Aggregate for Account {
             AccountCommand::Open { .. } => unreachable!("handled above"),
             AccountCommand::Debit { transfer, amount } => match self.debits.get(transfer) {
                 Some(_) => vec![],
-                None if self.balance >= *amount => vec![AccountEvent::Debited { transfer: transfer.clone(), amount: *amount }],
-                None => vec![AccountEvent::DebitRefused { transfer: transfer.clone(), amount: *amount, balance: self.balance }],
+                None if self.balance >= *amount => vec![AccountEvent::Debited {
+                    transfer: transfer.clone(),
+                    amount: *amount,
+                }],
+                None => vec![AccountEvent::DebitRefused {
+                    transfer: transfer.clone(),
+                    amount: *amount,
+                    balance: self.balance,
+                }],
             },
             AccountCommand::ReverseDebit { transfer } => match self.debits.get(transfer) {
-                Some(DebitState::Debited(amount)) => vec![AccountEvent::DebitReversed { transfer: transfer.clone(), amount: *amount }],
-                None => vec![AccountEvent::DebitVoided { transfer: transfer.clone() }],
+                Some(DebitState::Debited(amount)) => vec![AccountEvent::DebitReversed {
+                    transfer: transfer.clone(),
+                    amount: *amount,
+                }],
+                None => vec![AccountEvent::DebitVoided {
+                    transfer: transfer.clone(),
+                }],
                 Some(_) => vec![],
             },
             AccountCommand::Credit { transfer, amount } => match self.credits.get(transfer) {
                 Some(_) => vec![],
-                None => vec![AccountEvent::Credited { transfer: transfer.clone(), amount: *amount }],
+                None => vec![AccountEvent::Credited {
+                    transfer: transfer.clone(),
+                    amount: *amount,
+                }],
             },
             AccountCommand::VoidCredit { transfer } => match self.credits.get(transfer) {
                 Some(_) => vec![],
-                None => vec![AccountEvent::CreditVoided { transfer: transfer.clone() }],
+                None => vec![AccountEvent::CreditVoided {
+                    transfer: transfer.clone(),
+                }],
             },
         })
     }
@@ -132,7 +172,8 @@ impl Aggregate for Account {
             AccountEvent::Debited { transfer, amount } => {
                 // Saturating keeps apply total on an overdrawn stream, which the checker reports.
                 self.balance = self.balance.saturating_sub(*amount);
-                self.debits.insert(transfer.clone(), DebitState::Debited(*amount));
+                self.debits
+                    .insert(transfer.clone(), DebitState::Debited(*amount));
             }
             AccountEvent::DebitRefused { transfer, .. } => {
                 self.debits.insert(transfer.clone(), DebitState::Refused);
@@ -146,7 +187,8 @@ impl Aggregate for Account {
             }
             AccountEvent::Credited { transfer, amount } => {
                 self.balance += amount;
-                self.credits.insert(transfer.clone(), CreditState::Credited(*amount));
+                self.credits
+                    .insert(transfer.clone(), CreditState::Credited(*amount));
             }
             AccountEvent::CreditVoided { transfer } => {
                 self.credits.insert(transfer.clone(), CreditState::Voided);
@@ -170,17 +212,91 @@ mod tests {
     #[test]
     fn debits_and_credits_are_once_per_transfer_and_tombstones_block_late_ones() {
         let mut a = Account::default();
-        assert_eq!(a.decide(&AccountCommand::Debit { transfer: "t".into(), amount: 1 }), Err(AccountError::NotOpen));
+        assert_eq!(
+            a.decide(&AccountCommand::Debit {
+                transfer: "t".into(),
+                amount: 1
+            }),
+            Err(AccountError::NotOpen)
+        );
         step(&mut a, &AccountCommand::Open { balance: 100 });
-        assert_eq!(step(&mut a, &AccountCommand::Debit { transfer: "t1".into(), amount: 60 }).len(), 1);
-        assert_eq!(step(&mut a, &AccountCommand::Debit { transfer: "t1".into(), amount: 60 }), vec![]);
-        assert!(matches!(step(&mut a, &AccountCommand::Debit { transfer: "t2".into(), amount: 60 })[..], [AccountEvent::DebitRefused { .. }]));
-        step(&mut a, &AccountCommand::ReverseDebit { transfer: "t1".into() });
+        assert_eq!(
+            step(
+                &mut a,
+                &AccountCommand::Debit {
+                    transfer: "t1".into(),
+                    amount: 60
+                }
+            )
+            .len(),
+            1
+        );
+        assert_eq!(
+            step(
+                &mut a,
+                &AccountCommand::Debit {
+                    transfer: "t1".into(),
+                    amount: 60
+                }
+            ),
+            vec![]
+        );
+        assert!(matches!(
+            step(
+                &mut a,
+                &AccountCommand::Debit {
+                    transfer: "t2".into(),
+                    amount: 60
+                }
+            )[..],
+            [AccountEvent::DebitRefused { .. }]
+        ));
+        step(
+            &mut a,
+            &AccountCommand::ReverseDebit {
+                transfer: "t1".into(),
+            },
+        );
         assert_eq!(a.balance, 100);
-        assert_eq!(step(&mut a, &AccountCommand::ReverseDebit { transfer: "t3".into() }), vec![AccountEvent::DebitVoided { transfer: "t3".into() }]);
-        assert_eq!(step(&mut a, &AccountCommand::Debit { transfer: "t3".into(), amount: 1 }), vec![], "voided debit stays void");
-        step(&mut a, &AccountCommand::VoidCredit { transfer: "t4".into() });
-        assert_eq!(step(&mut a, &AccountCommand::Credit { transfer: "t4".into(), amount: 5 }), vec![], "voided credit stays void");
+        assert_eq!(
+            step(
+                &mut a,
+                &AccountCommand::ReverseDebit {
+                    transfer: "t3".into()
+                }
+            ),
+            vec![AccountEvent::DebitVoided {
+                transfer: "t3".into()
+            }]
+        );
+        assert_eq!(
+            step(
+                &mut a,
+                &AccountCommand::Debit {
+                    transfer: "t3".into(),
+                    amount: 1
+                }
+            ),
+            vec![],
+            "voided debit stays void"
+        );
+        step(
+            &mut a,
+            &AccountCommand::VoidCredit {
+                transfer: "t4".into(),
+            },
+        );
+        assert_eq!(
+            step(
+                &mut a,
+                &AccountCommand::Credit {
+                    transfer: "t4".into(),
+                    amount: 5
+                }
+            ),
+            vec![],
+            "voided credit stays void"
+        );
         assert_eq!(a.balance, 100);
     }
 }

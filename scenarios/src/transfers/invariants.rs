@@ -44,17 +44,30 @@ pub struct TransfersAudit {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(event: &RecordedEvent) -> Result<T, Finding> {
-    event.payload.decode().map_err(|e| Finding::new(invariant::UNDECODABLE, vec![event.stream.to_string()], format!("{}: {e}", event.event_type)))
+    event.payload.decode().map_err(|e| {
+        Finding::new(
+            invariant::UNDECODABLE,
+            vec![event.stream.to_string()],
+            format!("{}: {e}", event.event_type),
+        )
+    })
 }
 
 fn transfer_entities(transfer: &str, account: &RecordedEvent) -> Vec<String> {
-    vec![format!("{}-{transfer}", TransferSaga::NAME), format!("request-{transfer}"), account.stream.to_string()]
+    vec![
+        format!("{}-{transfer}", TransferSaga::NAME),
+        format!("request-{transfer}"),
+        account.stream.to_string(),
+    ]
 }
 
 impl TransfersAudit {
     #[must_use]
     pub fn new() -> Self {
-        TransfersAudit { log: LogAudit::new(), ..Self::default() }
+        TransfersAudit {
+            log: LogAudit::new(),
+            ..Self::default()
+        }
     }
 
     #[must_use]
@@ -69,12 +82,19 @@ impl TransfersAudit {
     pub fn observe(&mut self, events: &[RecordedEvent]) -> Result<(), Finding> {
         for event in events {
             self.log.observe(event)?;
-            let entity = event.stream.as_str().split_once('-').map_or("", |(_, id)| id);
+            let entity = event
+                .stream
+                .as_str()
+                .split_once('-')
+                .map_or("", |(_, id)| id);
             match event.stream.category() {
                 Account::CATEGORY => self.observe_account(entity, event)?,
                 TransferSaga::NAME if !event.event_type.starts_with("reprise.") => {
                     let saga_event = decode::<TransferEvent>(event)?;
-                    self.sagas.entry(entity.to_owned()).or_default().apply(&saga_event);
+                    self.sagas
+                        .entry(entity.to_owned())
+                        .or_default()
+                        .apply(&saga_event);
                 }
                 _ => {}
             }
@@ -105,19 +125,34 @@ impl TransfersAudit {
                 *balance += i128::from(*amount);
                 moved.credits += 1;
                 if moved.debits == 0 {
-                    return Err(Finding::new(invariant::CREDIT_WITHOUT_DEBIT, transfer_entities(transfer, event), "credited before any debit"));
+                    return Err(Finding::new(
+                        invariant::CREDIT_WITHOUT_DEBIT,
+                        transfer_entities(transfer, event),
+                        "credited before any debit",
+                    ));
                 }
             }
             _ => {}
         }
         if *balance < 0 {
-            return Err(Finding::new(invariant::OVERDRAWN, transfer_entities(transfer, event), format!("balance went to {balance}")));
+            return Err(Finding::new(
+                invariant::OVERDRAWN,
+                transfer_entities(transfer, event),
+                format!("balance went to {balance}"),
+            ));
         }
-        if moved.debits > 1 || moved.credits > 1 || moved.reversals > moved.debits || (moved.credits > 0 && moved.reversals > 0) {
+        if moved.debits > 1
+            || moved.credits > 1
+            || moved.reversals > moved.debits
+            || (moved.credits > 0 && moved.reversals > 0)
+        {
             return Err(Finding::new(
                 invariant::MOVED_ONCE,
                 transfer_entities(transfer, event),
-                format!("{} debits, {} reversals, {} credits", moved.debits, moved.reversals, moved.credits),
+                format!(
+                    "{} debits, {} reversals, {} credits",
+                    moved.debits, moved.reversals, moved.credits
+                ),
             ));
         }
         Ok(())
@@ -129,24 +164,52 @@ impl TransfersAudit {
     /// What has not settled, or settled wrongly.
     pub fn check_settled(&self, workload: &TransfersWorkload) -> Result<(), Finding> {
         for planned in &workload.transfers {
-            let step = self.sagas.get(&planned.id).map_or(Step::NotStarted, |s| s.step);
+            let step = self
+                .sagas
+                .get(&planned.id)
+                .map_or(Step::NotStarted, |s| s.step);
             if !matches!(step, Step::Completed | Step::Failed) {
-                return Err(Finding::new(invariant::SAGAS_TERMINAL, vec![format!("{}-{}", TransferSaga::NAME, planned.id), format!("request-{}", planned.id)], format!("saga step: {step:?}")));
+                return Err(Finding::new(
+                    invariant::SAGAS_TERMINAL,
+                    vec![
+                        format!("{}-{}", TransferSaga::NAME, planned.id),
+                        format!("request-{}", planned.id),
+                    ],
+                    format!("saga step: {step:?}"),
+                ));
             }
         }
         let total: i128 = self.balances.values().sum();
         if total != i128::from(workload.total()) {
-            return Err(Finding::new(invariant::CONSERVED, self.balances.keys().map(|a| format!("account-{a}")).collect(), format!("balances sum to {total}, expected {}", workload.total())));
+            return Err(Finding::new(
+                invariant::CONSERVED,
+                self.balances
+                    .keys()
+                    .map(|a| format!("account-{a}"))
+                    .collect(),
+                format!("balances sum to {total}, expected {}", workload.total()),
+            ));
         }
         for planned in &workload.transfers {
             let moved = self.movements.get(&planned.id).cloned().unwrap_or_default();
             let completed = self.sagas[&planned.id].step == Step::Completed;
-            let net_ok = if completed { moved.debits == 1 && moved.credits == 1 && moved.reversals == 0 } else { moved.credits == 0 && moved.reversals == moved.debits };
+            let net_ok = if completed {
+                moved.debits == 1 && moved.credits == 1 && moved.reversals == 0
+            } else {
+                moved.credits == 0 && moved.reversals == moved.debits
+            };
             if !net_ok {
                 return Err(Finding::new(
                     invariant::CONSERVED,
-                    vec![format!("{}-{}", TransferSaga::NAME, planned.id), format!("account-{}", planned.order.from), format!("account-{}", planned.order.to)],
-                    format!("saga {:?} but {} debits, {} reversals, {} credits", self.sagas[&planned.id].step, moved.debits, moved.reversals, moved.credits),
+                    vec![
+                        format!("{}-{}", TransferSaga::NAME, planned.id),
+                        format!("account-{}", planned.order.from),
+                        format!("account-{}", planned.order.to),
+                    ],
+                    format!(
+                        "saga {:?} but {} debits, {} reversals, {} credits",
+                        self.sagas[&planned.id].step, moved.debits, moved.reversals, moved.credits
+                    ),
                 ));
             }
         }

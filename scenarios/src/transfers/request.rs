@@ -54,7 +54,11 @@ impl Aggregate for TransferRequest {
         if order.amount == 0 {
             return Err(RequestError::NothingToMove);
         }
-        Ok(if self.order.is_some() { vec![] } else { vec![RequestEvent::Submitted(order.clone())] })
+        Ok(if self.order.is_some() {
+            vec![]
+        } else {
+            vec![RequestEvent::Submitted(order.clone())]
+        })
     }
 
     fn apply(&mut self, event: &RequestEvent) {

@@ -47,7 +47,10 @@ impl Deadline {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TransferInput {
-    Start { transfer: String, order: TransferOrder },
+    Start {
+        transfer: String,
+        order: TransferOrder,
+    },
     Debited,
     DebitRefused,
     /// Reversed, or voided before it happened.
@@ -59,10 +62,24 @@ pub enum TransferInput {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TransferCommand {
-    Debit { account: String, transfer: String, amount: u64 },
-    ReverseDebit { account: String, transfer: String },
-    Credit { account: String, transfer: String, amount: u64 },
-    VoidCredit { account: String, transfer: String },
+    Debit {
+        account: String,
+        transfer: String,
+        amount: u64,
+    },
+    ReverseDebit {
+        account: String,
+        transfer: String,
+    },
+    Credit {
+        account: String,
+        transfer: String,
+        amount: u64,
+    },
+    VoidCredit {
+        account: String,
+        transfer: String,
+    },
 }
 
 impl TransferCommand {
@@ -99,13 +116,20 @@ impl CommandRoute for TransferCommand {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TransferEvent {
-    Started { transfer: String, order: TransferOrder },
+    Started {
+        transfer: String,
+        order: TransferOrder,
+    },
     DebitConfirmed,
     CreditRetried,
     CreditAbandoned,
-    ReversalStarted { reason: String },
+    ReversalStarted {
+        reason: String,
+    },
     Completed,
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
 }
 
 impl Event for TransferEvent {
@@ -145,33 +169,56 @@ pub struct TransferSaga {
 
 impl TransferSaga {
     fn order(&self) -> &TransferOrder {
-        self.order.as_ref().expect("every step after Start has the order")
+        self.order
+            .as_ref()
+            .expect("every step after Start has the order")
     }
 
     fn debit(&self) -> TransferCommand {
         let o = self.order();
-        TransferCommand::Debit { account: o.from.clone(), transfer: self.transfer.clone(), amount: o.amount }
+        TransferCommand::Debit {
+            account: o.from.clone(),
+            transfer: self.transfer.clone(),
+            amount: o.amount,
+        }
     }
 
     fn credit(&self) -> TransferCommand {
         let o = self.order();
-        TransferCommand::Credit { account: o.to.clone(), transfer: self.transfer.clone(), amount: o.amount }
+        TransferCommand::Credit {
+            account: o.to.clone(),
+            transfer: self.transfer.clone(),
+            amount: o.amount,
+        }
     }
 
     fn reverse(&self) -> TransferCommand {
-        TransferCommand::ReverseDebit { account: self.order().from.clone(), transfer: self.transfer.clone() }
+        TransferCommand::ReverseDebit {
+            account: self.order().from.clone(),
+            transfer: self.transfer.clone(),
+        }
     }
 
     fn void_credit(&self) -> TransferCommand {
-        TransferCommand::VoidCredit { account: self.order().to.clone(), transfer: self.transfer.clone() }
+        TransferCommand::VoidCredit {
+            account: self.order().to.clone(),
+            transfer: self.transfer.clone(),
+        }
     }
 
     fn ask(command: TransferCommand, deadline: Deadline) -> Reaction<Self> {
-        Reaction::none().command(command).set_deadline(deadline.id(), STEP_TIMEOUT, TransferInput::Timeout(deadline))
+        Reaction::none().command(command).set_deadline(
+            deadline.id(),
+            STEP_TIMEOUT,
+            TransferInput::Timeout(deadline),
+        )
     }
 
     fn start_reversal(&self, reason: &str, open: Deadline) -> Reaction<Self> {
-        let mut reaction = Self::ask(self.reverse(), Deadline::Reverse).event(TransferEvent::ReversalStarted { reason: reason.to_owned() });
+        let mut reaction =
+            Self::ask(self.reverse(), Deadline::Reverse).event(TransferEvent::ReversalStarted {
+                reason: reason.to_owned(),
+            });
         reaction.clear_deadlines.push(open.id().to_owned());
         reaction
     }
@@ -188,14 +235,27 @@ impl Saga for TransferSaga {
         use TransferInput as I;
         match (self.step, input) {
             (S::NotStarted, I::Start { transfer, order }) => {
-                let started = TransferSaga { transfer: transfer.clone(), order: Some(order.clone()), ..Self::default() };
-                Self::ask(started.debit(), Deadline::Debit).event(TransferEvent::Started { transfer: transfer.clone(), order: order.clone() })
+                let started = TransferSaga {
+                    transfer: transfer.clone(),
+                    order: Some(order.clone()),
+                    ..Self::default()
+                };
+                Self::ask(started.debit(), Deadline::Debit).event(TransferEvent::Started {
+                    transfer: transfer.clone(),
+                    order: order.clone(),
+                })
             }
-            (S::Debiting, I::Debited) => Self::ask(self.credit(), Deadline::Credit).event(TransferEvent::DebitConfirmed).clear_deadline(Deadline::Debit.id()),
-            (S::Debiting, I::DebitRefused) => {
-                Reaction::none().event(TransferEvent::Failed { reason: "insufficient funds".into() }).clear_deadline(Deadline::Debit.id())
+            (S::Debiting, I::Debited) => Self::ask(self.credit(), Deadline::Credit)
+                .event(TransferEvent::DebitConfirmed)
+                .clear_deadline(Deadline::Debit.id()),
+            (S::Debiting, I::DebitRefused) => Reaction::none()
+                .event(TransferEvent::Failed {
+                    reason: "insufficient funds".into(),
+                })
+                .clear_deadline(Deadline::Debit.id()),
+            (S::Debiting, I::Timeout(Deadline::Debit)) => {
+                self.start_reversal("debit timed out", Deadline::Debit)
             }
-            (S::Debiting, I::Timeout(Deadline::Debit)) => self.start_reversal("debit timed out", Deadline::Debit),
             (S::Crediting | S::VoidingCredit, I::Credited) => Reaction::none()
                 .event(TransferEvent::Completed)
                 .clear_deadline(Deadline::Credit.id())
@@ -204,17 +264,28 @@ impl Saga for TransferSaga {
                 if self.credit_attempts + 1 < CREDIT_ATTEMPTS {
                     Self::ask(self.credit(), Deadline::Credit).event(TransferEvent::CreditRetried)
                 } else {
-                    let mut reaction = Self::ask(self.void_credit(), Deadline::VoidCredit).event(TransferEvent::CreditAbandoned);
-                    reaction.clear_deadlines.push(Deadline::Credit.id().to_owned());
+                    let mut reaction = Self::ask(self.void_credit(), Deadline::VoidCredit)
+                        .event(TransferEvent::CreditAbandoned);
+                    reaction
+                        .clear_deadlines
+                        .push(Deadline::Credit.id().to_owned());
                     reaction
                 }
             }
-            (S::VoidingCredit, I::CreditVoided) => self.start_reversal("credit could not be made", Deadline::VoidCredit),
-            (S::VoidingCredit, I::Timeout(Deadline::VoidCredit)) => Self::ask(self.void_credit(), Deadline::VoidCredit),
-            (S::Reversing, I::DebitUndone | I::DebitRefused) => {
-                Reaction::none().event(TransferEvent::Failed { reason: "reversed".into() }).clear_deadline(Deadline::Reverse.id())
+            (S::VoidingCredit, I::CreditVoided) => {
+                self.start_reversal("credit could not be made", Deadline::VoidCredit)
             }
-            (S::Reversing, I::Timeout(Deadline::Reverse)) => Self::ask(self.reverse(), Deadline::Reverse),
+            (S::VoidingCredit, I::Timeout(Deadline::VoidCredit)) => {
+                Self::ask(self.void_credit(), Deadline::VoidCredit)
+            }
+            (S::Reversing, I::DebitUndone | I::DebitRefused) => Reaction::none()
+                .event(TransferEvent::Failed {
+                    reason: "reversed".into(),
+                })
+                .clear_deadline(Deadline::Reverse.id()),
+            (S::Reversing, I::Timeout(Deadline::Reverse)) => {
+                Self::ask(self.reverse(), Deadline::Reverse)
+            }
             _ => Reaction::none(),
         }
     }

@@ -23,7 +23,10 @@ use crate::plumbing::{ServiceEnv, inbox};
 pub mod groups {
     pub const ACCOUNTS: &str = "accounts-service";
     pub const SAGA: &str = "transfer-saga";
-    pub const ALL: [(&str, &str); 2] = [(ACCOUNTS, super::topics::ACCOUNTS), (SAGA, super::topics::EVENTS)];
+    pub const ALL: [(&str, &str); 2] = [
+        (ACCOUNTS, super::topics::ACCOUNTS),
+        (SAGA, super::topics::EVENTS),
+    ];
 }
 
 fn consumer_options(group: &str, topic: &'static str, bugs: Bugs) -> ConsumerOptions {
@@ -41,25 +44,48 @@ struct AccountsHandler {
 impl MessageHandler for AccountsHandler {
     fn handle<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            let Some(message) = inbox::message_id(delivery) else { return };
+            let Some(message) = inbox::message_id(delivery) else {
+                return;
+            };
             let command = match commands::decode::<TransferCommand>(delivery) {
                 Ok(command) => command,
                 Err(error) => {
-                    self.env.note(format_args!("{}: undecodable message {}: {error}", self.group, delivery.coordinates()));
+                    self.env.note(format_args!(
+                        "{}: undecodable message {}: {error}",
+                        self.group,
+                        delivery.coordinates()
+                    ));
                     inbox::record_alone(&self.env, &self.group, message).await;
                     return;
                 }
             };
             let account_command = match command.clone() {
-                TransferCommand::Debit { transfer, amount, .. } => AccountCommand::Debit { transfer, amount },
-                TransferCommand::ReverseDebit { transfer, .. } => AccountCommand::ReverseDebit { transfer },
-                TransferCommand::Credit { transfer, amount, .. } => AccountCommand::Credit { transfer, amount },
-                TransferCommand::VoidCredit { transfer, .. } => AccountCommand::VoidCredit { transfer },
+                TransferCommand::Debit {
+                    transfer, amount, ..
+                } => AccountCommand::Debit { transfer, amount },
+                TransferCommand::ReverseDebit { transfer, .. } => {
+                    AccountCommand::ReverseDebit { transfer }
+                }
+                TransferCommand::Credit {
+                    transfer, amount, ..
+                } => AccountCommand::Credit { transfer, amount },
+                TransferCommand::VoidCredit { transfer, .. } => {
+                    AccountCommand::VoidCredit { transfer }
+                }
             };
-            let handling = Some(Handling { consumer: &self.group, message });
-            let handled = self.accounts.execute_until_done(&self.env, command.account(), &account_command, handling).await;
+            let handling = Some(Handling {
+                consumer: &self.group,
+                message,
+            });
+            let handled = self
+                .accounts
+                .execute_until_done(&self.env, command.account(), &account_command, handling)
+                .await;
             if let Some(rejection) = handled.rejection {
-                self.env.note(format_args!("account-{}: {account_command:?} refused: {rejection}", command.account()));
+                self.env.note(format_args!(
+                    "account-{}: {account_command:?} refused: {rejection}",
+                    command.account()
+                ));
             }
         })
     }
@@ -70,9 +96,17 @@ pub fn start_accounts_service(env: &ServiceEnv, bugs: Bugs) {
     let handler = Arc::new(AccountsHandler {
         env: env.clone(),
         group: groups::ACCOUNTS.into(),
-        accounts: AggregateCache::new().with_apply_before_append(bugs.contains(PlantedBug::ApplyBeforeAppend)),
+        accounts: AggregateCache::new()
+            .with_apply_before_append(bugs.contains(PlantedBug::ApplyBeforeAppend)),
     });
-    env.runtime.spawn("accounts-service", Box::pin(consumer::run(env.clone(), consumer_options(groups::ACCOUNTS, topics::ACCOUNTS, bugs), handler)));
+    env.runtime.spawn(
+        "accounts-service",
+        Box::pin(consumer::run(
+            env.clone(),
+            consumer_options(groups::ACCOUNTS, topics::ACCOUNTS, bugs),
+            handler,
+        )),
+    );
 }
 
 /// The saga input a relayed event means, and the transfer it concerns.
@@ -90,7 +124,9 @@ pub fn saga_input(event: &RelayedEvent) -> Option<(String, TransferInput)> {
             let input = match decoded {
                 AccountEvent::Debited { .. } => TransferInput::Debited,
                 AccountEvent::DebitRefused { .. } => TransferInput::DebitRefused,
-                AccountEvent::DebitReversed { .. } | AccountEvent::DebitVoided { .. } => TransferInput::DebitUndone,
+                AccountEvent::DebitReversed { .. } | AccountEvent::DebitVoided { .. } => {
+                    TransferInput::DebitUndone
+                }
                 AccountEvent::Credited { .. } => TransferInput::Credited,
                 AccountEvent::CreditVoided { .. } => TransferInput::CreditVoided,
                 AccountEvent::Opened { .. } => return None,
@@ -110,7 +146,9 @@ struct SagaWorker {
 impl MessageHandler for SagaWorker {
     fn handle<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            let Some(event) = RelayedEvent::from_delivery(delivery) else { return };
+            let Some(event) = RelayedEvent::from_delivery(delivery) else {
+                return;
+            };
             if let Some((transfer, input)) = saga_input(&event) {
                 self.host.deliver(&transfer, input).await;
             }
@@ -122,7 +160,13 @@ impl MessageHandler for SagaWorker {
 /// The outbox relay options of the transfers.
 #[must_use]
 pub fn relay_options() -> RelayOptions {
-    let routes = [Account::CATEGORY, TransferRequest::CATEGORY].into_iter().map(|category| Route { category, topic: topics::EVENTS }).collect();
+    let routes = [Account::CATEGORY, TransferRequest::CATEGORY]
+        .into_iter()
+        .map(|category| Route {
+            category,
+            topic: topics::EVENTS,
+        })
+        .collect();
     RelayOptions::new("transfers", routes)
 }
 
@@ -131,10 +175,17 @@ const SUPERVISE_EVERY: Duration = Duration::from_millis(500);
 
 /// Starts the saga service: relay, recovery, and the consumer feeding the sagas.
 pub fn start_saga_service(env: &ServiceEnv, bugs: Bugs) {
-    env.runtime.spawn("outbox-relay", Box::pin(outbox::run(env.clone(), Arc::new(relay_options()))));
+    env.runtime.spawn(
+        "outbox-relay",
+        Box::pin(outbox::run(env.clone(), Arc::new(relay_options()))),
+    );
     let dispatcher = Arc::new(BusDispatcher::<TransferCommand>::new(env.clone(), 3));
     let host = Arc::new(SagaHost::<TransferSaga>::new(env.clone(), dispatcher));
-    let worker = Arc::new(SagaWorker { env: env.clone(), group: groups::SAGA.into(), host: Arc::clone(&host) });
+    let worker = Arc::new(SagaWorker {
+        env: env.clone(),
+        group: groups::SAGA.into(),
+        host: Arc::clone(&host),
+    });
     let options = consumer_options(groups::SAGA, topics::EVENTS, bugs);
     let env2 = env.clone();
     env.runtime.spawn(
@@ -143,7 +194,10 @@ pub fn start_saga_service(env: &ServiceEnv, bugs: Bugs) {
             // Recover first: re-armed deadlines must not wait for new traffic.
             host.recover_all().await;
             let supervised = Arc::clone(&host);
-            env2.runtime.spawn("saga-supervisor", Box::pin(async move { supervised.supervise(SUPERVISE_EVERY).await }));
+            env2.runtime.spawn(
+                "saga-supervisor",
+                Box::pin(async move { supervised.supervise(SUPERVISE_EVERY).await }),
+            );
             consumer::run(env2, options, worker).await;
         }),
     );
@@ -168,7 +222,13 @@ pub struct TransfersOptions {
 impl Default for TransfersOptions {
     /// 8 accounts of 1000, 50 transfers of up to 600 over 5 s.
     fn default() -> Self {
-        TransfersOptions { accounts: 8, initial_balance: 1_000, transfers: 50, max_amount: 600, arrival_span: Duration::from_secs(5) }
+        TransfersOptions {
+            accounts: 8,
+            initial_balance: 1_000,
+            transfers: 50,
+            max_amount: 600,
+            arrival_span: Duration::from_secs(5),
+        }
     }
 }
 
@@ -194,20 +254,38 @@ impl TransfersWorkload {
     /// On options that describe no meaningful run (fewer than two accounts, no transfers).
     #[must_use]
     pub fn generate(options: &TransfersOptions, draw: &mut dyn FnMut() -> u64) -> Self {
-        assert!(options.accounts >= 2 && options.transfers > 0 && options.max_amount > 0, "empty workload: {options:?}");
-        let accounts = (0..options.accounts).map(|i| (format!("a{i}"), options.initial_balance)).collect();
-        let span = u64::try_from(options.arrival_span.as_millis()).unwrap_or(u64::MAX).max(1);
+        assert!(
+            options.accounts >= 2 && options.transfers > 0 && options.max_amount > 0,
+            "empty workload: {options:?}"
+        );
+        let accounts = (0..options.accounts)
+            .map(|i| (format!("a{i}"), options.initial_balance))
+            .collect();
+        let span = u64::try_from(options.arrival_span.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let n = u64::from(options.accounts);
         let mut transfers: Vec<PlannedTransfer> = (0..options.transfers)
             .map(|i| {
                 let from = draw() % n;
                 let to = (from + 1 + draw() % (n - 1)) % n;
-                let order = TransferOrder { from: format!("a{from}"), to: format!("a{to}"), amount: 1 + draw() % options.max_amount };
-                PlannedTransfer { id: format!("t{i:03}"), order, at: Duration::from_millis(100 + draw() % span) }
+                let order = TransferOrder {
+                    from: format!("a{from}"),
+                    to: format!("a{to}"),
+                    amount: 1 + draw() % options.max_amount,
+                };
+                PlannedTransfer {
+                    id: format!("t{i:03}"),
+                    order,
+                    at: Duration::from_millis(100 + draw() % span),
+                }
             })
             .collect();
         transfers.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.id.cmp(&b.id)));
-        TransfersWorkload { accounts, transfers }
+        TransfersWorkload {
+            accounts,
+            transfers,
+        }
     }
 
     /// The money in the system.
@@ -223,14 +301,27 @@ pub async fn run_client(env: ServiceEnv, workload: Arc<TransfersWorkload>) {
     let start = env.runtime.now();
     let accounts = AggregateCache::<Account>::new();
     for (id, balance) in &workload.accounts {
-        accounts.execute_until_done(&env, id, &AccountCommand::Open { balance: *balance }, None).await;
+        accounts
+            .execute_until_done(&env, id, &AccountCommand::Open { balance: *balance }, None)
+            .await;
     }
     let requests = AggregateCache::<TransferRequest>::new();
     for planned in &workload.transfers {
-        env.sleep((start + planned.at).saturating_since(env.runtime.now())).await;
-        let handled = requests.execute_until_done(&env, &planned.id, &RequestCommand::Submit(planned.order.clone()), None).await;
+        env.sleep((start + planned.at).saturating_since(env.runtime.now()))
+            .await;
+        let handled = requests
+            .execute_until_done(
+                &env,
+                &planned.id,
+                &RequestCommand::Submit(planned.order.clone()),
+                None,
+            )
+            .await;
         if !handled.events.is_empty() {
-            env.note(format_args!("request-{} submitted: {:?}", planned.id, planned.order));
+            env.note(format_args!(
+                "request-{} submitted: {:?}",
+                planned.id, planned.order
+            ));
         }
     }
 }

@@ -16,10 +16,17 @@ async fn an_exhausted_pool_fails_with_a_transient_error_instead_of_hanging() {
             .with_acquire_timeout(Duration::from_millis(200)),
     )
     .await;
-    let held = [store.pool().acquire().await.unwrap(), store.pool().acquire().await.unwrap()];
+    let held = [
+        store.pool().acquire().await.unwrap(),
+        store.pool().acquire().await.unwrap(),
+    ];
     let started = Instant::now();
     let result = store
-        .append(AppendBatch::single("pool-1".into(), ExpectedVersion::Any, vec![event(id_base(), 1)]))
+        .append(AppendBatch::single(
+            "pool-1".into(),
+            ExpectedVersion::Any,
+            vec![event(id_base(), 1)],
+        ))
         .await;
     let waited = started.elapsed();
     match &result {
@@ -29,19 +36,33 @@ async fn an_exhausted_pool_fails_with_a_transient_error_instead_of_hanging() {
         }
         other => panic!("expected a transient pool-exhaustion error, got {other:?}"),
     }
-    assert!(waited >= Duration::from_millis(190) && waited < Duration::from_secs(2), "gave up after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(190) && waited < Duration::from_secs(2),
+        "gave up after {waited:?}"
+    );
     let stats = store.pool_stats();
-    assert_eq!((stats.size, stats.idle, stats.max_connections), (2, 0, 2), "{stats:?}");
+    assert_eq!(
+        (stats.size, stats.idle, stats.max_connections),
+        (2, 0, 2),
+        "{stats:?}"
+    );
     assert_eq!(stats.acquire_timeouts, 1, "{stats:?}");
 
     // Capacity returns: the very same request succeeds once a connection is free.
     drop(held);
     store
-        .append(AppendBatch::single("pool-1".into(), ExpectedVersion::Any, vec![event(id_base(), 1)]))
+        .append(AppendBatch::single(
+            "pool-1".into(),
+            ExpectedVersion::Any,
+            vec![event(id_base(), 1)],
+        ))
         .await
         .unwrap();
     let stats = store.pool_stats();
-    assert!(stats.acquires >= 1 && stats.acquire_wait_max >= Duration::ZERO, "{stats:?}");
+    assert!(
+        stats.acquires >= 1 && stats.acquire_wait_max >= Duration::ZERO,
+        "{stats:?}"
+    );
     drop_schema(&store).await;
 }
 
@@ -51,12 +72,19 @@ async fn a_statement_timeout_is_reported_as_timeout_and_the_batch_can_be_retried
     let base = id_base();
     let stream = "locked-1";
     patient
-        .append(AppendBatch::single(stream.into(), ExpectedVersion::NoStream, vec![event(base, 0)]))
+        .append(AppendBatch::single(
+            stream.into(),
+            ExpectedVersion::NoStream,
+            vec![event(base, 0)],
+        ))
         .await
         .unwrap();
     // A second store on the same schema with a short statement timeout.
     let hasty = connect(
-        patient.config().clone().with_statement_timeout(Duration::from_millis(150)),
+        patient
+            .config()
+            .clone()
+            .with_statement_timeout(Duration::from_millis(150)),
     )
     .await;
 
@@ -68,7 +96,11 @@ async fn a_statement_timeout_is_reported_as_timeout_and_the_batch_can_be_retried
         .await
         .unwrap();
 
-    let batch = AppendBatch::single(stream.into(), ExpectedVersion::Exact(1), vec![event(base + 1, 1)]);
+    let batch = AppendBatch::single(
+        stream.into(),
+        ExpectedVersion::Exact(1),
+        vec![event(base + 1, 1)],
+    );
     let timed_out = hasty.append(batch.clone()).await;
     assert_eq!(timed_out, Err(StoreError::Timeout));
     blocker.rollback().await.unwrap();
@@ -90,7 +122,11 @@ async fn racing_writers_with_the_same_expectation_produce_one_winner_and_typed_c
             let store = store.clone();
             tokio::spawn(async move {
                 store
-                    .append(AppendBatch::single("race-1".into(), ExpectedVersion::NoStream, vec![event(base + i, 0)]))
+                    .append(AppendBatch::single(
+                        "race-1".into(),
+                        ExpectedVersion::NoStream,
+                        vec![event(base + i, 0)],
+                    ))
                     .await
             })
         })
@@ -102,7 +138,11 @@ async fn racing_writers_with_the_same_expectation_produce_one_winner_and_typed_c
                 winners += 1;
                 assert_eq!(receipt.version_of(&"race-1".into()), Some(1));
             }
-            Err(StoreError::Conflict { actual: 1, expected: ExpectedVersion::NoStream, .. }) => {}
+            Err(StoreError::Conflict {
+                actual: 1,
+                expected: ExpectedVersion::NoStream,
+                ..
+            }) => {}
             Err(other) => panic!("a lost race must be a conflict, got {other:?}"),
         }
     }
@@ -118,13 +158,31 @@ async fn malformed_input_is_refused_with_invalid_batch_and_leaves_nothing_behind
     let mut not_json = event(base, 0);
     not_json.payload = Payload::from_json_text("{not json");
     let refused = store
-        .append(AppendBatch::single("bad-1".into(), ExpectedVersion::Any, vec![not_json]))
+        .append(AppendBatch::single(
+            "bad-1".into(),
+            ExpectedVersion::Any,
+            vec![not_json],
+        ))
         .await;
-    assert!(matches!(refused, Err(StoreError::InvalidBatch(_))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(StoreError::InvalidBatch(_))),
+        "{refused:?}"
+    );
 
-    let too_many: Vec<NewEvent> = (0..=MAX_EVENTS_PER_TRANSACTION as u128).map(|i| event(base + 1 + i, 0)).collect();
-    let refused = store.append(AppendBatch::single("bad-1".into(), ExpectedVersion::Any, too_many)).await;
-    assert!(matches!(refused, Err(StoreError::InvalidBatch(ref why)) if why.contains("65535")), "{refused:?}");
+    let too_many: Vec<NewEvent> = (0..=MAX_EVENTS_PER_TRANSACTION as u128)
+        .map(|i| event(base + 1 + i, 0))
+        .collect();
+    let refused = store
+        .append(AppendBatch::single(
+            "bad-1".into(),
+            ExpectedVersion::Any,
+            too_many,
+        ))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::InvalidBatch(ref why)) if why.contains("65535")),
+        "{refused:?}"
+    );
 
     assert_eq!(store.stream_version(&"bad-1".into()).await.unwrap(), 0);
     drop_schema(&store).await;

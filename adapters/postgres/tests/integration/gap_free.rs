@@ -31,24 +31,46 @@ async fn a_transaction_that_commits_late_is_not_skipped() {
     let base = id_base();
     let mut a = store.begin().await.unwrap();
     store
-        .append_in(&mut a, &AppendBatch::single("late-a".into(), ExpectedVersion::NoStream, vec![event(base + 1, 1)]))
+        .append_in(
+            &mut a,
+            &AppendBatch::single(
+                "late-a".into(),
+                ExpectedVersion::NoStream,
+                vec![event(base + 1, 1)],
+            ),
+        )
         .await
         .unwrap();
     let b = store
-        .append(AppendBatch::single("late-b".into(), ExpectedVersion::NoStream, vec![event(base + 2, 2)]))
+        .append(AppendBatch::single(
+            "late-b".into(),
+            ExpectedVersion::NoStream,
+            vec![event(base + 2, 2)],
+        ))
         .await
         .unwrap();
 
     // The hazard is real: B is committed, visible, and positioned after A's pending event.
-    let naive: Vec<i64> = sqlx::query_scalar("SELECT global_position FROM events ORDER BY global_position")
-        .fetch_all(store.pool())
-        .await
-        .unwrap();
-    assert_eq!(naive, [i64::try_from(b.last_position).unwrap()], "B is visible to a naive reader");
+    let naive: Vec<i64> =
+        sqlx::query_scalar("SELECT global_position FROM events ORDER BY global_position")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        naive,
+        [i64::try_from(b.last_position).unwrap()],
+        "B is visible to a naive reader"
+    );
 
     // The store's reader holds B back while A may still commit before it.
     let mut reader = store
-        .subscribe("late", SubscriptionOptions { listen: false, ..SubscriptionOptions::default() })
+        .subscribe(
+            "late",
+            SubscriptionOptions {
+                listen: false,
+                ..SubscriptionOptions::default()
+            },
+        )
         .await
         .unwrap();
     assert!(reader.poll().await.unwrap().is_empty(), "B must wait for A");
@@ -56,7 +78,14 @@ async fn a_transaction_that_commits_late_is_not_skipped() {
     a.commit().await.unwrap();
     let mut seen = Vec::new();
     while seen.len() < 2 {
-        seen.extend(reader.next_batch().await.unwrap().into_iter().map(|e| e.event_id));
+        seen.extend(
+            reader
+                .next_batch()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.event_id),
+        );
     }
     assert_eq!(seen, [EventId(base + 1), EventId(base + 2)]);
     drop_schema(&store).await;
@@ -78,7 +107,10 @@ async fn writer(store: PgEventStore, writer: u64, base: u128, ledger: Arc<Mutex<
         let mut batch = AppendBatch::default();
         for s in 0..rng.random_range(1..=2u64) {
             // Shared streams make writers contend for the same stream locks.
-            let stream = StreamId::new(format!("gap-{}", (writer + s * 3 + rng.random_range(0..3u64)) % 6));
+            let stream = StreamId::new(format!(
+                "gap-{}",
+                (writer + s * 3 + rng.random_range(0..3u64)) % 6
+            ));
             if batch.streams.iter().any(|a| a.stream == stream) {
                 continue;
             }
@@ -90,7 +122,11 @@ async fn writer(store: PgEventStore, writer: u64, base: u128, ledger: Arc<Mutex<
                 .collect();
             batch = batch.and(stream, ExpectedVersion::Any, events);
         }
-        let ids: Vec<EventId> = batch.streams.iter().flat_map(|s| s.events.iter().map(|e| e.event_id)).collect();
+        let ids: Vec<EventId> = batch
+            .streams
+            .iter()
+            .flat_map(|s| s.events.iter().map(|e| e.event_id))
+            .collect();
         match rng.random_range(0..100u32) {
             // Plain appends, each in its own transaction.
             0..55 => {
@@ -128,7 +164,11 @@ async fn a_reader_sees_every_committed_event_exactly_once_in_order_under_concurr
 
     // The reader runs while writers write, checkpoints after every batch and restarts from
     // its checkpoint every few batches, as a redeployed projection would.
-    let options = SubscriptionOptions { batch_size: 7, poll_interval: Duration::from_millis(20), listen: true };
+    let options = SubscriptionOptions {
+        batch_size: 7,
+        poll_interval: Duration::from_millis(20),
+        listen: true,
+    };
     let mut reader = store.subscribe("gap-reader", options).await.unwrap();
     let mut seen: Vec<EventId> = Vec::new();
     let mut batches = 0u32;
@@ -165,12 +205,27 @@ async fn a_reader_sees_every_committed_event_exactly_once_in_order_under_concurr
 
     let truth = ids_in_global_order(&store).await;
     let ledger = std::mem::take(&mut *ledger.lock());
-    assert!(!ledger.rolled_back.is_empty() && ledger.committed.len() > 200, "the workload exercised both paths");
-    assert_eq!(truth.iter().copied().collect::<BTreeSet<_>>(), ledger.committed, "the store holds exactly the committed events");
+    assert!(
+        !ledger.rolled_back.is_empty() && ledger.committed.len() > 200,
+        "the workload exercised both paths"
+    );
+    assert_eq!(
+        truth.iter().copied().collect::<BTreeSet<_>>(),
+        ledger.committed,
+        "the store holds exactly the committed events"
+    );
     let unique: BTreeSet<EventId> = seen.iter().copied().collect();
     assert_eq!(unique.len(), seen.len(), "no event delivered twice");
-    assert!(unique.is_disjoint(&ledger.rolled_back), "a rolled-back event was delivered");
-    assert_eq!(seen.len(), truth.len(), "missed {} committed events", truth.len().saturating_sub(seen.len()));
+    assert!(
+        unique.is_disjoint(&ledger.rolled_back),
+        "a rolled-back event was delivered"
+    );
+    assert_eq!(
+        seen.len(),
+        truth.len(),
+        "missed {} committed events",
+        truth.len().saturating_sub(seen.len())
+    );
     assert_eq!(seen, truth, "delivery order is the global order");
     drop_schema(&store).await;
 }

@@ -33,7 +33,10 @@ async fn migrations_go_up_down_and_up_again() {
     let config = config("migrations");
     let store = connect(config.clone()).await;
     assert_eq!(existing_tables(&store).await, TABLES);
-    assert_eq!(database_version(store.pool()).await.unwrap(), code_version());
+    assert_eq!(
+        database_version(store.pool()).await.unwrap(),
+        code_version()
+    );
 
     // Down one step at a time: each down migration must undo exactly its up migration.
     for target in (0..code_version()).rev() {
@@ -44,7 +47,11 @@ async fn migrations_go_up_down_and_up_again() {
             0 => 0,
             n => n + 1,
         };
-        assert_eq!(existing_tables(&store).await, TABLES[..expected], "after undo to {target}");
+        assert_eq!(
+            existing_tables(&store).await,
+            TABLES[..expected],
+            "after undo to {target}"
+        );
     }
     store.close().await;
 
@@ -69,10 +76,20 @@ async fn a_schema_from_a_newer_release_is_refused_at_start() {
     for mode in [MigrationMode::Apply, MigrationMode::Verify] {
         let refused = PgEventStore::connect(config.clone().with_migrations(mode)).await;
         match refused {
-            Err(SetupError::SchemaTooNew { database: 9999, code }) => {
+            Err(SetupError::SchemaTooNew {
+                database: 9999,
+                code,
+            }) => {
                 assert_eq!(code, code_version());
-                let message = SetupError::SchemaTooNew { database: 9999, code }.to_string();
-                assert!(message.contains("9999") && message.contains("newer"), "{message}");
+                let message = SetupError::SchemaTooNew {
+                    database: 9999,
+                    code,
+                }
+                .to_string();
+                assert!(
+                    message.contains("9999") && message.contains("newer"),
+                    "{message}"
+                );
             }
             other => panic!("{mode:?}: expected SchemaTooNew, got {other:?}"),
         }
@@ -93,4 +110,30 @@ async fn verify_mode_changes_nothing_and_requires_the_current_schema() {
     assert_eq!(existing_tables(&verified).await, TABLES);
     verified.close().await;
     drop_schema(&applied).await;
+}
+
+#[tokio::test]
+async fn a_transaction_counter_behind_the_stored_positions_is_refused_at_start() {
+    let config = config("xid_behind");
+    let store = connect(config.clone()).await;
+    // What a logical restore into a fresh cluster looks like: rows written under transaction
+    // ids the new cluster has not reached yet.
+    let future_xid: i64 = 1 << 40;
+    sqlx::query(
+        "INSERT INTO events (global_position, transaction_id, stream_id, stream_version, event_id, \
+         event_type, schema_version, payload) \
+         VALUES (($1::int8 << 16) + 1, $1::text::xid8, 'restored-1', 1, gen_random_uuid(), 'T', 1, '{}')",
+    )
+    .bind(future_xid)
+    .execute(store.pool())
+    .await
+    .unwrap();
+    match PgEventStore::connect(config).await {
+        Err(SetupError::TransactionIdsBehindEvents { next, stored }) => {
+            assert_eq!(stored, future_xid);
+            assert!(next < stored);
+        }
+        other => panic!("expected TransactionIdsBehindEvents, got {other:?}"),
+    }
+    drop_schema(&store).await;
 }

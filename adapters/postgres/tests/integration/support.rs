@@ -21,9 +21,14 @@ pub fn database_url() -> String {
 /// A schema name no other test or run uses.
 pub fn unique_schema(test: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("t_{test}_{:x}_{n}", (nanos ^ u128::from(std::process::id())) as u32)
+    format!(
+        "t_{test}_{:x}_{n}",
+        (nanos ^ u128::from(std::process::id())) as u32
+    )
 }
 
 pub fn config(test: &str) -> PgConfig {
@@ -46,7 +51,10 @@ pub async fn connect(config: PgConfig) -> PgEventStore {
 /// schema behind for inspection.
 pub async fn drop_schema(store: &PgEventStore) {
     let sql = format!("DROP SCHEMA {} CASCADE", store.config().schema);
-    sqlx::query(&sql).execute(store.pool()).await.expect("drop the test schema");
+    sqlx::query(&sql)
+        .execute(store.pool())
+        .await
+        .expect("drop the test schema");
     store.close().await;
 }
 
@@ -67,6 +75,8 @@ pub fn event(id: u128, n: u64) -> NewEvent {
 /// Ids that do not collide across tests and runs (event ids are globally unique per schema,
 /// but keeping them unique everywhere makes leftovers harmless).
 pub fn id_base() -> u128 {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     (nanos << 32) ^ (u128::from(std::process::id()) << 80)
 }

@@ -1,0 +1,273 @@
+//! [`KafkaEventBus`]: the producer side, topic administration, and the factory for group
+//! members ([`KafkaSubscription`]).
+//!
+//! One idempotent producer is shared by every publish (librdkafka batches across callers).
+//! A `publish` enqueues its whole batch in order and then awaits every delivery report, so a
+//! batch costs one round trip, not one per message, and messages with equal keys keep their
+//! order: the idempotent producer never reorders or duplicates within a partition, even
+//! across its internal retries. If enqueueing fails part-way, nothing after the failed
+//! message is enqueued (a later message of the same key must not overtake it), the earlier
+//! ones are still awaited, and the error is returned: the caller retries the whole batch, and
+//! consumers deduplicate what was delivered twice (by event id), as at-least-once requires.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use reprise_core::event_bus::{EventBus, OutgoingMessage, Subscription};
+use reprise_core::{BoxFuture, BusError};
+
+use crate::config::{ConfigError, KafkaConfig};
+use crate::consumer::KafkaSubscription;
+use crate::error::to_bus_error;
+use crate::metrics as m;
+
+/// Where one published message landed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    pub topic: Arc<str>,
+    pub partition: u32,
+    pub offset: u64,
+}
+
+/// A message with raw bytes, for re-publishing what may not be UTF-8 (dead letters).
+#[derive(Clone, Debug)]
+pub(crate) struct RawMessage<'a> {
+    pub topic: &'a str,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+    pub headers: Vec<(&'a str, Option<&'a [u8]>)>,
+}
+
+/// The Kafka-API [`EventBus`]. Cheap to clone; clones share one producer.
+#[derive(Clone)]
+pub struct KafkaEventBus {
+    config: Arc<KafkaConfig>,
+    producer: FutureProducer,
+    admin: Arc<AdminClient<DefaultClientContext>>,
+}
+
+impl std::fmt::Debug for KafkaEventBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaEventBus").field("bootstrap_servers", &self.config.bootstrap_servers).finish_non_exhaustive()
+    }
+}
+
+impl KafkaEventBus {
+    /// Creates the producer and admin clients. librdkafka connects lazily: use
+    /// [`KafkaEventBus::check_connection`] to fail fast on an unreachable broker.
+    ///
+    /// # Errors
+    /// [`KafkaConfig::validate`]'s errors, or [`ConfigError::Rejected`] if librdkafka
+    /// refuses a property (unknown name, value out of range, TLS without the `ssl` feature).
+    pub fn new(config: KafkaConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let producer: FutureProducer =
+            config.producer_config().create().map_err(|e| ConfigError::Rejected(e.to_string()))?;
+        let admin: AdminClient<DefaultClientContext> =
+            config.reader_config().create().map_err(|e| ConfigError::Rejected(e.to_string()))?;
+        // Consumers are created per subscription; check their settings now, not at first use.
+        let _: rdkafka::consumer::BaseConsumer = config
+            .consumer_config("reprise-config-check")
+            .create()
+            .map_err(|e| ConfigError::Rejected(e.to_string()))?;
+        Ok(KafkaEventBus { config: Arc::new(config), producer, admin: Arc::new(admin) })
+    }
+
+    #[must_use]
+    pub fn config(&self) -> &KafkaConfig {
+        &self.config
+    }
+
+    /// One metadata round trip to the cluster.
+    ///
+    /// # Errors
+    /// [`BusError::Timeout`] or [`BusError::Transient`] if no broker answers within the
+    /// operation timeout.
+    pub async fn check_connection(&self) -> Result<(), BusError> {
+        let producer = self.producer.clone();
+        let timeout = self.config.operation_timeout;
+        blocking(move || producer.client().fetch_metadata(None, timeout).map(|_| ()).map_err(|e| to_bus_error(&e, "")))
+            .await
+    }
+
+    /// Creates a topic with a fixed partition count; an existing topic is left alone
+    /// (whatever its partition count: see [`KafkaEventBus::partition_count`]).
+    ///
+    /// # Errors
+    /// [`BusError::Permanent`] for invalid names, counts or missing authorization;
+    /// [`BusError::Timeout`] if the cluster does not answer within the operation timeout.
+    pub async fn create_topic(&self, topic: &str, partitions: u32, replication_factor: u32) -> Result<(), BusError> {
+        let invalid = |what: &str| BusError::Permanent(format!("create_topic {topic}: {what}"));
+        let partitions = i32::try_from(partitions).ok().filter(|p| *p > 0).ok_or_else(|| invalid("partitions must be 1..=i32::MAX"))?;
+        let replication =
+            i32::try_from(replication_factor).ok().filter(|r| *r > 0).ok_or_else(|| invalid("replication factor must be 1..=i32::MAX"))?;
+        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+        let options = AdminOptions::new().operation_timeout(Some(self.config.operation_timeout));
+        let results = self.admin.create_topics([&new], &options).await.map_err(|e| to_bus_error(&e, topic))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => return Err(to_bus_error(&KafkaError::AdminOp(code), &name)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The number of partitions of `topic`, from cluster metadata.
+    ///
+    /// # Errors
+    /// [`BusError::UnknownTopic`] if the topic does not exist.
+    pub async fn partition_count(&self, topic: &str) -> Result<u32, BusError> {
+        let producer = self.producer.clone();
+        let timeout = self.config.operation_timeout;
+        let name = topic.to_owned();
+        blocking(move || {
+            let metadata = producer.client().fetch_metadata(Some(&name), timeout).map_err(|e| to_bus_error(&e, &name))?;
+            let t = metadata.topics().iter().find(|t| t.name() == name).ok_or_else(|| BusError::UnknownTopic(name.clone()))?;
+            if t.error().is_some() || t.partitions().is_empty() {
+                return Err(BusError::UnknownTopic(name.clone()));
+            }
+            Ok(u32::try_from(t.partitions().len()).unwrap_or(u32::MAX))
+        })
+        .await
+    }
+
+    /// [`EventBus::publish`], returning where each message landed, in input order.
+    ///
+    /// # Errors
+    /// The first failure, mapped to [`BusError`] (see `crate::error` for the split).
+    pub async fn publish_with_receipts(&self, messages: Vec<OutgoingMessage>) -> Result<Vec<Receipt>, BusError> {
+        let raw = messages
+            .iter()
+            .map(|msg| RawMessage {
+                topic: &msg.topic,
+                key: Some(msg.key.as_bytes()),
+                payload: Some(msg.payload.as_str().as_bytes()),
+                headers: msg.headers.0.iter().map(|(k, v)| (k.as_str(), Some(v.as_bytes()))).collect(),
+            })
+            .collect::<Vec<_>>();
+        self.publish_raw(&raw).await
+    }
+
+    /// Publishes raw messages in order and awaits every delivery report.
+    pub(crate) async fn publish_raw(&self, messages: &[RawMessage<'_>]) -> Result<Vec<Receipt>, BusError> {
+        let started = Instant::now();
+        let mut pending: VecDeque<(&str, DeliveryFuture)> = VecDeque::with_capacity(messages.len());
+        let mut receipts = Vec::with_capacity(messages.len());
+        let mut published: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut failure: Option<(&str, BusError)> = None;
+        'enqueue: for message in messages {
+            let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
+            for (key, value) in &message.headers {
+                headers = headers.insert(Header { key, value: *value });
+            }
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(message.topic).headers(headers);
+            if let Some(key) = message.key {
+                record = record.key(key);
+            }
+            if let Some(payload) = message.payload {
+                record = record.payload(payload);
+            }
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => {
+                        pending.push_back((message.topic, delivery));
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                        // Back-pressure: wait for the oldest in-flight message, then retry.
+                        record = returned;
+                        match pending.pop_front() {
+                            Some((topic, delivery)) => match await_delivery(topic, delivery).await {
+                                Ok(receipt) => {
+                                    *published.entry(topic).or_default() += 1;
+                                    receipts.push(receipt);
+                                }
+                                Err(e) => {
+                                    failure = Some((topic, e));
+                                    break 'enqueue;
+                                }
+                            },
+                            None => tokio::time::sleep(Duration::from_millis(5)).await,
+                        }
+                    }
+                    Err((e, _)) => {
+                        failure = Some((message.topic, to_bus_error(&e, message.topic)));
+                        break 'enqueue;
+                    }
+                }
+            }
+        }
+        for (topic, delivery) in pending {
+            match await_delivery(topic, delivery).await {
+                Ok(receipt) => {
+                    *published.entry(topic).or_default() += 1;
+                    receipts.push(receipt);
+                }
+                Err(e) => {
+                    failure.get_or_insert((topic, e));
+                }
+            }
+        }
+        for (topic, count) in published {
+            metrics::counter!(m::PUBLISHED_TOTAL, "topic" => topic.to_owned()).increment(count);
+        }
+        metrics::histogram!(m::PUBLISH_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
+        match failure {
+            Some((topic, error)) => {
+                metrics::counter!(m::PUBLISH_ERRORS_TOTAL, "topic" => topic.to_owned(), "kind" => error.kind()).increment(1);
+                tracing::warn!(topic, %error, "publish failed");
+                Err(error)
+            }
+            None => Ok(receipts),
+        }
+    }
+
+    /// [`EventBus::subscribe`] with the concrete type (for [`KafkaSubscription::assignment`]).
+    ///
+    /// # Errors
+    /// [`BusError::Permanent`] for an empty group or topic list, or a client that cannot
+    /// be created.
+    pub fn subscribe_group(&self, group: &str, topics: &[&str]) -> Result<KafkaSubscription, BusError> {
+        KafkaSubscription::new(self.clone(), group, topics)
+    }
+
+    pub(crate) fn producer_shared(&self) -> &Arc<KafkaConfig> {
+        &self.config
+    }
+}
+
+async fn await_delivery(topic: &str, delivery: DeliveryFuture) -> Result<Receipt, BusError> {
+    match delivery.await {
+        Ok(Ok(d)) => Ok(Receipt {
+            topic: Arc::from(topic),
+            partition: u32::try_from(d.partition).map_err(|_| BusError::Permanent(format!("negative partition {}", d.partition)))?,
+            offset: u64::try_from(d.offset).map_err(|_| BusError::Permanent(format!("negative offset {}", d.offset)))?,
+        }),
+        Ok(Err((e, _))) => Err(to_bus_error(&e, topic)),
+        Err(_canceled) => Err(BusError::Closed),
+    }
+}
+
+/// Runs a blocking librdkafka call off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, BusError> + Send + 'static) -> Result<T, BusError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| BusError::Permanent(format!("blocking task failed: {e}")))?
+}
+
+impl EventBus for KafkaEventBus {
+    fn publish(&self, messages: Vec<OutgoingMessage>) -> BoxFuture<'static, Result<(), BusError>> {
+        let bus = self.clone();
+        Box::pin(async move { bus.publish_with_receipts(messages).await.map(|_| ()) })
+    }
+
+    fn subscribe(&self, group: &str, topics: &[&str]) -> BoxFuture<'static, Result<Box<dyn Subscription>, BusError>> {
+        let result = self.subscribe_group(group, topics).map(|s| Box::new(s) as Box<dyn Subscription>);
+        Box::pin(std::future::ready(result))
+    }
+}

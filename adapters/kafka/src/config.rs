@@ -1,0 +1,375 @@
+//! Connection and group settings, and the librdkafka properties they become.
+//!
+//! Why a struct instead of a bag of strings: the adapter's guarantees (at-least-once,
+//! per-key order, partitions that agree with [`reprise_core::event_bus::partition_for_key`])
+//! depend on a handful of librdkafka properties. Those are set by the adapter and cannot be
+//! overridden through [`KafkaConfig::property`]; everything else (TLS, SASL, tuning) passes
+//! through untouched, so a managed service is a matter of configuration, not code
+//! (`docs/event-bus.md` has examples for Redpanda, Apache Kafka, MSK, Event Hubs, Confluent
+//! Cloud and Redpanda Cloud).
+//!
+//! Group timing matters more than it looks: a consumer receives nothing until the group
+//! has formed, which takes roughly one session timeout on some brokers (tansu: ~23 s with
+//! librdkafka's defaults, ~3 s with `session.timeout.ms=6000`, `heartbeat.interval.ms=500`).
+//! Tests and latency-sensitive services should lower both; see [`KafkaConfig::group_timing`].
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+
+/// Properties the adapter owns: overriding them would silently break a guarantee.
+const RESERVED: &[(&str, &str)] = &[
+    ("enable.idempotence", "the producer is always idempotent (no duplicates on retry, per-key order kept)"),
+    ("acks", "acks=all is required for durability"),
+    ("partitioner", "murmur2_random keeps partitions identical to reprise_core::event_bus::partition_for_key"),
+    ("enable.auto.commit", "offsets are committed only for handled messages, by Subscription::commit"),
+    ("enable.auto.offset.store", "offsets are stored only for handled messages, contiguously"),
+    ("group.id", "the group is chosen per subscription (EventBus::subscribe)"),
+    ("bootstrap.servers", "use KafkaConfig::new / bootstrap_servers"),
+    ("client.id", "use KafkaConfig::client_id"),
+    ("session.timeout.ms", "use KafkaConfig::group_timing"),
+    ("heartbeat.interval.ms", "use KafkaConfig::group_timing"),
+    ("message.timeout.ms", "use KafkaConfig::delivery_timeout"),
+    ("delivery.timeout.ms", "use KafkaConfig::delivery_timeout"),
+    ("statistics.interval.ms", "use KafkaConfig::statistics_interval (drives the lag metric)"),
+];
+
+/// A configuration the adapter refuses, with the reason.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("bootstrap servers are empty")]
+    NoBootstrapServers,
+    #[error("property `{name}` is set by the adapter: {reason}")]
+    Reserved { name: String, reason: &'static str },
+    #[error("{name} must be between 1 ms and {max_ms} ms, got {got:?}")]
+    OutOfRange { name: &'static str, got: Duration, max_ms: u64 },
+    #[error("heartbeat interval {heartbeat:?} must be below a third of the session timeout {session:?}")]
+    HeartbeatTooSlow { heartbeat: Duration, session: Duration },
+    #[error("environment variable {name}: {problem}")]
+    Env { name: &'static str, problem: String },
+    #[error("dead-letter suffix `{0}` must be non-empty and use only [A-Za-z0-9._-]")]
+    BadDeadLetterSuffix(String),
+    #[error("librdkafka refused the configuration: {0}")]
+    Rejected(String),
+}
+
+/// Where new consumer groups start reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OffsetReset {
+    /// From the oldest retained message: a new group processes history (the default, and
+    /// the only at-least-once choice for a projection or saga that must see every event).
+    Earliest,
+    /// Only messages published after the group first joined.
+    Latest,
+}
+
+/// Settings for [`crate::KafkaEventBus`]. Defaults follow librdkafka's, except where the
+/// adapter's guarantees need otherwise (`auto.offset.reset=earliest`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port…]`.
+    pub bootstrap_servers: String,
+    /// Shown in broker logs and quotas.
+    pub client_id: String,
+    /// A member that sends no heartbeat for this long is removed from its group.
+    pub session_timeout: Duration,
+    /// How often a member heartbeats; also bounds how fast it notices a rebalance.
+    pub heartbeat_interval: Duration,
+    /// How long the producer keeps retrying one message before reporting
+    /// [`reprise_core::BusError::Timeout`] (`message.timeout.ms`).
+    pub delivery_timeout: Duration,
+    /// Bound on admin calls, synchronous commits, metadata and watermark queries.
+    pub operation_timeout: Duration,
+    /// How often librdkafka reports statistics, from which the consumer-lag gauge is set.
+    /// `None` disables the lag metric.
+    pub statistics_interval: Option<Duration>,
+    /// Where a group with no committed offset starts.
+    pub offset_reset: OffsetReset,
+    /// Dead letters of topic `t` go to `t` + this suffix (default `.dlq`).
+    pub dead_letter_suffix: String,
+    /// Any other librdkafka property, passed through (`security.protocol`, `sasl.*`,
+    /// `ssl.*`, `linger.ms`, `compression.type`, `partition.assignment.strategy`, …).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl KafkaConfig {
+    /// A configuration with librdkafka's group timing (45 s session, 3 s heartbeat).
+    #[must_use]
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        KafkaConfig {
+            bootstrap_servers: bootstrap_servers.into(),
+            client_id: "reprise".to_owned(),
+            session_timeout: Duration::from_secs(45),
+            heartbeat_interval: Duration::from_secs(3),
+            delivery_timeout: Duration::from_secs(30),
+            operation_timeout: Duration::from_secs(10),
+            statistics_interval: Some(Duration::from_secs(5)),
+            offset_reset: OffsetReset::Earliest,
+            dead_letter_suffix: ".dlq".to_owned(),
+            properties: BTreeMap::new(),
+        }
+    }
+
+    /// Reads `KAFKA_BOOTSTRAP` (required) and, when set, `KAFKA_CLIENT_ID`,
+    /// `KAFKA_SESSION_TIMEOUT_MS`, `KAFKA_HEARTBEAT_INTERVAL_MS`,
+    /// `KAFKA_DELIVERY_TIMEOUT_MS` and `KAFKA_PROPERTIES` (`name=value` pairs separated by
+    /// newlines or `;`, e.g. `security.protocol=SASL_SSL;sasl.mechanism=PLAIN`).
+    ///
+    /// # Errors
+    /// [`ConfigError::Env`] if `KAFKA_BOOTSTRAP` is missing or a value does not parse;
+    /// any error of [`KafkaConfig::validate`].
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let bootstrap = std::env::var("KAFKA_BOOTSTRAP").map_err(|e| ConfigError::Env {
+            name: "KAFKA_BOOTSTRAP",
+            problem: format!("{e} (start a broker with `eval \"$(scripts/kafka.sh)\"`)"),
+        })?;
+        let mut config = KafkaConfig::new(bootstrap);
+        if let Ok(id) = std::env::var("KAFKA_CLIENT_ID") {
+            config.client_id = id;
+        }
+        let millis = |name: &'static str| -> Result<Option<Duration>, ConfigError> {
+            match std::env::var(name) {
+                Ok(v) => v.trim().parse::<u64>().map(|ms| Some(Duration::from_millis(ms))).map_err(|e| {
+                    ConfigError::Env { name, problem: format!("`{v}` is not a number of milliseconds: {e}") }
+                }),
+                Err(_) => Ok(None),
+            }
+        };
+        if let Some(d) = millis("KAFKA_SESSION_TIMEOUT_MS")? {
+            config.session_timeout = d;
+        }
+        if let Some(d) = millis("KAFKA_HEARTBEAT_INTERVAL_MS")? {
+            config.heartbeat_interval = d;
+        }
+        if let Some(d) = millis("KAFKA_DELIVERY_TIMEOUT_MS")? {
+            config.delivery_timeout = d;
+        }
+        if let Ok(props) = std::env::var("KAFKA_PROPERTIES") {
+            for pair in props.split(['\n', ';']).map(str::trim).filter(|p| !p.is_empty()) {
+                let (name, value) = pair.split_once('=').ok_or_else(|| ConfigError::Env {
+                    name: "KAFKA_PROPERTIES",
+                    problem: format!("`{pair}` is not `name=value`"),
+                })?;
+                config.properties.insert(name.trim().to_owned(), value.trim().to_owned());
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    #[must_use]
+    pub fn client_id(mut self, id: impl Into<String>) -> Self {
+        self.client_id = id.into();
+        self
+    }
+
+    /// Session timeout and heartbeat interval of consumer groups. Lower values make groups
+    /// form and fail over faster at the cost of more heartbeats.
+    #[must_use]
+    pub fn group_timing(mut self, session_timeout: Duration, heartbeat_interval: Duration) -> Self {
+        self.session_timeout = session_timeout;
+        self.heartbeat_interval = heartbeat_interval;
+        self
+    }
+
+    #[must_use]
+    pub fn delivery_timeout(mut self, timeout: Duration) -> Self {
+        self.delivery_timeout = timeout;
+        self
+    }
+
+    #[must_use]
+    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+        self.operation_timeout = timeout;
+        self
+    }
+
+    #[must_use]
+    pub fn statistics_interval(mut self, interval: Option<Duration>) -> Self {
+        self.statistics_interval = interval;
+        self
+    }
+
+    #[must_use]
+    pub fn offset_reset(mut self, reset: OffsetReset) -> Self {
+        self.offset_reset = reset;
+        self
+    }
+
+    /// The suffix naming dead-letter topics (`orders` → `orders.dlq` by default).
+    #[must_use]
+    pub fn dead_letter_suffix(mut self, suffix: impl Into<String>) -> Self {
+        self.dead_letter_suffix = suffix.into();
+        self
+    }
+
+    /// The dead-letter topic of `topic`.
+    #[must_use]
+    pub fn dead_letter_topic(&self, topic: &str) -> String {
+        format!("{topic}{}", self.dead_letter_suffix)
+    }
+
+    /// A librdkafka property passed through as is. Reserved properties are refused by
+    /// [`KafkaConfig::validate`].
+    #[must_use]
+    pub fn property(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.insert(name.into(), value.into());
+        self
+    }
+
+    /// How long a new group member may wait for its first assignment: two session
+    /// timeouts plus the time to fetch. Size test and readiness timeouts with this.
+    #[must_use]
+    pub fn group_join_budget(&self) -> Duration {
+        self.session_timeout * 2 + Duration::from_secs(5)
+    }
+
+    /// Checks everything that can be checked without a broker.
+    ///
+    /// # Errors
+    /// The first problem found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.bootstrap_servers.split(',').all(|s| s.trim().is_empty()) {
+            return Err(ConfigError::NoBootstrapServers);
+        }
+        for (name, reason) in RESERVED {
+            if self.properties.contains_key(*name) {
+                return Err(ConfigError::Reserved { name: (*name).to_owned(), reason });
+            }
+        }
+        let suffix_ok = !self.dead_letter_suffix.is_empty()
+            && self.dead_letter_suffix.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !suffix_ok {
+            return Err(ConfigError::BadDeadLetterSuffix(self.dead_letter_suffix.clone()));
+        }
+        let max = u64::try_from(i32::MAX).unwrap_or(u64::MAX);
+        let mut durations = vec![
+            ("session_timeout", self.session_timeout),
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("delivery_timeout", self.delivery_timeout),
+            ("operation_timeout", self.operation_timeout),
+        ];
+        if let Some(interval) = self.statistics_interval {
+            durations.push(("statistics_interval", interval));
+        }
+        for (name, got) in durations {
+            if got < Duration::from_millis(1) || got.as_millis() > u128::from(max) {
+                return Err(ConfigError::OutOfRange { name, got, max_ms: max });
+            }
+        }
+        if self.heartbeat_interval * 3 > self.session_timeout {
+            return Err(ConfigError::HeartbeatTooSlow { heartbeat: self.heartbeat_interval, session: self.session_timeout });
+        }
+        Ok(())
+    }
+
+    fn base(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap_servers).set("client.id", &self.client_id);
+        if let Some(interval) = self.statistics_interval {
+            c.set("statistics.interval.ms", interval.as_millis().to_string());
+        }
+        for (name, value) in &self.properties {
+            c.set(name, value);
+        }
+        c
+    }
+
+    /// The producer's librdkafka configuration.
+    pub(crate) fn producer_config(&self) -> ClientConfig {
+        let mut c = self.base();
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("partitioner", "murmur2_random")
+            .set("message.timeout.ms", self.delivery_timeout.as_millis().to_string());
+        c
+    }
+
+    /// A group member's librdkafka configuration.
+    pub(crate) fn consumer_config(&self, group: &str) -> ClientConfig {
+        let mut c = self.base();
+        c.set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("session.timeout.ms", self.session_timeout.as_millis().to_string())
+            .set("heartbeat.interval.ms", self.heartbeat_interval.as_millis().to_string())
+            .set(
+                "auto.offset.reset",
+                match self.offset_reset {
+                    OffsetReset::Earliest => "earliest",
+                    OffsetReset::Latest => "latest",
+                },
+            );
+        c
+    }
+
+    /// A group-less reader (dead-letter listing) or admin client configuration.
+    pub(crate) fn reader_config(&self) -> ClientConfig {
+        let mut c = self.base();
+        // librdkafka refuses `assign` without a group id. Readers assign partitions
+        // explicitly and never subscribe or commit, so this group is never joined.
+        c.set("group.id", format!("{}-reader", self.client_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
+        // Statistics only feed the group lag gauge; a reader has no group.
+        c.remove("statistics.interval.ms");
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        assert_eq!(KafkaConfig::new("127.0.0.1:9092").validate(), Ok(()));
+    }
+
+    #[test]
+    fn reserved_properties_are_refused() {
+        let config = KafkaConfig::new("b:9092").property("enable.auto.commit", "true");
+        assert!(matches!(config.validate(), Err(ConfigError::Reserved { name, .. }) if name == "enable.auto.commit"));
+        let config = KafkaConfig::new("b:9092").property("acks", "1");
+        assert!(matches!(config.validate(), Err(ConfigError::Reserved { .. })));
+    }
+
+    #[test]
+    fn pass_through_properties_reach_librdkafka() {
+        let config = KafkaConfig::new("b:9092").property("security.protocol", "SASL_SSL").property("sasl.mechanism", "PLAIN");
+        assert_eq!(config.validate(), Ok(()));
+        let producer = config.producer_config();
+        assert_eq!(producer.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(producer.get("sasl.mechanism"), Some("PLAIN"));
+        assert_eq!(producer.get("partitioner"), Some("murmur2_random"));
+        assert_eq!(producer.get("enable.idempotence"), Some("true"));
+        assert_eq!(producer.get("acks"), Some("all"));
+    }
+
+    #[test]
+    fn consumer_settings_follow_the_config() {
+        let config = KafkaConfig::new("b:9092").group_timing(Duration::from_secs(6), Duration::from_millis(500));
+        let consumer = config.consumer_config("g1");
+        assert_eq!(consumer.get("group.id"), Some("g1"));
+        assert_eq!(consumer.get("session.timeout.ms"), Some("6000"));
+        assert_eq!(consumer.get("heartbeat.interval.ms"), Some("500"));
+        assert_eq!(consumer.get("enable.auto.commit"), Some("false"));
+        assert_eq!(consumer.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(consumer.get("auto.offset.reset"), Some("earliest"));
+    }
+
+    #[test]
+    fn bad_values_get_typed_errors() {
+        assert_eq!(KafkaConfig::new(" , ").validate(), Err(ConfigError::NoBootstrapServers));
+        let slow = KafkaConfig::new("b:9092").group_timing(Duration::from_secs(6), Duration::from_secs(3));
+        assert!(matches!(slow.validate(), Err(ConfigError::HeartbeatTooSlow { .. })));
+        let zero = KafkaConfig::new("b:9092").delivery_timeout(Duration::ZERO);
+        assert!(matches!(zero.validate(), Err(ConfigError::OutOfRange { name: "delivery_timeout", .. })));
+        let huge = KafkaConfig::new("b:9092").operation_timeout(Duration::from_secs(10_000_000));
+        assert!(matches!(huge.validate(), Err(ConfigError::OutOfRange { name: "operation_timeout", .. })));
+        let suffix = KafkaConfig::new("b:9092").dead_letter_suffix("/dlq");
+        assert_eq!(suffix.validate(), Err(ConfigError::BadDeadLetterSuffix("/dlq".into())));
+        assert_eq!(KafkaConfig::new("b:9092").dead_letter_topic("orders"), "orders.dlq");
+    }
+}

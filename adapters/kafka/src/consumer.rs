@@ -1,0 +1,335 @@
+//! [`KafkaSubscription`]: one member of a consumer group, with at-least-once offsets.
+//!
+//! librdkafka's automatic commits and offset stores are off: an offset is committed only
+//! after the handler acknowledged the message *and* every earlier message of the partition
+//! ([`crate::offsets::OffsetTracker`]). Rebalances run through [`GroupContext`]: before
+//! partitions are revoked, their handled prefix is committed synchronously (so the next
+//! owner starts right after the work already done) and their pending state is dropped (so a
+//! late `ack` cannot commit on behalf of the new owner); assigned partitions start fresh.
+//!
+//! Revocation commits run inside librdkafka's rebalance callback, which fires inside
+//! [`Subscription::next`] (or on drop, when the member leaves the group): they block that
+//! thread for one commit round trip. Dropping a subscription closes the consumer and waits
+//! for the group to acknowledge the departure, so the survivors rebalance at once instead of
+//! after a session timeout.
+//!
+//! A message whose key, payload or headers are not UTF-8 (or whose payload is null) cannot
+//! become a [`Delivery`]; rather than stall its partition forever, the subscription sends
+//! it to the dead-letter topic as raw bytes and acknowledges it (see [`crate::dead_letter`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Headers as _, Message};
+use rdkafka::statistics::Statistics;
+use rdkafka::{Offset, TopicPartitionList};
+use reprise_core::event_bus::{Delivery, Headers, Subscription};
+use reprise_core::{BoxFuture, BusError, Payload};
+
+use crate::bus::{KafkaEventBus, RawMessage};
+use crate::dead_letter::{self, Failure};
+use crate::error::to_bus_error;
+use crate::metrics as m;
+use crate::offsets::OffsetTracker;
+
+/// librdkafka callbacks of one group member: rebalances, statistics (lag), errors.
+pub struct GroupContext {
+    group: Arc<str>,
+    tracker: Arc<Mutex<OffsetTracker>>,
+}
+
+impl std::fmt::Debug for GroupContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupContext").field("group", &self.group).finish_non_exhaustive()
+    }
+}
+
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: Statistics) {
+        let tracker = self.tracker.lock();
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                let Ok(partition) = u32::try_from(*partition) else { continue }; // -1: internal
+                if p.consumer_lag >= 0 && tracker.is_assigned(topic, partition) {
+                    #[allow(clippy::cast_precision_loss)]
+                    let lag = p.consumer_lag as f64;
+                    metrics::gauge!(m::CONSUMER_LAG, "group" => self.group.to_string(), "topic" => topic.clone(), "partition" => partition.to_string())
+                        .set(lag);
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let kind = to_bus_error(&error, "").kind();
+        metrics::counter!(m::CONSUMER_ERRORS_TOTAL, "group" => self.group.to_string(), "kind" => kind).increment(1);
+        tracing::warn!(group = %self.group, %error, reason, "kafka consumer error");
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(list) => {
+                let revoked: Vec<(String, u32)> = list
+                    .elements()
+                    .iter()
+                    .filter_map(|e| Some((e.topic().to_owned(), u32::try_from(e.partition()).ok()?)))
+                    .collect();
+                metrics::counter!(m::REBALANCES_TOTAL, "group" => self.group.to_string(), "event" => "revoke").increment(1);
+                let positions = self.tracker.lock().committable_among(&revoked);
+                if !positions.is_empty() {
+                    // Synchronous: the next owner must see this commit before it starts.
+                    match commit_positions(consumer, &positions) {
+                        Ok(()) => {
+                            metrics::counter!(m::COMMITS_TOTAL, "group" => self.group.to_string()).increment(1);
+                            tracing::debug!(group = %self.group, ?positions, "committed on revoke");
+                        }
+                        Err(error) => {
+                            metrics::counter!(m::CONSUMER_ERRORS_TOTAL, "group" => self.group.to_string(), "kind" => to_bus_error(&error, "").kind())
+                                .increment(1);
+                            tracing::warn!(group = %self.group, %error, "commit on revoke failed; the next owner redelivers");
+                        }
+                    }
+                }
+                let mut tracker = self.tracker.lock();
+                for (topic, partition) in &revoked {
+                    tracker.revoke(topic, *partition);
+                }
+                metrics::gauge!(m::UNCOMMITTED, "group" => self.group.to_string()).set(count(tracker.uncommitted()));
+            }
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(error) => {
+                metrics::counter!(m::REBALANCES_TOTAL, "group" => self.group.to_string(), "event" => "error").increment(1);
+                tracing::warn!(group = %self.group, %error, "rebalance error");
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            metrics::counter!(m::REBALANCES_TOTAL, "group" => self.group.to_string(), "event" => "assign").increment(1);
+            let mut tracker = self.tracker.lock();
+            for e in list.elements() {
+                if let Ok(partition) = u32::try_from(e.partition()) {
+                    tracker.assign(e.topic(), partition);
+                }
+            }
+            tracing::debug!(group = %self.group, assignment = ?tracker.assignment(), "partitions assigned");
+        }
+    }
+}
+
+fn commit_positions(consumer: &impl Consumer<GroupContext>, positions: &[(Arc<str>, u32, u64)]) -> KafkaResult<()> {
+    let mut list = TopicPartitionList::with_capacity(positions.len());
+    for (topic, partition, offset) in positions {
+        let partition = i32::try_from(*partition).map_err(|_| KafkaError::ConsumerCommit(RDKafkaErrorCode::InvalidArgument))?;
+        let offset = i64::try_from(*offset).map_err(|_| KafkaError::ConsumerCommit(RDKafkaErrorCode::InvalidArgument))?;
+        list.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    }
+    consumer.commit(&list, CommitMode::Sync)
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn count(n: usize) -> f64 {
+    n as f64
+}
+
+/// One member of a consumer group on a [`KafkaEventBus`]. Dropping it commits the handled
+/// prefix of its partitions and leaves the group.
+pub struct KafkaSubscription {
+    bus: KafkaEventBus,
+    consumer: Arc<StreamConsumer<GroupContext>>,
+    tracker: Arc<Mutex<OffsetTracker>>,
+    group: Arc<str>,
+    consumed: BTreeMap<String, metrics::Counter>,
+}
+
+impl std::fmt::Debug for KafkaSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSubscription").field("group", &self.group).field("assignment", &self.assignment()).finish_non_exhaustive()
+    }
+}
+
+/// What a raw message could not be turned into a [`Delivery`] for.
+enum Undecodable {
+    Ok(Delivery),
+    Poison(String),
+}
+
+impl KafkaSubscription {
+    pub(crate) fn new(bus: KafkaEventBus, group: &str, topics: &[&str]) -> Result<Self, BusError> {
+        if group.trim().is_empty() {
+            return Err(BusError::Permanent("subscribe: the group id is empty".into()));
+        }
+        if topics.is_empty() || topics.iter().any(|t| t.trim().is_empty()) {
+            return Err(BusError::Permanent(format!("subscribe: invalid topic list {topics:?}")));
+        }
+        let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
+        let group: Arc<str> = Arc::from(group);
+        let context = GroupContext { group: Arc::clone(&group), tracker: Arc::clone(&tracker) };
+        let consumer: StreamConsumer<GroupContext> = bus
+            .producer_shared()
+            .consumer_config(&group)
+            .create_with_context(context)
+            .map_err(|e| BusError::Permanent(format!("cannot create consumer: {e}")))?;
+        consumer.subscribe(topics).map_err(|e| to_bus_error(&e, topics[0]))?;
+        Ok(KafkaSubscription { bus, consumer: Arc::new(consumer), tracker, group, consumed: BTreeMap::new() })
+    }
+
+    /// The consumer group.
+    #[must_use]
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// The partitions currently assigned to this member (empty until the group formed).
+    #[must_use]
+    pub fn assignment(&self) -> Vec<(String, u32)> {
+        self.tracker.lock().assignment()
+    }
+
+    /// Delivered messages not yet committed.
+    #[must_use]
+    pub fn uncommitted(&self) -> usize {
+        self.tracker.lock().uncommitted()
+    }
+
+    fn decode(message: &BorrowedMessage<'_>) -> Result<Undecodable, BusError> {
+        let partition = u32::try_from(message.partition()).map_err(|_| BusError::Permanent("negative partition".into()))?;
+        let offset = u64::try_from(message.offset()).map_err(|_| BusError::Permanent("negative offset".into()))?;
+        let key = match message.key().map(std::str::from_utf8) {
+            None => "",
+            Some(Ok(key)) => key,
+            Some(Err(e)) => return Ok(Undecodable::Poison(format!("key is not UTF-8: {e}"))),
+        };
+        let payload = match message.payload().map(std::str::from_utf8) {
+            None => return Ok(Undecodable::Poison("null payload (tombstone)".into())),
+            Some(Ok(payload)) => payload,
+            Some(Err(e)) => return Ok(Undecodable::Poison(format!("payload is not UTF-8: {e}"))),
+        };
+        let mut headers = Headers::default();
+        if let Some(raw) = message.headers() {
+            for h in raw.iter() {
+                let value = match h.value.map(std::str::from_utf8) {
+                    None => "",
+                    Some(Ok(v)) => v,
+                    Some(Err(e)) => return Ok(Undecodable::Poison(format!("header {} is not UTF-8: {e}", h.key))),
+                };
+                // Kafka allows duplicate names: keep them all, in order.
+                headers.0.push((h.key.to_owned(), value.to_owned()));
+            }
+        }
+        Ok(Undecodable::Ok(Delivery {
+            topic: Arc::from(message.topic()),
+            partition,
+            offset,
+            key: Arc::from(key),
+            payload: Payload::from_json_text(payload),
+            headers,
+        }))
+    }
+
+    async fn next_delivery(&mut self) -> Result<Delivery, BusError> {
+        loop {
+            let consumer = Arc::clone(&self.consumer);
+            let message = match consumer.recv().await {
+                Ok(message) => message,
+                Err(error) => {
+                    let error = to_bus_error(&error, "");
+                    metrics::counter!(m::CONSUMER_ERRORS_TOTAL, "group" => self.group.to_string(), "kind" => error.kind()).increment(1);
+                    return Err(error);
+                }
+            };
+            let (topic, partition) = (message.topic().to_owned(), message.partition());
+            let Ok(partition) = u32::try_from(partition) else { continue };
+            let Ok(offset) = u64::try_from(message.offset()) else { continue };
+            if !self.tracker.lock().delivered(&topic, partition, offset) {
+                // Fetched before a revocation took effect: the new owner will deliver it.
+                tracing::debug!(group = %self.group, topic, partition, offset, "skipping message of a partition not assigned");
+                continue;
+            }
+            self.consumed
+                .entry(topic.clone())
+                .or_insert_with(|| metrics::counter!(m::CONSUMED_TOTAL, "group" => self.group.to_string(), "topic" => topic.clone()))
+                .increment(1);
+            match Self::decode(&message)? {
+                Undecodable::Ok(delivery) => return Ok(delivery),
+                Undecodable::Poison(reason) => {
+                    let headers: Vec<(&str, Option<&[u8]>)> =
+                        message.headers().map(|h| h.iter().map(|h| (h.key, h.value)).collect()).unwrap_or_default();
+                    let original = RawMessage { topic: &topic, key: message.key(), payload: message.payload(), headers };
+                    let failure = Failure { partition, offset, error: &reason, attempts: 0, group: Some(&self.group) };
+                    tracing::warn!(group = %self.group, topic, partition, offset, reason, "undecodable message sent to the dead-letter topic");
+                    dead_letter::send(&self.bus, &original, &failure).await?;
+                    self.tracker.lock().handled(&topic, partition, offset);
+                }
+            }
+        }
+    }
+
+    async fn commit_handled(&mut self) -> Result<(), BusError> {
+        let positions = self.tracker.lock().committable();
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let consumer = Arc::clone(&self.consumer);
+        let to_commit = positions.clone();
+        let timeout = self.bus.config().operation_timeout;
+        let commit = crate::bus::blocking(move || {
+            commit_positions(&*consumer, &to_commit).map_err(|e| match e.rdkafka_error_code() {
+                Some(
+                    RDKafkaErrorCode::IllegalGeneration
+                    | RDKafkaErrorCode::UnknownMemberId
+                    | RDKafkaErrorCode::RebalanceInProgress
+                    | RDKafkaErrorCode::FencedInstanceId
+                    | RDKafkaErrorCode::StaleMemberEpoch
+                    | RDKafkaErrorCode::AssignmentLost,
+                ) => {
+                    let (topic, partition, _) = &to_commit[0];
+                    BusError::Revoked { topic: topic.to_string(), partition: *partition }
+                }
+                _ => to_bus_error(&e, &to_commit[0].0),
+            })
+        });
+        let result = match tokio::time::timeout(timeout, commit).await {
+            Ok(result) => result,
+            Err(_) => Err(BusError::Timeout),
+        };
+        match result {
+            Ok(()) => {
+                let mut tracker = self.tracker.lock();
+                for (topic, partition, position) in &positions {
+                    tracker.committed(topic, *partition, *position);
+                }
+                metrics::counter!(m::COMMITS_TOTAL, "group" => self.group.to_string()).increment(1);
+                metrics::gauge!(m::UNCOMMITTED, "group" => self.group.to_string()).set(count(tracker.uncommitted()));
+                Ok(())
+            }
+            Err(error) => {
+                metrics::counter!(m::CONSUMER_ERRORS_TOTAL, "group" => self.group.to_string(), "kind" => error.kind()).increment(1);
+                Err(error)
+            }
+        }
+    }
+}
+
+impl Subscription for KafkaSubscription {
+    fn next(&mut self) -> BoxFuture<'_, Result<Delivery, BusError>> {
+        Box::pin(self.next_delivery())
+    }
+
+    fn ack(&mut self, delivery: &Delivery) {
+        if !self.tracker.lock().handled(&delivery.topic, delivery.partition, delivery.offset) {
+            tracing::debug!(group = %self.group, coordinates = delivery.coordinates(), "ack ignored: partition revoked or offset not delivered here");
+        }
+    }
+
+    fn commit(&mut self) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(self.commit_handled())
+    }
+}
