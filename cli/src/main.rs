@@ -5,6 +5,7 @@
 //! reprise run <scenario> --seed N [--plan P] [--trace]
 //! reprise sweep <scenario> --seeds N [--start S] [--plan P] [--jobs J] [--json]
 //! reprise check-determinism <scenario> --seeds N [--start S] [--plan P] [--jobs J]
+//! reprise shrink <scenario> --seed N [--plan P] [--max-runs R] [--out FILE]
 //! reprise plan <name>
 //! ```
 //!
@@ -22,7 +23,8 @@ mod sweep;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use reprise_sim::harness::{Repro, failure_message};
+use reprise_sim::harness::{failure_message_with_shrink, shrink_command};
+use reprise_sim::shrink::{ShrinkOptions, shrink};
 use reprise_sim::{SimConfig, TraceMode};
 
 #[derive(Parser, Debug)]
@@ -75,6 +77,21 @@ enum Command {
         #[arg(long)]
         jobs: Option<usize>,
     },
+    /// Shrink a failing seed's fault plan to the faults that matter (same seed, same
+    /// invariant) and write it as JSON for `--plan FILE.json`.
+    Shrink {
+        scenario: String,
+        #[arg(long)]
+        seed: u64,
+        #[arg(long, default_value = "swarm")]
+        plan: String,
+        /// Upper bound on full re-runs of the scenario.
+        #[arg(long, default_value_t = 200)]
+        max_runs: u32,
+        /// Where to write the shrunk plan (default: `<scenario>-seed<N>-shrunk.json`).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
     /// Print a fault plan as JSON (a starting point for a custom `--plan file.json`).
     Plan { name: String },
 }
@@ -113,6 +130,7 @@ fn execute(command: Command) -> Result<ExitCode, String> {
             let ok = sweep::check_determinism(&scenario, &config, start, seeds, jobs_or_cores(jobs));
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
+        Command::Shrink { scenario, seed, plan, max_runs, out } => shrink_one(&scenario, seed, &plan, max_runs, out),
         Command::Plan { name } => {
             let plan = reprise_chaos::by_name(&name).map_err(|e| e.to_string())?;
             println!("{}", plan.to_json());
@@ -128,12 +146,12 @@ fn jobs_or_cores(jobs: Option<usize>) -> usize {
 fn list() {
     println!("Scenarios:");
     for scenario in registry::all() {
-        println!("  {:<36} {}", scenario.name(), scenario.description());
+        println!("  {:<40} {}", scenario.name(), scenario.description());
     }
     println!();
     println!("Fault plans (--plan NAME, or --plan FILE.json):");
     for plan in reprise_chaos::all() {
-        println!("  {:<36} {}", plan.name, plan.description);
+        println!("  {:<40} {}", plan.name, plan.description);
     }
 }
 
@@ -150,11 +168,7 @@ fn run_one(scenario: &str, seed: u64, plan_name: &str, trace: bool) -> Result<Ex
         println!();
     }
     println!("scenario:  {}", report.scenario);
-    println!("plan:      {}", plan_name);
-    if !report.plan.specs.is_empty() {
-        let faults: Vec<&str> = report.plan.specs.iter().map(|s| s.fault.label()).collect();
-        println!("fault mix: {}", faults.join(", "));
-    }
+    println!("plan:      {plan_name}");
     println!("outcome:   {}", report.outcome);
     println!(
         "stats:     {} steps, {:.1}s simulated, {} faults, {} store ops, {} deliveries, {} boots",
@@ -169,27 +183,38 @@ fn run_one(scenario: &str, seed: u64, plan_name: &str, trace: bool) -> Result<Ex
         println!("{}", report.summary());
         return Ok(ExitCode::SUCCESS);
     }
-    // Failures are explained with the last trace lines: replay (deterministically) if the
-    // first run did not keep them.
+    // Failures are explained with trace lines: replay (deterministically, the same run)
+    // if the first run did not keep them.
     let report = if report.trace.is_some() {
         report
     } else {
         reprise_sim::run(scenario.as_ref(), &config.with_trace(TraceMode::Full))
     };
-    let repro = Repro { package: "reprise-scenarios".into(), test: String::new() };
-    println!("{}", cli_failure_message(&report, &repro, plan_name));
+    println!("{}", failure_message(&report, plan_name));
     Ok(ExitCode::FAILURE)
 }
 
-/// The harness's failure message, with the CLI's own reproduction command first.
-pub(crate) fn cli_failure_message(report: &reprise_sim::RunReport, repro: &Repro, plan: &str) -> String {
-    let message = failure_message(report, repro);
-    let command = format!("reprise run {} --seed {} --plan {plan} --trace", report.scenario, report.seed);
-    // Keep the harness's content; drop its cargo-test line, which names no test here.
-    message
-        .lines()
-        .filter(|line| !line.contains("cargo test -p"))
-        .map(|line| if line.contains("reprise run ") { format!("    {command}") } else { line.to_owned() })
-        .collect::<Vec<_>>()
-        .join("\n")
+fn shrink_one(scenario: &str, seed: u64, plan_name: &str, max_runs: u32, out: Option<std::path::PathBuf>) -> Result<ExitCode, String> {
+    let scenario = registry::by_name(scenario)?;
+    let plan = reprise_chaos::by_name(plan_name).map_err(|e| e.to_string())?;
+    let config = SimConfig::new(seed).with_plan(plan);
+    eprintln!("shrinking {} seed {seed} under plan {plan_name} (at most {max_runs} runs)", scenario.name());
+    let report = shrink(scenario.as_ref(), &config, &ShrinkOptions::default().with_max_runs(max_runs)).map_err(|e| e.to_string())?;
+    let path = out.unwrap_or_else(|| format!("{}-seed{seed}-shrunk.json", scenario.name()).into());
+    std::fs::write(&path, report.plan.to_json()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    println!("{report}");
+    println!("faults of the shrunk run ({}):", report.shrunk.faults.len());
+    for fault in &report.shrunk.faults {
+        println!("  {fault}");
+    }
+    println!("shrunk plan written to {}", path.display());
+    println!("replay: reprise run {} --seed {seed} --plan {} --trace", scenario.name(), path.display());
+    println!("{}", report.shrunk.summary());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The simulator's failure message with the CLI's own commands.
+pub(crate) fn failure_message(report: &reprise_sim::RunReport, plan: &str) -> String {
+    let replay = format!("reprise run {} --seed {} --plan {plan} --trace", report.scenario, report.seed);
+    failure_message_with_shrink(report, &[replay], &shrink_command(report, plan))
 }

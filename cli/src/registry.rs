@@ -6,7 +6,7 @@ use reprise_sim::testing_scenario::TokenTransfers;
 
 /// Every scenario, in the order `reprise list` shows them.
 pub fn all() -> Vec<Box<dyn Scenario>> {
-    let mut scenarios = reprise_scenarios::all();
+    let mut scenarios = reprise_scenarios::simulation::all();
     scenarios.push(Box::new(TokenTransfers::default()));
     scenarios
 }

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use reprise_sim::harness::Repro;
 use reprise_sim::{RunReport, Scenario, SimConfig, TraceMode};
 use serde::Serialize;
 
@@ -159,8 +158,7 @@ fn print_summary(scenario: &Box<dyn Scenario>, config: &SimConfig, outcome: &Swe
     // The first failure in full: replayed with a full trace (same seed, same run).
     let first = &outcome.failures[0];
     let report = reprise_sim::run(scenario.as_ref(), &config.clone().with_seed(first.seed).with_trace(TraceMode::Full));
-    let repro = Repro { package: "reprise-scenarios".into(), test: String::new() };
-    println!("\nfirst failure in detail:\n{}", crate::cli_failure_message(&report, &repro, &outcome.plan));
+    println!("\nfirst failure in detail:\n{}", crate::failure_message(&report, &outcome.plan));
 }
 
 /// Checks every seed twice; prints divergences. Returns whether all were deterministic.

@@ -130,7 +130,7 @@ fn env() -> ParentEnv {
 fn scope_routes_only_the_childs_actions_and_lifts_its_effects() {
     let mut store = TestStore::new(left(), Parent::default(), env());
     store.send(ParentAction::Left(ChildAction::Add(2)), |p| {
-        p.left.count = 2
+        p.left.count = 2;
     });
     // Not the left child's: the scope leaves state alone and starts nothing.
     store.send(ParentAction::Right(ChildAction::Add(5)), |_| {});
@@ -139,7 +139,7 @@ fn scope_routes_only_the_childs_actions_and_lifts_its_effects() {
     store.send(ParentAction::Left(ChildAction::AddLater(10)), |_| {});
     store.advance(Duration::from_secs(1));
     store.receive(ParentAction::Left(ChildAction::Add(10)), |p| {
-        p.left.count = 12
+        p.left.count = 12;
     });
     store.finish();
 }
@@ -172,7 +172,7 @@ fn a_parent_with_two_scoped_children_keeps_them_independent() {
     });
     // Each child's delay comes from its own slice of the environment: left after 1 s.
     store.send(ParentAction::Right(ChildAction::AddLater(100)), |p| {
-        p.child_actions_seen = 3
+        p.child_actions_seen = 3;
     });
     store.advance(Duration::from_secs(1));
     store.advance(Duration::from_secs(2));
@@ -191,13 +191,13 @@ fn a_parent_with_two_scoped_children_keeps_them_independent() {
 fn a_childs_cancellation_reaches_its_timer_through_the_scope() {
     let mut store = TestStore::new(whole(), Parent::default(), env());
     store.send(ParentAction::Left(ChildAction::AddLater(1)), |p| {
-        p.child_actions_seen = 1
+        p.child_actions_seen = 1;
     });
     store.send(ParentAction::Right(ChildAction::AddLater(2)), |p| {
-        p.child_actions_seen = 2
+        p.child_actions_seen = 2;
     });
     store.send(ParentAction::Left(ChildAction::CancelLater), |p| {
-        p.child_actions_seen = 3
+        p.child_actions_seen = 3;
     });
     // Only the left timer is gone; the right one still fires.
     store.advance(Duration::from_secs(60));

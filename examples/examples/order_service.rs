@@ -54,7 +54,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await
     {
         Err(CommandError::Rejected(OrderError::EmptyOrder)) => {
-            println!("repository: order-2 refused: empty")
+            println!("repository: order-2 refused: empty");
         }
         other => return Err(format!("expected an empty-order rejection, got {other:?}").into()),
     }

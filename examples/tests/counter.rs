@@ -51,7 +51,7 @@ fn increments_and_decrements() {
 fn a_scheduled_increment_fires_after_the_delay_and_not_before() {
     let mut store = store();
     store.send(CounterAction::ScheduleIncrement, |s| {
-        s.increment_scheduled = true
+        s.increment_scheduled = true;
     });
     store.advance(DELAY - Duration::from_millis(1));
     assert_eq!(store.runtime().pending_timers(), 1, "fired early");
@@ -67,11 +67,11 @@ fn a_scheduled_increment_fires_after_the_delay_and_not_before() {
 fn a_cancelled_increment_never_fires() {
     let mut store = store();
     store.send(CounterAction::ScheduleIncrement, |s| {
-        s.increment_scheduled = true
+        s.increment_scheduled = true;
     });
     store.advance(DELAY / 2);
     store.send(CounterAction::CancelScheduledIncrement, |s| {
-        s.increment_scheduled = false
+        s.increment_scheduled = false;
     });
     assert_eq!(store.runtime().pending_timers(), 0);
     store.advance(DELAY * 10);
@@ -83,7 +83,7 @@ fn a_cancelled_increment_never_fires() {
 fn rescheduling_restarts_the_delay() {
     let mut store = store();
     store.send(CounterAction::ScheduleIncrement, |s| {
-        s.increment_scheduled = true
+        s.increment_scheduled = true;
     });
     store.advance(DELAY / 2);
     store.send(CounterAction::ScheduleIncrement, |_| {});

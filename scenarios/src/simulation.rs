@@ -282,13 +282,13 @@ impl Scenario for CheckoutScenario {
             ctx.spawn("client", run_client(env, Arc::clone(&client_workload)));
         });
         world.add_node("saga", crashable(), move |ctx| {
-            services::start_saga_service(&service_env(&ctx), bugs)
+            services::start_saga_service(&service_env(&ctx), bugs);
         });
         world.add_node("orders", crashable(), move |ctx| {
-            services::start_orders_service(&service_env(&ctx), bugs)
+            services::start_orders_service(&service_env(&ctx), bugs);
         });
         world.add_node("inventory", crashable(), move |ctx| {
-            services::start_inventory_service(&service_env(&ctx), bugs)
+            services::start_inventory_service(&service_env(&ctx), bugs);
         });
         let payment_provider = Arc::clone(&provider);
         world.add_node("payments", crashable(), move |ctx| {
@@ -426,10 +426,10 @@ impl Scenario for TransfersScenario {
             );
         });
         world.add_node("saga", crashable(), move |ctx| {
-            transfers::services::start_saga_service(&service_env(&ctx), bugs)
+            transfers::services::start_saga_service(&service_env(&ctx), bugs);
         });
         world.add_node("accounts", crashable(), move |ctx| {
-            transfers::services::start_accounts_service(&service_env(&ctx), bugs)
+            transfers::services::start_accounts_service(&service_env(&ctx), bugs);
         });
         Box::new(TransfersRun {
             workload,

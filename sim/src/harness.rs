@@ -15,20 +15,24 @@
 //! invariant, the simulated time, the faults so far, the last trace lines (the seed is
 //! replayed once with a full trace to get them — deterministic, so it is the same run),
 //! the fault mix the seed drew, the commands that reproduce it, and the command that
-//! shrinks it to the faults that matter ([`crate::shrink`]).
+//! shrinks it to the faults that matter ([`crate::shrink()`]).
 
 use std::fmt::Write as _;
 
 use crate::checker::Scenario;
 use crate::plan::FaultPlan;
 use crate::run::{RunReport, SimConfig, run};
-use crate::trace::TraceMode;
+use crate::trace::{TraceLine, TraceMode};
 
 /// Seeds per sweep when `REPRISE_SEEDS` is not set.
 pub const DEFAULT_SEEDS: u64 = 100;
 
 /// How many trace lines a failure message shows.
 pub const TRACE_TAIL_LINES: usize = 40;
+
+/// How many of the last trace lines a failure message shows besides those that touch the
+/// violation's entities: the immediate context of the moment the invariant broke.
+pub const TRACE_CONTEXT_LINES: usize = 8;
 
 /// Which seeds to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,8 +152,8 @@ pub fn failure_message(report: &RunReport, repro: &Repro) -> String {
 }
 
 /// The failure message with the caller's own reproduction commands (a CLI prints only
-/// its own), ending with the hint to shrink the run ([`shrink_command`] with the plan's
-/// name). A caller whose `--plan` argument is not the plan's name (a JSON file) uses
+/// its own), closing with the hint to shrink the run ([`shrink_command`] with the plan's
+/// name) just before the final `seed=… hash=…` line. A caller whose `--plan` argument is not the plan's name (a JSON file) uses
 /// [`failure_message_with_shrink`] instead.
 #[must_use]
 pub fn failure_message_with(report: &RunReport, reproduce: &[String]) -> String {
@@ -164,8 +168,9 @@ pub fn failure_message_with(report: &RunReport, reproduce: &[String]) -> String 
 ///
 /// The message: the seed and hash, the outcome and the broken invariant, the simulated
 /// time, the resolved plan's fault mix ([`fault_mix`]), the last 20 faults, the trace
-/// tail (full traces only), the reproduction commands, and last the shrink hint — or,
-/// when the plan injected nothing, a note that there is nothing to shrink.
+/// tail (full traces only), the reproduction commands, the shrink hint — or, when the
+/// plan injected nothing, a note that there is nothing to shrink — and, as the last line
+/// of every run's output, `seed=… hash=…`.
 #[must_use]
 pub fn failure_message_with_shrink(
     report: &RunReport,
@@ -206,33 +211,29 @@ pub fn failure_message_with_shrink(
     for fault in &report.faults[skip..] {
         let _ = writeln!(out, "    {fault}");
     }
-    let tail = report.trace_tail(TRACE_TAIL_LINES);
-    if !tail.is_empty() {
-        let _ = writeln!(out, "  last {} trace lines:", tail.len());
-        for line in tail {
-            let _ = writeln!(out, "    {line}");
-        }
-    }
+    write_trace_excerpt(&mut out, report);
     let _ = writeln!(out, "  reproduce:");
     for command in reproduce {
         let _ = writeln!(out, "    {command}");
     }
     if report.plan.specs.is_empty() {
-        let _ = write!(
+        let _ = writeln!(
             out,
             "  nothing to shrink: the plan injected no faults, the seed alone fails"
         );
     } else {
-        let _ = write!(
+        let _ = writeln!(
             out,
             "  shrink to the faults that matter (same seed, same invariant):\n    {shrink}"
         );
     }
+    // Every run's output ends with its `seed=… hash=…` line (DESIGN §2), failures included.
+    let _ = write!(out, "{}", report.summary());
     out
 }
 
-/// `reprise shrink <scenario> --seed <n> --plan <plan>`: the command the failure message
-/// ends with. `plan` is what the CLI's `--plan` takes (a plan name or a JSON file).
+/// `reprise shrink <scenario> --seed <n> --plan <plan>`: the command a failure message
+/// closes with. `plan` is what the CLI's `--plan` takes (a plan name or a JSON file).
 #[must_use]
 pub fn shrink_command(report: &RunReport, plan: &str) -> String {
     format!(
@@ -242,8 +243,8 @@ pub fn shrink_command(report: &RunReport, plan: &str) -> String {
 }
 
 /// The fault kinds of a resolved plan, in order, repeated kinds counted: `store, bus,
-/// partition ×2, crash` (`none` for a calm plan). For a swarm run this is the mix the
-/// seed drew.
+/// partition ×2, crash` (`none` for a calm plan). A run reports its resolved plan, so for
+/// a swarm run this is the mix the seed drew.
 #[must_use]
 pub fn fault_mix(plan: &FaultPlan) -> String {
     let mut kinds: Vec<(&'static str, usize)> = Vec::new();
@@ -254,10 +255,7 @@ pub fn fault_mix(plan: &FaultPlan) -> String {
             None => kinds.push((label, 1)),
         }
     }
-    if kinds.is_empty() {
-        return "none".into();
-    }
-    let mix: Vec<String> = kinds
+    let mut mix: Vec<String> = kinds
         .into_iter()
         .map(|(kind, count)| {
             if count == 1 {
@@ -267,11 +265,13 @@ pub fn fault_mix(plan: &FaultPlan) -> String {
             }
         })
         .collect();
-    let mut line = mix.join(", ");
     if plan.swarm.is_some() {
-        line.push_str(" + a swarm draw per seed");
+        mix.push("a swarm draw per seed".into());
     }
-    line
+    if mix.is_empty() {
+        return "none".into();
+    }
+    mix.join(", ")
 }
 
 /// Sweeps seeds in a `#[test]`; see the [module docs](crate::harness).
@@ -280,4 +280,66 @@ macro_rules! sim_test {
     ($scenario:expr, $config:expr) => {
         $crate::harness::sweep(&$scenario, &$config, env!("CARGO_PKG_NAME"))
     };
+}
+
+/// The trace lines a person needs: the last [`TRACE_TAIL_LINES`] lines that mention one of
+/// the violated invariant's entities (as a whole word: `order-o01` does not match
+/// `order-o012`), then the last [`TRACE_CONTEXT_LINES`] lines of the run. Without entities
+/// it is the plain tail.
+fn write_trace_excerpt(out: &mut String, report: &RunReport) {
+    let Some(trace) = report.trace.as_deref() else { return };
+    let entities = report.violation().map(|v| v.entities.as_slice()).unwrap_or_default();
+    if entities.is_empty() {
+        let tail = report.trace_tail(TRACE_TAIL_LINES);
+        let _ = writeln!(out, "  last {} trace lines:", tail.len());
+        for line in tail {
+            let _ = writeln!(out, "    {line}");
+        }
+        return;
+    }
+    let touching = lines_touching(trace, entities);
+    let skip = touching.len().saturating_sub(TRACE_TAIL_LINES);
+    let _ = writeln!(out, "  last {} of {} trace lines touching {}:", touching.len() - skip, touching.len(), entities.join(", "));
+    for line in &touching[skip..] {
+        let _ = writeln!(out, "    {line}");
+    }
+    let context = report.trace_tail(TRACE_CONTEXT_LINES);
+    let _ = writeln!(out, "  last {} trace lines of the run:", context.len());
+    for line in context {
+        let _ = writeln!(out, "    {line}");
+    }
+}
+
+/// Trace lines mentioning any of `entities` as a whole word.
+#[must_use]
+pub fn lines_touching<'a>(trace: &'a [TraceLine], entities: &[String]) -> Vec<&'a TraceLine> {
+    trace.iter().filter(|line| entities.iter().any(|e| mentions(&line.text, e))).collect()
+}
+
+/// Whether `text` mentions `entity` as a whole word (`order-o01` must not match
+/// `order-o012`).
+#[must_use]
+pub fn mentions(text: &str, entity: &str) -> bool {
+    !entity.is_empty()
+        && text.match_indices(entity).any(|(at, _)| {
+            let before = text[..at].chars().next_back();
+            let after = text[at + entity.len()..].chars().next();
+            let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            !word(before) && !word(after)
+        })
+}
+
+#[cfg(test)]
+mod excerpt_tests {
+    use super::mentions;
+
+    #[test]
+    fn mentions_whole_entities_only() {
+        assert!(mentions("append order-o01 v2", "order-o01"));
+        assert!(mentions("order-o01: charge", "order-o01"));
+        assert!(mentions("[order-o01]", "order-o01"));
+        assert!(!mentions("append order-o012 v2", "order-o01"));
+        assert!(!mentions("append xorder-o01", "order-o01"));
+        assert!(!mentions("anything", ""));
+    }
 }

@@ -23,6 +23,11 @@
 //!
 //! Faults stop at the end of the fault window whatever a spec's window says: the liveness
 //! phase that follows runs healed.
+//!
+//! A resolved plan has no swarm options, so resolving it again is the identity (and draws
+//! nothing): a run's reported plan, or a shrunk one ([`crate::shrink()`]), given back as the
+//! plan replays the run hash for hash — also after [`FaultPlan::to_json`] /
+//! [`FaultPlan::from_json`], whose float parsing is exact (`float_roundtrip`).
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -733,6 +738,31 @@ mod tests {
             FaultPlan::from_json("{"),
             Err(PlanError::Parse(_))
         ));
+    }
+
+    #[test]
+    fn resolving_a_resolved_plan_is_the_identity() {
+        // What lets a swarm run's reported plan (or a shrunk plan) replay that run: with
+        // no swarm options left, resolving draws nothing and keeps every spec.
+        for seed in 0..200 {
+            let resolved = FaultPlan::swarm().resolve(&mut ChaCha8Rng::seed_from_u64(seed));
+            assert!(resolved.swarm.is_none());
+            let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xdead_beef);
+            let before = rng.clone();
+            assert_eq!(resolved.resolve(&mut rng), resolved);
+            assert_eq!(rng, before, "resolving a resolved plan draws nothing");
+        }
+    }
+
+    #[test]
+    fn drawn_plans_round_trip_through_json_exactly() {
+        // Drawn probabilities use every bit of an f64; `float_roundtrip` makes the parser
+        // give back the very same value, so a plan file replays the run it came from.
+        for seed in 0..500 {
+            let resolved = FaultPlan::swarm().resolve(&mut ChaCha8Rng::seed_from_u64(seed));
+            let back = FaultPlan::from_json(&resolved.to_json()).expect("valid");
+            assert_eq!(back, resolved, "seed {seed}");
+        }
     }
 
     #[test]

@@ -18,13 +18,14 @@
 //! 2. Drop whole specs: first all of them (some bugs need no fault at all), then
 //!    delta debugging (ddmin, complements only): remove halves, then quarters, … down to
 //!    single specs, until no single spec can go.
-//! 3. Reduce each remaining spec, keeping a reduction whenever the run still fails:
-//!    clip its window to the moment of the violation (a no-op for the run, but the plan
-//!    then says when the faults acted), switch off individual fault kinds of per-operation
+//! 3. Reduce each remaining spec, keeping the first reduction under which the run still
+//!    fails and starting over from it: switch off individual fault kinds of per-operation
 //!    faults (zero one field of [`StoreFaults`](crate::StoreFaults) /
 //!    [`BusFaults`](crate::BusFaults) / [`DependencyFaults`](crate::DependencyFaults)),
-//!    target a single node (one of those the faults actually hit) or a single peer, halve
-//!    its probabilities and durations, and halve its window.
+//!    narrow a partition's `Peer::Any` to one peer, halve its probabilities and durations
+//!    (exact in binary floating point), target a single node (one the faults actually
+//!    hit), clip its window to the moment the run ended (a no-op for the run, but the plan
+//!    then says when the faults acted), and halve the window.
 //! 4. Repeat 2–3 while either makes progress and the run budget lasts.
 //!
 //! Every candidate is a full deterministic re-run; candidates already refused are cached
@@ -75,7 +76,9 @@
 //! [`ShrinkReport::plan`] has no swarm options, so resolving it is the identity: running
 //! it (`SimConfig::with_plan`) with the same seed replays [`ShrinkReport::shrunk`] hash for
 //! hash, and so does the plan after a trip through [`FaultPlan::to_json`] /
-//! [`FaultPlan::from_json`] (`reprise shrink … > plan.json`, then `--plan plan.json`).
+//! [`FaultPlan::from_json`] (the CLI's `reprise shrink` writes it to a file that
+//! `--plan file.json` replays; the parser is built with `float_roundtrip`, so drawn
+//! probabilities come back bit for bit).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -254,7 +257,7 @@ impl fmt::Display for ShrinkReport {
 }
 
 /// Shrinks the failing run of `config` to a smaller fault plan under which the same seed
-/// fails the same way. See the [module docs](crate::shrink).
+/// fails the same way. See the [module docs](mod@crate::shrink).
 ///
 /// Search runs keep only the trace hash; with [`TraceMode::Full`] in `config`, the
 /// original run and one final replay of the shrunk plan (counted in
@@ -342,7 +345,10 @@ pub fn shrink(
     } else {
         (best_report, runs)
     };
-    assert_eq!(FailureSignature::of(&shrunk.outcome).as_ref(), Some(&signature));
+    assert_eq!(
+        FailureSignature::of(&shrunk.outcome).as_ref(),
+        Some(&signature)
+    );
     assert!(best.specs.len() <= original.plan.specs.len());
     assert!(runs <= options.max_runs, "the run budget holds");
     Ok(ShrinkReport {
@@ -418,7 +424,10 @@ impl Shrinker<'_> {
             swarm: None,
         };
         if let Err(e) = plan.validate() {
-            panic!("shrink built an invalid candidate ({e}): {}", plan.to_json());
+            panic!(
+                "shrink built an invalid candidate ({e}): {}",
+                plan.to_json()
+            );
         }
         assert_ne!(plan, self.best, "a candidate differs from the current plan");
         self.runs += 1;
@@ -445,7 +454,8 @@ impl Shrinker<'_> {
             for chunk in 0..n {
                 let (start, end) = (chunk * len / n, (chunk + 1) * len / n);
                 let specs = &self.best.specs;
-                let removed: Vec<&str> = specs[start..end].iter().map(|s| s.fault.label()).collect();
+                let removed: Vec<&str> =
+                    specs[start..end].iter().map(|s| s.fault.label()).collect();
                 let candidate: Vec<FaultSpec> = specs[..start]
                     .iter()
                     .chain(&specs[end..])
@@ -513,7 +523,9 @@ impl Shrinker<'_> {
             Outcome::Passed => unreachable!("the current plan fails"),
         };
         Context {
-            end_ms: millis(at).saturating_add(1).min(millis(self.config.fault_window)),
+            end_ms: millis(at)
+                .saturating_add(1)
+                .min(millis(self.config.fault_window)),
             nemesis_tick_ms: millis(self.config.nemesis_tick).max(1),
             nodes_hit: nodes,
         }
@@ -602,7 +614,10 @@ fn reductions(spec: &FaultSpec, context: &Context) -> Vec<(FaultSpec, String)> {
     }
     // 4. Narrower windows: first to what the run can see, then halves.
     let start = spec.window.start_ms;
-    let end = spec.window.end_ms.map_or(context.end_ms, |e| e.min(context.end_ms));
+    let end = spec
+        .window
+        .end_ms
+        .map_or(context.end_ms, |e| e.min(context.end_ms));
     if start < end && spec.window.end_ms != Some(end) {
         with(
             spec.nodes.clone(),
@@ -634,18 +649,43 @@ fn reductions(spec: &FaultSpec, context: &Context) -> Vec<(FaultSpec, String)> {
     out
 }
 
-/// The spec with one of its per-operation fault kinds switched off, for each kind on.
+/// One switchable fault kind of a per-operation fault: its field name, whether it is on,
+/// and how to switch it off.
+type Switch<T> = (&'static str, bool, fn(&mut T));
+
+/// `value` with each kind that is on switched off, one at a time.
+fn switched_off<T: Copy>(
+    value: T,
+    switches: &[Switch<T>],
+    wrap: impl Fn(T) -> Fault,
+) -> Vec<(Fault, &'static str)> {
+    switches
+        .iter()
+        .filter(|(_, on, _)| *on)
+        .map(|(name, _, off)| {
+            let mut reduced = value;
+            off(&mut reduced);
+            (wrap(reduced), *name)
+        })
+        .collect()
+}
+
+/// The fault with one of its per-operation fault kinds switched off, for each kind on.
 fn switch_off(fault: &Fault) -> Vec<(Fault, &'static str)> {
-    let mut out = Vec::new();
     match fault {
-        Fault::Store(s) => {
-            let fields: [(&'static str, bool, fn(&mut crate::StoreFaults)); 4] = [
+        Fault::Store(s) => switched_off(
+            *s,
+            &[
                 ("extra_latency_max_ms", s.extra_latency_max_ms > 0, |s| {
                     s.extra_latency_max_ms = 0;
                 }),
-                ("transient_probability", s.transient_probability > 0.0, |s| {
-                    s.transient_probability = 0.0;
-                }),
+                (
+                    "transient_probability",
+                    s.transient_probability > 0.0,
+                    |s| {
+                        s.transient_probability = 0.0;
+                    },
+                ),
                 ("timeout_probability", s.timeout_probability > 0.0, |s| {
                     s.timeout_probability = 0.0;
                 }),
@@ -654,23 +694,22 @@ fn switch_off(fault: &Fault) -> Vec<(Fault, &'static str)> {
                     s.commit_unknown_probability > 0.0,
                     |s| s.commit_unknown_probability = 0.0,
                 ),
-            ];
-            for (name, on, off) in fields {
-                if on {
-                    let mut s = *s;
-                    off(&mut s);
-                    out.push((Fault::Store(s), name));
-                }
-            }
-        }
-        Fault::Bus(b) => {
-            let fields: [(&'static str, bool, fn(&mut crate::BusFaults)); 6] = [
+            ],
+            Fault::Store,
+        ),
+        Fault::Bus(b) => switched_off(
+            *b,
+            &[
                 ("delivery_delay_max_ms", b.delivery_delay_max_ms > 0, |b| {
                     b.delivery_delay_max_ms = 0;
                 }),
-                ("duplicate_probability", b.duplicate_probability > 0.0, |b| {
-                    b.duplicate_probability = 0.0;
-                }),
+                (
+                    "duplicate_probability",
+                    b.duplicate_probability > 0.0,
+                    |b| {
+                        b.duplicate_probability = 0.0;
+                    },
+                ),
                 ("reorder_probability", b.reorder_probability > 0.0, |b| {
                     b.reorder_probability = 0.0;
                 }),
@@ -689,17 +728,12 @@ fn switch_off(fault: &Fault) -> Vec<(Fault, &'static str)> {
                     b.commit_lost_probability > 0.0,
                     |b| b.commit_lost_probability = 0.0,
                 ),
-            ];
-            for (name, on, off) in fields {
-                if on {
-                    let mut b = *b;
-                    off(&mut b);
-                    out.push((Fault::Bus(b), name));
-                }
-            }
-        }
-        Fault::Dependency { dependency, faults } => {
-            let fields: [(&'static str, bool, fn(&mut crate::DependencyFaults)); 3] = [
+            ],
+            Fault::Bus,
+        ),
+        Fault::Dependency { dependency, faults } => switched_off(
+            *faults,
+            &[
                 ("slowdown_factor", faults.slowdown_factor > 1.0, |f| {
                     f.slowdown_factor = 1.0;
                 }),
@@ -711,24 +745,15 @@ fn switch_off(fault: &Fault) -> Vec<(Fault, &'static str)> {
                     faults.response_lost_probability > 0.0,
                     |f| f.response_lost_probability = 0.0,
                 ),
-            ];
-            for (name, on, off) in fields {
-                if on {
-                    let mut f = *faults;
-                    off(&mut f);
-                    out.push((
-                        Fault::Dependency {
-                            dependency: dependency.clone(),
-                            faults: f,
-                        },
-                        name,
-                    ));
-                }
-            }
-        }
-        _ => {}
+            ],
+            |faults| Fault::Dependency {
+                dependency: dependency.clone(),
+                faults,
+            },
+        ),
+        // Nemesis faults and BUGGIFY have one kind each: dropping the spec switches it off.
+        _ => Vec::new(),
     }
-    out
 }
 
 /// Halves a probability unless it is already negligible (or off).
@@ -772,8 +797,10 @@ fn halve(fault: &Fault) -> Option<(Fault, String)> {
             h.reorder_probability = p("reorder_probability", b.reorder_probability);
             h.publish_error_probability =
                 p("publish_error_probability", b.publish_error_probability);
-            h.publish_ack_lost_probability =
-                p("publish_ack_lost_probability", b.publish_ack_lost_probability);
+            h.publish_ack_lost_probability = p(
+                "publish_ack_lost_probability",
+                b.publish_ack_lost_probability,
+            );
             h.commit_lost_probability = p("commit_lost_probability", b.commit_lost_probability);
             if b.delivery_delay_max_ms > 1 {
                 h.delivery_delay_max_ms = b.delivery_delay_max_ms / 2;
@@ -784,8 +811,10 @@ fn halve(fault: &Fault) -> Option<(Fault, String)> {
         Fault::Dependency { dependency, faults } => {
             let mut h = *faults;
             h.error_probability = p("error_probability", faults.error_probability);
-            h.response_lost_probability =
-                p("response_lost_probability", faults.response_lost_probability);
+            h.response_lost_probability = p(
+                "response_lost_probability",
+                faults.response_lost_probability,
+            );
             if faults.slowdown_factor >= 1.0 + 2.0 * MIN_PROBABILITY {
                 h.slowdown_factor = 1.0 + (faults.slowdown_factor - 1.0) / 2.0;
                 changed.push("slowdown_factor");

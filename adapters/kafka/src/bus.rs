@@ -54,7 +54,9 @@ pub struct KafkaEventBus {
 
 impl std::fmt::Debug for KafkaEventBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaEventBus").field("bootstrap_servers", &self.config.bootstrap_servers).finish_non_exhaustive()
+        f.debug_struct("KafkaEventBus")
+            .field("bootstrap_servers", &self.config.bootstrap_servers)
+            .finish_non_exhaustive()
     }
 }
 
@@ -67,16 +69,24 @@ impl KafkaEventBus {
     /// refuses a property (unknown name, value out of range, TLS without the `ssl` feature).
     pub fn new(config: KafkaConfig) -> Result<Self, ConfigError> {
         config.validate()?;
-        let producer: FutureProducer =
-            config.producer_config().create().map_err(|e| ConfigError::Rejected(e.to_string()))?;
-        let admin: AdminClient<DefaultClientContext> =
-            config.reader_config().create().map_err(|e| ConfigError::Rejected(e.to_string()))?;
+        let producer: FutureProducer = config
+            .producer_config()
+            .create()
+            .map_err(|e| ConfigError::Rejected(e.to_string()))?;
+        let admin: AdminClient<DefaultClientContext> = config
+            .reader_config()
+            .create()
+            .map_err(|e| ConfigError::Rejected(e.to_string()))?;
         // Consumers are created per subscription; check their settings now, not at first use.
         let _: rdkafka::consumer::BaseConsumer = config
             .consumer_config("reprise-config-check")
             .create()
             .map_err(|e| ConfigError::Rejected(e.to_string()))?;
-        Ok(KafkaEventBus { config: Arc::new(config), producer, admin: Arc::new(admin) })
+        Ok(KafkaEventBus {
+            config: Arc::new(config),
+            producer,
+            admin: Arc::new(admin),
+        })
     }
 
     #[must_use]
@@ -92,8 +102,14 @@ impl KafkaEventBus {
     pub async fn check_connection(&self) -> Result<(), BusError> {
         let producer = self.producer.clone();
         let timeout = self.config.operation_timeout;
-        blocking(move || producer.client().fetch_metadata(None, timeout).map(|_| ()).map_err(|e| to_bus_error(&e, "")))
-            .await
+        blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, timeout)
+                .map(|_| ())
+                .map_err(|e| to_bus_error(&e, ""))
+        })
+        .await
     }
 
     /// Creates a topic with a fixed partition count; an existing topic is left alone
@@ -102,14 +118,28 @@ impl KafkaEventBus {
     /// # Errors
     /// [`BusError::Permanent`] for invalid names, counts or missing authorization;
     /// [`BusError::Timeout`] if the cluster does not answer within the operation timeout.
-    pub async fn create_topic(&self, topic: &str, partitions: u32, replication_factor: u32) -> Result<(), BusError> {
+    pub async fn create_topic(
+        &self,
+        topic: &str,
+        partitions: u32,
+        replication_factor: u32,
+    ) -> Result<(), BusError> {
         let invalid = |what: &str| BusError::Permanent(format!("create_topic {topic}: {what}"));
-        let partitions = i32::try_from(partitions).ok().filter(|p| *p > 0).ok_or_else(|| invalid("partitions must be 1..=i32::MAX"))?;
-        let replication =
-            i32::try_from(replication_factor).ok().filter(|r| *r > 0).ok_or_else(|| invalid("replication factor must be 1..=i32::MAX"))?;
+        let partitions = i32::try_from(partitions)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| invalid("partitions must be 1..=i32::MAX"))?;
+        let replication = i32::try_from(replication_factor)
+            .ok()
+            .filter(|r| *r > 0)
+            .ok_or_else(|| invalid("replication factor must be 1..=i32::MAX"))?;
         let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
         let options = AdminOptions::new().operation_timeout(Some(self.config.operation_timeout));
-        let results = self.admin.create_topics([&new], &options).await.map_err(|e| to_bus_error(&e, topic))?;
+        let results = self
+            .admin
+            .create_topics([&new], &options)
+            .await
+            .map_err(|e| to_bus_error(&e, topic))?;
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -128,8 +158,15 @@ impl KafkaEventBus {
         let timeout = self.config.operation_timeout;
         let name = topic.to_owned();
         blocking(move || {
-            let metadata = producer.client().fetch_metadata(Some(&name), timeout).map_err(|e| to_bus_error(&e, &name))?;
-            let t = metadata.topics().iter().find(|t| t.name() == name).ok_or_else(|| BusError::UnknownTopic(name.clone()))?;
+            let metadata = producer
+                .client()
+                .fetch_metadata(Some(&name), timeout)
+                .map_err(|e| to_bus_error(&e, &name))?;
+            let t = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == name)
+                .ok_or_else(|| BusError::UnknownTopic(name.clone()))?;
             if t.error().is_some() || t.partitions().is_empty() {
                 return Err(BusError::UnknownTopic(name.clone()));
             }
@@ -142,21 +179,32 @@ impl KafkaEventBus {
     ///
     /// # Errors
     /// The first failure, mapped to [`BusError`] (see `crate::error` for the split).
-    pub async fn publish_with_receipts(&self, messages: Vec<OutgoingMessage>) -> Result<Vec<Receipt>, BusError> {
+    pub async fn publish_with_receipts(
+        &self,
+        messages: Vec<OutgoingMessage>,
+    ) -> Result<Vec<Receipt>, BusError> {
         let raw = messages
             .iter()
             .map(|msg| RawMessage {
                 topic: &msg.topic,
                 key: Some(msg.key.as_bytes()),
                 payload: Some(msg.payload.as_str().as_bytes()),
-                headers: msg.headers.0.iter().map(|(k, v)| (k.as_str(), Some(v.as_bytes()))).collect(),
+                headers: msg
+                    .headers
+                    .0
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), Some(v.as_bytes())))
+                    .collect(),
             })
             .collect::<Vec<_>>();
         self.publish_raw(&raw).await
     }
 
     /// Publishes raw messages in order and awaits every delivery report.
-    pub(crate) async fn publish_raw(&self, messages: &[RawMessage<'_>]) -> Result<Vec<Receipt>, BusError> {
+    pub(crate) async fn publish_raw(
+        &self,
+        messages: &[RawMessage<'_>],
+    ) -> Result<Vec<Receipt>, BusError> {
         let started = Instant::now();
         let mut pending: VecDeque<(&str, DeliveryFuture)> = VecDeque::with_capacity(messages.len());
         let mut receipts = Vec::with_capacity(messages.len());
@@ -167,7 +215,8 @@ impl KafkaEventBus {
             for (key, value) in &message.headers {
                 headers = headers.insert(Header { key, value: *value });
             }
-            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(message.topic).headers(headers);
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(message.topic).headers(headers);
             if let Some(key) = message.key {
                 record = record.key(key);
             }
@@ -184,16 +233,18 @@ impl KafkaEventBus {
                         // Back-pressure: wait for the oldest in-flight message, then retry.
                         record = returned;
                         match pending.pop_front() {
-                            Some((topic, delivery)) => match await_delivery(topic, delivery).await {
-                                Ok(receipt) => {
-                                    *published.entry(topic).or_default() += 1;
-                                    receipts.push(receipt);
+                            Some((topic, delivery)) => {
+                                match await_delivery(topic, delivery).await {
+                                    Ok(receipt) => {
+                                        *published.entry(topic).or_default() += 1;
+                                        receipts.push(receipt);
+                                    }
+                                    Err(e) => {
+                                        failure = Some((topic, e));
+                                        break 'enqueue;
+                                    }
                                 }
-                                Err(e) => {
-                                    failure = Some((topic, e));
-                                    break 'enqueue;
-                                }
-                            },
+                            }
                             None => tokio::time::sleep(Duration::from_millis(5)).await,
                         }
                     }
@@ -234,7 +285,11 @@ impl KafkaEventBus {
     /// # Errors
     /// [`BusError::Permanent`] for an empty group or topic list, or a client that cannot
     /// be created.
-    pub fn subscribe_group(&self, group: &str, topics: &[&str]) -> Result<KafkaSubscription, BusError> {
+    pub fn subscribe_group(
+        &self,
+        group: &str,
+        topics: &[&str],
+    ) -> Result<KafkaSubscription, BusError> {
         KafkaSubscription::new(self.clone(), group, topics)
     }
 
@@ -247,8 +302,10 @@ async fn await_delivery(topic: &str, delivery: DeliveryFuture) -> Result<Receipt
     match delivery.await {
         Ok(Ok(d)) => Ok(Receipt {
             topic: Arc::from(topic),
-            partition: u32::try_from(d.partition).map_err(|_| BusError::Permanent(format!("negative partition {}", d.partition)))?,
-            offset: u64::try_from(d.offset).map_err(|_| BusError::Permanent(format!("negative offset {}", d.offset)))?,
+            partition: u32::try_from(d.partition)
+                .map_err(|_| BusError::Permanent(format!("negative partition {}", d.partition)))?,
+            offset: u64::try_from(d.offset)
+                .map_err(|_| BusError::Permanent(format!("negative offset {}", d.offset)))?,
         }),
         Ok(Err((e, _))) => Err(to_bus_error(&e, topic)),
         Err(_canceled) => Err(BusError::Closed),
@@ -256,8 +313,12 @@ async fn await_delivery(topic: &str, delivery: DeliveryFuture) -> Result<Receipt
 }
 
 /// Runs a blocking librdkafka call off the async workers.
-pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, BusError> + Send + 'static) -> Result<T, BusError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| BusError::Permanent(format!("blocking task failed: {e}")))?
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, BusError> + Send + 'static,
+) -> Result<T, BusError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| BusError::Permanent(format!("blocking task failed: {e}")))?
 }
 
 impl EventBus for KafkaEventBus {
@@ -266,8 +327,14 @@ impl EventBus for KafkaEventBus {
         Box::pin(async move { bus.publish_with_receipts(messages).await.map(|_| ()) })
     }
 
-    fn subscribe(&self, group: &str, topics: &[&str]) -> BoxFuture<'static, Result<Box<dyn Subscription>, BusError>> {
-        let result = self.subscribe_group(group, topics).map(|s| Box::new(s) as Box<dyn Subscription>);
+    fn subscribe(
+        &self,
+        group: &str,
+        topics: &[&str],
+    ) -> BoxFuture<'static, Result<Box<dyn Subscription>, BusError>> {
+        let result = self
+            .subscribe_group(group, topics)
+            .map(|s| Box::new(s) as Box<dyn Subscription>);
         Box::pin(std::future::ready(result))
     }
 }

@@ -20,19 +20,44 @@ use rdkafka::ClientConfig;
 
 /// Properties the adapter owns: overriding them would silently break a guarantee.
 const RESERVED: &[(&str, &str)] = &[
-    ("enable.idempotence", "the producer is always idempotent (no duplicates on retry, per-key order kept)"),
+    (
+        "enable.idempotence",
+        "the producer is always idempotent (no duplicates on retry, per-key order kept)",
+    ),
     ("acks", "acks=all is required for durability"),
-    ("partitioner", "murmur2_random keeps partitions identical to reprise_core::event_bus::partition_for_key"),
-    ("enable.auto.commit", "offsets are committed only for handled messages, by Subscription::commit"),
-    ("enable.auto.offset.store", "offsets are stored only for handled messages, contiguously"),
-    ("group.id", "the group is chosen per subscription (EventBus::subscribe)"),
-    ("bootstrap.servers", "use KafkaConfig::new / bootstrap_servers"),
+    (
+        "partitioner",
+        "murmur2_random keeps partitions identical to reprise_core::event_bus::partition_for_key",
+    ),
+    (
+        "enable.auto.commit",
+        "offsets are committed only for handled messages, by Subscription::commit",
+    ),
+    (
+        "enable.auto.offset.store",
+        "offsets are stored only for handled messages, contiguously",
+    ),
+    (
+        "group.id",
+        "the group is chosen per subscription (EventBus::subscribe)",
+    ),
+    (
+        "bootstrap.servers",
+        "use KafkaConfig::new / bootstrap_servers",
+    ),
     ("client.id", "use KafkaConfig::client_id"),
     ("session.timeout.ms", "use KafkaConfig::group_timing"),
     ("heartbeat.interval.ms", "use KafkaConfig::group_timing"),
     ("message.timeout.ms", "use KafkaConfig::delivery_timeout"),
     ("delivery.timeout.ms", "use KafkaConfig::delivery_timeout"),
-    ("statistics.interval.ms", "use KafkaConfig::statistics_interval (drives the lag metric)"),
+    (
+        "statistics.interval.ms",
+        "use KafkaConfig::statistics_interval (drives the lag metric)",
+    ),
+    (
+        "allow.auto.create.topics",
+        "use KafkaConfig::allow_auto_create_topics",
+    ),
 ];
 
 /// A configuration the adapter refuses, with the reason.
@@ -43,9 +68,18 @@ pub enum ConfigError {
     #[error("property `{name}` is set by the adapter: {reason}")]
     Reserved { name: String, reason: &'static str },
     #[error("{name} must be between 1 ms and {max_ms} ms, got {got:?}")]
-    OutOfRange { name: &'static str, got: Duration, max_ms: u64 },
-    #[error("heartbeat interval {heartbeat:?} must be below a third of the session timeout {session:?}")]
-    HeartbeatTooSlow { heartbeat: Duration, session: Duration },
+    OutOfRange {
+        name: &'static str,
+        got: Duration,
+        max_ms: u64,
+    },
+    #[error(
+        "heartbeat interval {heartbeat:?} must be below a third of the session timeout {session:?}"
+    )]
+    HeartbeatTooSlow {
+        heartbeat: Duration,
+        session: Duration,
+    },
     #[error("environment variable {name}: {problem}")]
     Env { name: &'static str, problem: String },
     #[error("dead-letter suffix `{0}` must be non-empty and use only [A-Za-z0-9._-]")]
@@ -86,6 +120,12 @@ pub struct KafkaConfig {
     pub statistics_interval: Option<Duration>,
     /// Where a group with no committed offset starts.
     pub offset_reset: OffsetReset,
+    /// Whether a publish or metadata request may make the broker create a missing topic
+    /// (with the *broker's* default partition count). Off by default: the partition count
+    /// fixes which keys share a partition, so topics should be created deliberately
+    /// ([`crate::KafkaEventBus::create_topic`]); with it off, publishing to a missing
+    /// topic fails instead of silently creating one.
+    pub allow_auto_create_topics: bool,
     /// Dead letters of topic `t` go to `t` + this suffix (default `.dlq`).
     pub dead_letter_suffix: String,
     /// Any other librdkafka property, passed through (`security.protocol`, `sasl.*`,
@@ -106,6 +146,7 @@ impl KafkaConfig {
             operation_timeout: Duration::from_secs(10),
             statistics_interval: Some(Duration::from_secs(5)),
             offset_reset: OffsetReset::Earliest,
+            allow_auto_create_topics: false,
             dead_letter_suffix: ".dlq".to_owned(),
             properties: BTreeMap::new(),
         }
@@ -130,9 +171,14 @@ impl KafkaConfig {
         }
         let millis = |name: &'static str| -> Result<Option<Duration>, ConfigError> {
             match std::env::var(name) {
-                Ok(v) => v.trim().parse::<u64>().map(|ms| Some(Duration::from_millis(ms))).map_err(|e| {
-                    ConfigError::Env { name, problem: format!("`{v}` is not a number of milliseconds: {e}") }
-                }),
+                Ok(v) => v
+                    .trim()
+                    .parse::<u64>()
+                    .map(|ms| Some(Duration::from_millis(ms)))
+                    .map_err(|e| ConfigError::Env {
+                        name,
+                        problem: format!("`{v}` is not a number of milliseconds: {e}"),
+                    }),
                 Err(_) => Ok(None),
             }
         };
@@ -146,12 +192,18 @@ impl KafkaConfig {
             config.delivery_timeout = d;
         }
         if let Ok(props) = std::env::var("KAFKA_PROPERTIES") {
-            for pair in props.split(['\n', ';']).map(str::trim).filter(|p| !p.is_empty()) {
+            for pair in props
+                .split(['\n', ';'])
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+            {
                 let (name, value) = pair.split_once('=').ok_or_else(|| ConfigError::Env {
                     name: "KAFKA_PROPERTIES",
                     problem: format!("`{pair}` is not `name=value`"),
                 })?;
-                config.properties.insert(name.trim().to_owned(), value.trim().to_owned());
+                config
+                    .properties
+                    .insert(name.trim().to_owned(), value.trim().to_owned());
             }
         }
         config.validate()?;
@@ -197,6 +249,12 @@ impl KafkaConfig {
         self
     }
 
+    #[must_use]
+    pub fn allow_auto_create_topics(mut self, allow: bool) -> Self {
+        self.allow_auto_create_topics = allow;
+        self
+    }
+
     /// The suffix naming dead-letter topics (`orders` → `orders.dlq` by default).
     #[must_use]
     pub fn dead_letter_suffix(mut self, suffix: impl Into<String>) -> Self {
@@ -230,18 +288,30 @@ impl KafkaConfig {
     /// # Errors
     /// The first problem found.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.bootstrap_servers.split(',').all(|s| s.trim().is_empty()) {
+        if self
+            .bootstrap_servers
+            .split(',')
+            .all(|s| s.trim().is_empty())
+        {
             return Err(ConfigError::NoBootstrapServers);
         }
         for (name, reason) in RESERVED {
             if self.properties.contains_key(*name) {
-                return Err(ConfigError::Reserved { name: (*name).to_owned(), reason });
+                return Err(ConfigError::Reserved {
+                    name: (*name).to_owned(),
+                    reason,
+                });
             }
         }
         let suffix_ok = !self.dead_letter_suffix.is_empty()
-            && self.dead_letter_suffix.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            && self
+                .dead_letter_suffix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
         if !suffix_ok {
-            return Err(ConfigError::BadDeadLetterSuffix(self.dead_letter_suffix.clone()));
+            return Err(ConfigError::BadDeadLetterSuffix(
+                self.dead_letter_suffix.clone(),
+            ));
         }
         let max = u64::try_from(i32::MAX).unwrap_or(u64::MAX);
         let mut durations = vec![
@@ -255,18 +325,34 @@ impl KafkaConfig {
         }
         for (name, got) in durations {
             if got < Duration::from_millis(1) || got.as_millis() > u128::from(max) {
-                return Err(ConfigError::OutOfRange { name, got, max_ms: max });
+                return Err(ConfigError::OutOfRange {
+                    name,
+                    got,
+                    max_ms: max,
+                });
             }
         }
         if self.heartbeat_interval * 3 > self.session_timeout {
-            return Err(ConfigError::HeartbeatTooSlow { heartbeat: self.heartbeat_interval, session: self.session_timeout });
+            return Err(ConfigError::HeartbeatTooSlow {
+                heartbeat: self.heartbeat_interval,
+                session: self.session_timeout,
+            });
         }
         Ok(())
     }
 
     fn base(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.bootstrap_servers).set("client.id", &self.client_id);
+        c.set("bootstrap.servers", &self.bootstrap_servers)
+            .set("client.id", &self.client_id)
+            .set(
+                "allow.auto.create.topics",
+                if self.allow_auto_create_topics {
+                    "true"
+                } else {
+                    "false"
+                },
+            );
         if let Some(interval) = self.statistics_interval {
             c.set("statistics.interval.ms", interval.as_millis().to_string());
         }
@@ -282,7 +368,10 @@ impl KafkaConfig {
         c.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("partitioner", "murmur2_random")
-            .set("message.timeout.ms", self.delivery_timeout.as_millis().to_string());
+            .set(
+                "message.timeout.ms",
+                self.delivery_timeout.as_millis().to_string(),
+            );
         c
     }
 
@@ -292,8 +381,14 @@ impl KafkaConfig {
         c.set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("session.timeout.ms", self.session_timeout.as_millis().to_string())
-            .set("heartbeat.interval.ms", self.heartbeat_interval.as_millis().to_string())
+            .set(
+                "session.timeout.ms",
+                self.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                self.heartbeat_interval.as_millis().to_string(),
+            )
             .set(
                 "auto.offset.reset",
                 match self.offset_reset {
@@ -330,14 +425,21 @@ mod tests {
     #[test]
     fn reserved_properties_are_refused() {
         let config = KafkaConfig::new("b:9092").property("enable.auto.commit", "true");
-        assert!(matches!(config.validate(), Err(ConfigError::Reserved { name, .. }) if name == "enable.auto.commit"));
+        assert!(
+            matches!(config.validate(), Err(ConfigError::Reserved { name, .. }) if name == "enable.auto.commit")
+        );
         let config = KafkaConfig::new("b:9092").property("acks", "1");
-        assert!(matches!(config.validate(), Err(ConfigError::Reserved { .. })));
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::Reserved { .. })
+        ));
     }
 
     #[test]
     fn pass_through_properties_reach_librdkafka() {
-        let config = KafkaConfig::new("b:9092").property("security.protocol", "SASL_SSL").property("sasl.mechanism", "PLAIN");
+        let config = KafkaConfig::new("b:9092")
+            .property("security.protocol", "SASL_SSL")
+            .property("sasl.mechanism", "PLAIN");
         assert_eq!(config.validate(), Ok(()));
         let producer = config.producer_config();
         assert_eq!(producer.get("security.protocol"), Some("SASL_SSL"));
@@ -349,7 +451,8 @@ mod tests {
 
     #[test]
     fn consumer_settings_follow_the_config() {
-        let config = KafkaConfig::new("b:9092").group_timing(Duration::from_secs(6), Duration::from_millis(500));
+        let config = KafkaConfig::new("b:9092")
+            .group_timing(Duration::from_secs(6), Duration::from_millis(500));
         let consumer = config.consumer_config("g1");
         assert_eq!(consumer.get("group.id"), Some("g1"));
         assert_eq!(consumer.get("session.timeout.ms"), Some("6000"));
@@ -361,15 +464,40 @@ mod tests {
 
     #[test]
     fn bad_values_get_typed_errors() {
-        assert_eq!(KafkaConfig::new(" , ").validate(), Err(ConfigError::NoBootstrapServers));
-        let slow = KafkaConfig::new("b:9092").group_timing(Duration::from_secs(6), Duration::from_secs(3));
-        assert!(matches!(slow.validate(), Err(ConfigError::HeartbeatTooSlow { .. })));
+        assert_eq!(
+            KafkaConfig::new(" , ").validate(),
+            Err(ConfigError::NoBootstrapServers)
+        );
+        let slow =
+            KafkaConfig::new("b:9092").group_timing(Duration::from_secs(6), Duration::from_secs(3));
+        assert!(matches!(
+            slow.validate(),
+            Err(ConfigError::HeartbeatTooSlow { .. })
+        ));
         let zero = KafkaConfig::new("b:9092").delivery_timeout(Duration::ZERO);
-        assert!(matches!(zero.validate(), Err(ConfigError::OutOfRange { name: "delivery_timeout", .. })));
+        assert!(matches!(
+            zero.validate(),
+            Err(ConfigError::OutOfRange {
+                name: "delivery_timeout",
+                ..
+            })
+        ));
         let huge = KafkaConfig::new("b:9092").operation_timeout(Duration::from_secs(10_000_000));
-        assert!(matches!(huge.validate(), Err(ConfigError::OutOfRange { name: "operation_timeout", .. })));
+        assert!(matches!(
+            huge.validate(),
+            Err(ConfigError::OutOfRange {
+                name: "operation_timeout",
+                ..
+            })
+        ));
         let suffix = KafkaConfig::new("b:9092").dead_letter_suffix("/dlq");
-        assert_eq!(suffix.validate(), Err(ConfigError::BadDeadLetterSuffix("/dlq".into())));
-        assert_eq!(KafkaConfig::new("b:9092").dead_letter_topic("orders"), "orders.dlq");
+        assert_eq!(
+            suffix.validate(),
+            Err(ConfigError::BadDeadLetterSuffix("/dlq".into()))
+        );
+        assert_eq!(
+            KafkaConfig::new("b:9092").dead_letter_topic("orders"),
+            "orders.dlq"
+        );
     }
 }

@@ -22,7 +22,9 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers as _, Message};
 use rdkafka::statistics::Statistics;
@@ -44,7 +46,9 @@ pub struct GroupContext {
 
 impl std::fmt::Debug for GroupContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GroupContext").field("group", &self.group).finish_non_exhaustive()
+        f.debug_struct("GroupContext")
+            .field("group", &self.group)
+            .finish_non_exhaustive()
     }
 }
 
@@ -53,7 +57,9 @@ impl ClientContext for GroupContext {
         let tracker = self.tracker.lock();
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
-                let Ok(partition) = u32::try_from(*partition) else { continue }; // -1: internal
+                let Ok(partition) = u32::try_from(*partition) else {
+                    continue;
+                }; // -1: internal
                 if p.consumer_lag >= 0 && tracker.is_assigned(topic, partition) {
                     #[allow(clippy::cast_precision_loss)]
                     let lag = p.consumer_lag as f64;
@@ -78,7 +84,9 @@ impl ConsumerContext for GroupContext {
                 let revoked: Vec<(String, u32)> = list
                     .elements()
                     .iter()
-                    .filter_map(|e| Some((e.topic().to_owned(), u32::try_from(e.partition()).ok()?)))
+                    .filter_map(|e| {
+                        Some((e.topic().to_owned(), u32::try_from(e.partition()).ok()?))
+                    })
                     .collect();
                 metrics::counter!(m::REBALANCES_TOTAL, "group" => self.group.to_string(), "event" => "revoke").increment(1);
                 let positions = self.tracker.lock().committable_among(&revoked);
@@ -86,7 +94,8 @@ impl ConsumerContext for GroupContext {
                     // Synchronous: the next owner must see this commit before it starts.
                     match commit_positions(consumer, &positions) {
                         Ok(()) => {
-                            metrics::counter!(m::COMMITS_TOTAL, "group" => self.group.to_string()).increment(1);
+                            metrics::counter!(m::COMMITS_TOTAL, "group" => self.group.to_string())
+                                .increment(1);
                             tracing::debug!(group = %self.group, ?positions, "committed on revoke");
                         }
                         Err(error) => {
@@ -100,7 +109,8 @@ impl ConsumerContext for GroupContext {
                 for (topic, partition) in &revoked {
                     tracker.revoke(topic, *partition);
                 }
-                metrics::gauge!(m::UNCOMMITTED, "group" => self.group.to_string()).set(count(tracker.uncommitted()));
+                metrics::gauge!(m::UNCOMMITTED, "group" => self.group.to_string())
+                    .set(count(tracker.uncommitted()));
             }
             Rebalance::Assign(_) => {}
             Rebalance::Error(error) => {
@@ -124,11 +134,16 @@ impl ConsumerContext for GroupContext {
     }
 }
 
-fn commit_positions(consumer: &impl Consumer<GroupContext>, positions: &[(Arc<str>, u32, u64)]) -> KafkaResult<()> {
+fn commit_positions(
+    consumer: &impl Consumer<GroupContext>,
+    positions: &[(Arc<str>, u32, u64)],
+) -> KafkaResult<()> {
     let mut list = TopicPartitionList::with_capacity(positions.len());
     for (topic, partition, offset) in positions {
-        let partition = i32::try_from(*partition).map_err(|_| KafkaError::ConsumerCommit(RDKafkaErrorCode::InvalidArgument))?;
-        let offset = i64::try_from(*offset).map_err(|_| KafkaError::ConsumerCommit(RDKafkaErrorCode::InvalidArgument))?;
+        let partition = i32::try_from(*partition)
+            .map_err(|_| KafkaError::ConsumerCommit(RDKafkaErrorCode::InvalidArgument))?;
+        let offset = i64::try_from(*offset)
+            .map_err(|_| KafkaError::ConsumerCommit(RDKafkaErrorCode::InvalidArgument))?;
         list.add_partition_offset(topic, partition, Offset::Offset(offset))?;
     }
     consumer.commit(&list, CommitMode::Sync)
@@ -151,7 +166,10 @@ pub struct KafkaSubscription {
 
 impl std::fmt::Debug for KafkaSubscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaSubscription").field("group", &self.group).field("assignment", &self.assignment()).finish_non_exhaustive()
+        f.debug_struct("KafkaSubscription")
+            .field("group", &self.group)
+            .field("assignment", &self.assignment())
+            .finish_non_exhaustive()
     }
 }
 
@@ -164,21 +182,36 @@ enum Undecodable {
 impl KafkaSubscription {
     pub(crate) fn new(bus: KafkaEventBus, group: &str, topics: &[&str]) -> Result<Self, BusError> {
         if group.trim().is_empty() {
-            return Err(BusError::Permanent("subscribe: the group id is empty".into()));
+            return Err(BusError::Permanent(
+                "subscribe: the group id is empty".into(),
+            ));
         }
         if topics.is_empty() || topics.iter().any(|t| t.trim().is_empty()) {
-            return Err(BusError::Permanent(format!("subscribe: invalid topic list {topics:?}")));
+            return Err(BusError::Permanent(format!(
+                "subscribe: invalid topic list {topics:?}"
+            )));
         }
         let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
         let group: Arc<str> = Arc::from(group);
-        let context = GroupContext { group: Arc::clone(&group), tracker: Arc::clone(&tracker) };
+        let context = GroupContext {
+            group: Arc::clone(&group),
+            tracker: Arc::clone(&tracker),
+        };
         let consumer: StreamConsumer<GroupContext> = bus
             .producer_shared()
             .consumer_config(&group)
             .create_with_context(context)
             .map_err(|e| BusError::Permanent(format!("cannot create consumer: {e}")))?;
-        consumer.subscribe(topics).map_err(|e| to_bus_error(&e, topics[0]))?;
-        Ok(KafkaSubscription { bus, consumer: Arc::new(consumer), tracker, group, consumed: BTreeMap::new() })
+        consumer
+            .subscribe(topics)
+            .map_err(|e| to_bus_error(&e, topics[0]))?;
+        Ok(KafkaSubscription {
+            bus,
+            consumer: Arc::new(consumer),
+            tracker,
+            group,
+            consumed: BTreeMap::new(),
+        })
     }
 
     /// The consumer group.
@@ -200,8 +233,10 @@ impl KafkaSubscription {
     }
 
     fn decode(message: &BorrowedMessage<'_>) -> Result<Undecodable, BusError> {
-        let partition = u32::try_from(message.partition()).map_err(|_| BusError::Permanent("negative partition".into()))?;
-        let offset = u64::try_from(message.offset()).map_err(|_| BusError::Permanent("negative offset".into()))?;
+        let partition = u32::try_from(message.partition())
+            .map_err(|_| BusError::Permanent("negative partition".into()))?;
+        let offset = u64::try_from(message.offset())
+            .map_err(|_| BusError::Permanent("negative offset".into()))?;
         let key = match message.key().map(std::str::from_utf8) {
             None => "",
             Some(Ok(key)) => key,
@@ -218,7 +253,12 @@ impl KafkaSubscription {
                 let value = match h.value.map(std::str::from_utf8) {
                     None => "",
                     Some(Ok(v)) => v,
-                    Some(Err(e)) => return Ok(Undecodable::Poison(format!("header {} is not UTF-8: {e}", h.key))),
+                    Some(Err(e)) => {
+                        return Ok(Undecodable::Poison(format!(
+                            "header {} is not UTF-8: {e}",
+                            h.key
+                        )));
+                    }
                 };
                 // Kafka allows duplicate names: keep them all, in order.
                 headers.0.push((h.key.to_owned(), value.to_owned()));
@@ -246,8 +286,12 @@ impl KafkaSubscription {
                 }
             };
             let (topic, partition) = (message.topic().to_owned(), message.partition());
-            let Ok(partition) = u32::try_from(partition) else { continue };
-            let Ok(offset) = u64::try_from(message.offset()) else { continue };
+            let Ok(partition) = u32::try_from(partition) else {
+                continue;
+            };
+            let Ok(offset) = u64::try_from(message.offset()) else {
+                continue;
+            };
             if !self.tracker.lock().delivered(&topic, partition, offset) {
                 // Fetched before a revocation took effect: the new owner will deliver it.
                 tracing::debug!(group = %self.group, topic, partition, offset, "skipping message of a partition not assigned");
@@ -260,10 +304,23 @@ impl KafkaSubscription {
             match Self::decode(&message)? {
                 Undecodable::Ok(delivery) => return Ok(delivery),
                 Undecodable::Poison(reason) => {
-                    let headers: Vec<(&str, Option<&[u8]>)> =
-                        message.headers().map(|h| h.iter().map(|h| (h.key, h.value)).collect()).unwrap_or_default();
-                    let original = RawMessage { topic: &topic, key: message.key(), payload: message.payload(), headers };
-                    let failure = Failure { partition, offset, error: &reason, attempts: 0, group: Some(&self.group) };
+                    let headers: Vec<(&str, Option<&[u8]>)> = message
+                        .headers()
+                        .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
+                        .unwrap_or_default();
+                    let original = RawMessage {
+                        topic: &topic,
+                        key: message.key(),
+                        payload: message.payload(),
+                        headers,
+                    };
+                    let failure = Failure {
+                        partition,
+                        offset,
+                        error: &reason,
+                        attempts: 0,
+                        group: Some(&self.group),
+                    };
                     tracing::warn!(group = %self.group, topic, partition, offset, reason, "undecodable message sent to the dead-letter topic");
                     dead_letter::send(&self.bus, &original, &failure).await?;
                     self.tracker.lock().handled(&topic, partition, offset);
@@ -291,7 +348,10 @@ impl KafkaSubscription {
                     | RDKafkaErrorCode::AssignmentLost,
                 ) => {
                     let (topic, partition, _) = &to_commit[0];
-                    BusError::Revoked { topic: topic.to_string(), partition: *partition }
+                    BusError::Revoked {
+                        topic: topic.to_string(),
+                        partition: *partition,
+                    }
                 }
                 _ => to_bus_error(&e, &to_commit[0].0),
             })
@@ -307,7 +367,8 @@ impl KafkaSubscription {
                     tracker.committed(topic, *partition, *position);
                 }
                 metrics::counter!(m::COMMITS_TOTAL, "group" => self.group.to_string()).increment(1);
-                metrics::gauge!(m::UNCOMMITTED, "group" => self.group.to_string()).set(count(tracker.uncommitted()));
+                metrics::gauge!(m::UNCOMMITTED, "group" => self.group.to_string())
+                    .set(count(tracker.uncommitted()));
                 Ok(())
             }
             Err(error) => {
@@ -324,7 +385,11 @@ impl Subscription for KafkaSubscription {
     }
 
     fn ack(&mut self, delivery: &Delivery) {
-        if !self.tracker.lock().handled(&delivery.topic, delivery.partition, delivery.offset) {
+        if !self
+            .tracker
+            .lock()
+            .handled(&delivery.topic, delivery.partition, delivery.offset)
+        {
             tracing::debug!(group = %self.group, coordinates = delivery.coordinates(), "ack ignored: partition revoked or offset not delivered here");
         }
     }

@@ -24,8 +24,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers as _, Message};
 use rdkafka::{Offset, TopicPartitionList};
-use reprise_core::event_bus::{Delivery, Subscription};
 use reprise_core::BusError;
+use reprise_core::event_bus::{Delivery, Subscription};
 
 use crate::bus::{KafkaEventBus, RawMessage, Receipt, blocking};
 use crate::error::to_bus_error;
@@ -91,22 +91,36 @@ pub struct DeadLetterPolicy {
 
 impl Default for DeadLetterPolicy {
     fn default() -> Self {
-        DeadLetterPolicy { max_attempts: 3, initial_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(5) }
+        DeadLetterPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+        }
     }
 }
 
 impl DeadLetterPolicy {
     fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
-        self.initial_backoff.saturating_mul(factor).min(self.max_backoff)
+        let factor = 1u32
+            .checked_shl(attempt.saturating_sub(1))
+            .unwrap_or(u32::MAX);
+        self.initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
     }
 }
 
 /// What happened to one delivery.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Handled { attempts: u32 },
-    DeadLettered { attempts: u32, error: HandlerError, receipt: Receipt },
+    Handled {
+        attempts: u32,
+    },
+    DeadLettered {
+        attempts: u32,
+        error: HandlerError,
+        receipt: Receipt,
+    },
 }
 
 /// Errors of the dead-letter tools.
@@ -117,9 +131,16 @@ pub enum DeadLetterError {
     #[error("invalid dead-letter policy: {0}")]
     InvalidPolicy(String),
     #[error("no message at {topic}/{partition}@{offset}")]
-    NotFound { topic: String, partition: u32, offset: u64 },
+    NotFound {
+        topic: String,
+        partition: u32,
+        offset: u64,
+    },
     #[error("{coordinates} is not a dead letter: {problem}")]
-    Malformed { coordinates: String, problem: String },
+    Malformed {
+        coordinates: String,
+        problem: String,
+    },
 }
 
 /// Where and why a message failed, for [`send`].
@@ -133,13 +154,29 @@ pub(crate) struct Failure<'a> {
 }
 
 /// Publishes `original` to its dead-letter topic and awaits the broker's acknowledgement.
-pub(crate) async fn send(bus: &KafkaEventBus, original: &RawMessage<'_>, failure: &Failure<'_>) -> Result<Receipt, BusError> {
+pub(crate) async fn send(
+    bus: &KafkaEventBus,
+    original: &RawMessage<'_>,
+    failure: &Failure<'_>,
+) -> Result<Receipt, BusError> {
     let dlq = bus.config().dead_letter_topic(original.topic);
-    let (partition, offset, attempts) = (failure.partition.to_string(), failure.offset.to_string(), failure.attempts.to_string());
-    let at = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or_default().to_string();
+    let (partition, offset, attempts) = (
+        failure.partition.to_string(),
+        failure.offset.to_string(),
+        failure.attempts.to_string(),
+    );
+    let at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default()
+        .to_string();
     // A replayed message that fails again gets fresh dead-letter headers, not two sets.
-    let mut headers: Vec<(&str, Option<&[u8]>)> =
-        original.headers.iter().filter(|(k, _)| !k.starts_with(header::PREFIX)).copied().collect();
+    let mut headers: Vec<(&str, Option<&[u8]>)> = original
+        .headers
+        .iter()
+        .filter(|(k, _)| !k.starts_with(header::PREFIX))
+        .copied()
+        .collect();
     headers.extend([
         (header::ORIGINAL_TOPIC, Some(original.topic.as_bytes())),
         (header::ORIGINAL_PARTITION, Some(partition.as_bytes())),
@@ -151,8 +188,17 @@ pub(crate) async fn send(bus: &KafkaEventBus, original: &RawMessage<'_>, failure
     if let Some(group) = failure.group {
         headers.push((header::GROUP, Some(group.as_bytes())));
     }
-    let message = RawMessage { topic: &dlq, key: original.key, payload: original.payload, headers };
-    let receipt = bus.publish_raw(std::slice::from_ref(&message)).await?.pop().ok_or(BusError::Closed)?;
+    let message = RawMessage {
+        topic: &dlq,
+        key: original.key,
+        payload: original.payload,
+        headers,
+    };
+    let receipt = bus
+        .publish_raw(std::slice::from_ref(&message))
+        .await?
+        .pop()
+        .ok_or(BusError::Closed)?;
     metrics::counter!(m::DEAD_LETTERS_TOTAL, "topic" => original.topic.to_owned()).increment(1);
     Ok(receipt)
 }
@@ -171,9 +217,15 @@ impl DeadLetterHandler {
     /// # Errors
     /// [`DeadLetterError::InvalidPolicy`] if `max_attempts` is 0 or the initial backoff
     /// exceeds the maximum.
-    pub fn new(bus: KafkaEventBus, group: Option<&str>, policy: DeadLetterPolicy) -> Result<Self, DeadLetterError> {
+    pub fn new(
+        bus: KafkaEventBus,
+        group: Option<&str>,
+        policy: DeadLetterPolicy,
+    ) -> Result<Self, DeadLetterError> {
         if policy.max_attempts == 0 {
-            return Err(DeadLetterError::InvalidPolicy("max_attempts must be at least 1".into()));
+            return Err(DeadLetterError::InvalidPolicy(
+                "max_attempts must be at least 1".into(),
+            ));
         }
         if policy.initial_backoff > policy.max_backoff {
             return Err(DeadLetterError::InvalidPolicy(format!(
@@ -181,7 +233,11 @@ impl DeadLetterHandler {
                 policy.initial_backoff, policy.max_backoff
             )));
         }
-        Ok(DeadLetterHandler { bus, group: group.map(str::to_owned), policy })
+        Ok(DeadLetterHandler {
+            bus,
+            group: group.map(str::to_owned),
+            policy,
+        })
     }
 
     /// Handles `delivery` with `handler`, then acknowledges it on `subscription` — after
@@ -190,7 +246,12 @@ impl DeadLetterHandler {
     /// # Errors
     /// Only if the dead letter cannot be published: the delivery is then *not*
     /// acknowledged, so it is redelivered rather than lost.
-    pub async fn handle<S, F, Fut>(&self, subscription: &mut S, delivery: &Delivery, mut handler: F) -> Result<Outcome, BusError>
+    pub async fn handle<S, F, Fut>(
+        &self,
+        subscription: &mut S,
+        delivery: &Delivery,
+        mut handler: F,
+    ) -> Result<Outcome, BusError>
     where
         S: Subscription + ?Sized,
         F: FnMut(&Delivery) -> Fut,
@@ -206,19 +267,34 @@ impl DeadLetterHandler {
                 }
                 Err(HandlerError::Transient(e)) if attempt < self.policy.max_attempts => {
                     metrics::counter!(m::HANDLER_RETRIES_TOTAL, "topic" => delivery.topic.to_string()).increment(1);
-                    tracing::debug!(coordinates = delivery.coordinates(), attempt, error = e, "transient handler failure, retrying");
+                    tracing::debug!(
+                        coordinates = delivery.coordinates(),
+                        attempt,
+                        error = e,
+                        "transient handler failure, retrying"
+                    );
                     tokio::time::sleep(self.policy.backoff(attempt)).await;
                 }
                 Err(e) => break e,
             }
         };
         let text = error.to_string();
-        tracing::warn!(coordinates = delivery.coordinates(), attempts = attempt, error = text, "dead-lettering");
+        tracing::warn!(
+            coordinates = delivery.coordinates(),
+            attempts = attempt,
+            error = text,
+            "dead-lettering"
+        );
         let original = RawMessage {
             topic: &delivery.topic,
             key: Some(delivery.key.as_bytes()),
             payload: Some(delivery.payload.as_str().as_bytes()),
-            headers: delivery.headers.0.iter().map(|(k, v)| (k.as_str(), Some(v.as_bytes()))).collect(),
+            headers: delivery
+                .headers
+                .0
+                .iter()
+                .map(|(k, v)| (k.as_str(), Some(v.as_bytes())))
+                .collect(),
         };
         let failure = Failure {
             partition: delivery.partition,
@@ -229,7 +305,11 @@ impl DeadLetterHandler {
         };
         let receipt = send(&self.bus, &original, &failure).await?;
         subscription.ack(delivery);
-        Ok(Outcome::DeadLettered { attempts: attempt, error, receipt })
+        Ok(Outcome::DeadLettered {
+            attempts: attempt,
+            error,
+            receipt,
+        })
     }
 }
 
@@ -258,13 +338,18 @@ impl DeadLetter {
     /// The payload as text, if it is UTF-8.
     #[must_use]
     pub fn payload_text(&self) -> Option<&str> {
-        self.payload.as_deref().and_then(|p| std::str::from_utf8(p).ok())
+        self.payload
+            .as_deref()
+            .and_then(|p| std::str::from_utf8(p).ok())
     }
 
     /// A header of the original message, if present and UTF-8.
     #[must_use]
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).and_then(|(_, v)| std::str::from_utf8(v.as_deref()?).ok())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| std::str::from_utf8(v.as_deref()?).ok())
     }
 
     /// `topic/partition@offset` of the dead letter.
@@ -276,39 +361,64 @@ impl DeadLetter {
     /// `topic/partition@offset` of the original message.
     #[must_use]
     pub fn original_coordinates(&self) -> String {
-        format!("{}/{}@{}", self.original_topic, self.original_partition, self.original_offset)
+        format!(
+            "{}/{}@{}",
+            self.original_topic, self.original_partition, self.original_offset
+        )
     }
 
     fn parse(message: &impl Message) -> Result<Self, DeadLetterError> {
-        let coordinates = format!("{}/{}@{}", message.topic(), message.partition(), message.offset());
-        let malformed = |problem: String| DeadLetterError::Malformed { coordinates: coordinates.clone(), problem };
+        let coordinates = format!(
+            "{}/{}@{}",
+            message.topic(),
+            message.partition(),
+            message.offset()
+        );
+        let malformed = |problem: String| DeadLetterError::Malformed {
+            coordinates: coordinates.clone(),
+            problem,
+        };
         let mut headers = Vec::new();
         let mut dlq = std::collections::BTreeMap::new();
         if let Some(raw) = message.headers() {
             for h in raw.iter() {
                 if h.key.starts_with(header::PREFIX) {
-                    let value = h.value.map(std::str::from_utf8).transpose().map_err(|e| malformed(format!("header {}: {e}", h.key)))?;
+                    let value = h
+                        .value
+                        .map(std::str::from_utf8)
+                        .transpose()
+                        .map_err(|e| malformed(format!("header {}: {e}", h.key)))?;
                     dlq.insert(h.key.to_owned(), value.unwrap_or_default().to_owned());
                 } else {
                     headers.push((h.key.to_owned(), h.value.map(<[u8]>::to_vec)));
                 }
             }
         }
-        let get = |name: &str| dlq.get(name).cloned().ok_or_else(|| malformed(format!("missing header {name}")));
+        let get = |name: &str| {
+            dlq.get(name)
+                .cloned()
+                .ok_or_else(|| malformed(format!("missing header {name}")))
+        };
         let number = |name: &str| -> Result<u64, DeadLetterError> {
-            get(name)?.parse::<u64>().map_err(|e| malformed(format!("header {name}: {e}")))
+            get(name)?
+                .parse::<u64>()
+                .map_err(|e| malformed(format!("header {name}: {e}")))
         };
         Ok(DeadLetter {
             topic: message.topic().to_owned(),
             partition: u32::try_from(message.partition()).map_err(|e| malformed(e.to_string()))?,
             offset: u64::try_from(message.offset()).map_err(|e| malformed(e.to_string()))?,
             original_topic: get(header::ORIGINAL_TOPIC)?,
-            original_partition: u32::try_from(number(header::ORIGINAL_PARTITION)?).map_err(|e| malformed(e.to_string()))?,
+            original_partition: u32::try_from(number(header::ORIGINAL_PARTITION)?)
+                .map_err(|e| malformed(e.to_string()))?,
             original_offset: number(header::ORIGINAL_OFFSET)?,
             error: get(header::ERROR)?,
-            attempts: u32::try_from(number(header::ATTEMPTS)?).map_err(|e| malformed(e.to_string()))?,
+            attempts: u32::try_from(number(header::ATTEMPTS)?)
+                .map_err(|e| malformed(e.to_string()))?,
             group: dlq.get(header::GROUP).cloned(),
-            dead_lettered_at_ms: dlq.get(header::DEAD_LETTERED_AT_MS).and_then(|v| v.parse().ok()),
+            dead_lettered_at_ms: dlq
+                .get(header::DEAD_LETTERED_AT_MS)
+                .and_then(|v| v.parse().ok()),
             key: message.key().map(<[u8]>::to_vec),
             payload: message.payload().map(<[u8]>::to_vec),
             headers,
@@ -349,13 +459,24 @@ impl DeadLetterQueue {
         let partitions = self.bus.partition_count(&self.topic).await?;
         let (config, topic) = (self.bus.config().clone(), self.topic.clone());
         let result = blocking(move || {
-            let reader: BaseConsumer = config.reader_config().create().map_err(|e| to_bus_error(&e, &topic))?;
+            let reader: BaseConsumer = config
+                .reader_config()
+                .create()
+                .map_err(|e| to_bus_error(&e, &topic))?;
             let mut out = Vec::new();
             for partition in 0..partitions {
                 if out.len() >= limit {
                     break;
                 }
-                read_partition(&reader, &topic, partition, None, limit - out.len(), config.operation_timeout, &mut out)?;
+                read_partition(
+                    &reader,
+                    &topic,
+                    partition,
+                    None,
+                    limit - out.len(),
+                    config.operation_timeout,
+                    &mut out,
+                )?;
             }
             Ok(out)
         })
@@ -367,18 +488,37 @@ impl DeadLetterQueue {
     ///
     /// # Errors
     /// [`DeadLetterError::NotFound`] if there is no record there.
-    pub async fn inspect(&self, partition: u32, offset: u64) -> Result<DeadLetter, DeadLetterError> {
+    pub async fn inspect(
+        &self,
+        partition: u32,
+        offset: u64,
+    ) -> Result<DeadLetter, DeadLetterError> {
         let (config, topic) = (self.bus.config().clone(), self.topic.clone());
         let found = blocking(move || {
-            let reader: BaseConsumer = config.reader_config().create().map_err(|e| to_bus_error(&e, &topic))?;
+            let reader: BaseConsumer = config
+                .reader_config()
+                .create()
+                .map_err(|e| to_bus_error(&e, &topic))?;
             let mut out = Vec::new();
-            read_partition(&reader, &topic, partition, Some(offset), 1, config.operation_timeout, &mut out)?;
+            read_partition(
+                &reader,
+                &topic,
+                partition,
+                Some(offset),
+                1,
+                config.operation_timeout,
+                &mut out,
+            )?;
             Ok(out.pop())
         })
         .await?;
         match found {
             Some(m) if u64::try_from(m.offset()).ok() == Some(offset) => DeadLetter::parse(&m),
-            _ => Err(DeadLetterError::NotFound { topic: self.topic.clone(), partition, offset }),
+            _ => Err(DeadLetterError::NotFound {
+                topic: self.topic.clone(),
+                partition,
+                offset,
+            }),
         }
     }
 
@@ -390,7 +530,11 @@ impl DeadLetterQueue {
     /// The publish error.
     pub async fn replay(&self, letter: &DeadLetter) -> Result<Receipt, BusError> {
         let from = letter.coordinates();
-        let mut headers: Vec<(&str, Option<&[u8]>)> = letter.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
+        let mut headers: Vec<(&str, Option<&[u8]>)> = letter
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_deref()))
+            .collect();
         headers.push((header::REPLAYED_FROM, Some(from.as_bytes())));
         let message = RawMessage {
             topic: &letter.original_topic,
@@ -398,7 +542,12 @@ impl DeadLetterQueue {
             payload: letter.payload.as_deref(),
             headers,
         };
-        let receipt = self.bus.publish_raw(std::slice::from_ref(&message)).await?.pop().ok_or(BusError::Closed)?;
+        let receipt = self
+            .bus
+            .publish_raw(std::slice::from_ref(&message))
+            .await?
+            .pop()
+            .ok_or(BusError::Closed)?;
         metrics::counter!(m::REPLAYED_TOTAL, "topic" => letter.original_topic.clone()).increment(1);
         tracing::info!(dead_letter = from, to = ?receipt, "replayed dead letter");
         Ok(receipt)
@@ -416,8 +565,11 @@ fn read_partition(
     timeout: Duration,
     out: &mut Vec<rdkafka::message::OwnedMessage>,
 ) -> Result<(), BusError> {
-    let p = i32::try_from(partition).map_err(|_| BusError::Permanent(format!("partition {partition} out of range")))?;
-    let (low, high) = reader.fetch_watermarks(topic, p, timeout).map_err(|e| to_bus_error(&e, topic))?;
+    let p = i32::try_from(partition)
+        .map_err(|_| BusError::Permanent(format!("partition {partition} out of range")))?;
+    let (low, high) = reader
+        .fetch_watermarks(topic, p, timeout)
+        .map_err(|e| to_bus_error(&e, topic))?;
     let start = match from {
         Some(offset) => i64::try_from(offset).unwrap_or(i64::MAX),
         None => low,
@@ -426,7 +578,8 @@ fn read_partition(
         return Ok(());
     }
     let mut list = TopicPartitionList::new();
-    list.add_partition_offset(topic, p, Offset::Offset(start)).map_err(|e| to_bus_error(&e, topic))?;
+    list.add_partition_offset(topic, p, Offset::Offset(start))
+        .map_err(|e| to_bus_error(&e, topic))?;
     reader.assign(&list).map_err(|e| to_bus_error(&e, topic))?;
     let deadline = std::time::Instant::now() + timeout;
     let mut read = 0;
@@ -455,7 +608,11 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
-        let policy = DeadLetterPolicy { max_attempts: 10, initial_backoff: Duration::from_millis(100), max_backoff: Duration::from_millis(500) };
+        let policy = DeadLetterPolicy {
+            max_attempts: 10,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(500),
+        };
         assert_eq!(policy.backoff(1), Duration::from_millis(100));
         assert_eq!(policy.backoff(2), Duration::from_millis(200));
         assert_eq!(policy.backoff(3), Duration::from_millis(400));
@@ -465,7 +622,10 @@ mod tests {
 
     #[test]
     fn decode_errors_are_permanent() {
-        let e = reprise_core::DecodeError::Payload { event_type: "T".into(), reason: "bad".into() };
+        let e = reprise_core::DecodeError::Payload {
+            event_type: "T".into(),
+            reason: "bad".into(),
+        };
         assert!(matches!(HandlerError::from(e), HandlerError::Permanent(_)));
     }
 }

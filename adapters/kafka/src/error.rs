@@ -18,7 +18,9 @@ pub(crate) fn to_bus_error(error: &KafkaError, topic: &str) -> BusError {
         return BusError::Permanent(error.to_string());
     };
     match code {
-        C::MessageTimedOut | C::RequestTimedOut | C::OperationTimedOut | C::TimedOutQueue => BusError::Timeout,
+        C::MessageTimedOut | C::RequestTimedOut | C::OperationTimedOut | C::TimedOutQueue => {
+            BusError::Timeout
+        }
         C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownPartition | C::UnknownTopicId => {
             BusError::UnknownTopic(topic.to_owned())
         }
@@ -59,13 +61,28 @@ mod tests {
     #[test]
     fn classification() {
         let produce = |c| KafkaError::MessageProduction(c);
-        assert_eq!(to_bus_error(&produce(C::MessageTimedOut), "t"), BusError::Timeout);
-        assert_eq!(to_bus_error(&produce(C::UnknownTopicOrPartition), "t"), BusError::UnknownTopic("t".into()));
+        assert_eq!(
+            to_bus_error(&produce(C::MessageTimedOut), "t"),
+            BusError::Timeout
+        );
+        assert_eq!(
+            to_bus_error(&produce(C::UnknownTopicOrPartition), "t"),
+            BusError::UnknownTopic("t".into())
+        );
         assert!(to_bus_error(&produce(C::NotLeaderForPartition), "t").is_transient());
         assert!(to_bus_error(&produce(C::AllBrokersDown), "t").is_transient());
-        assert!(matches!(to_bus_error(&produce(C::MessageSizeTooLarge), "t"), BusError::Permanent(_)));
-        assert!(matches!(to_bus_error(&produce(C::TopicAuthorizationFailed), "t"), BusError::Permanent(_)));
+        assert!(matches!(
+            to_bus_error(&produce(C::MessageSizeTooLarge), "t"),
+            BusError::Permanent(_)
+        ));
+        assert!(matches!(
+            to_bus_error(&produce(C::TopicAuthorizationFailed), "t"),
+            BusError::Permanent(_)
+        ));
         assert_eq!(to_bus_error(&KafkaError::Canceled, "t"), BusError::Closed);
-        assert!(matches!(to_bus_error(&KafkaError::ConsumerCommit(C::IllegalGeneration), "t"), BusError::Permanent(_)));
+        assert!(matches!(
+            to_bus_error(&KafkaError::ConsumerCommit(C::IllegalGeneration), "t"),
+            BusError::Permanent(_)
+        ));
     }
 }

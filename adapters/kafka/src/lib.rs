@@ -55,4 +55,7 @@ pub mod offsets;
 pub use bus::{KafkaEventBus, Receipt};
 pub use config::{ConfigError, KafkaConfig, OffsetReset};
 pub use consumer::{GroupContext, KafkaSubscription};
-pub use dead_letter::{DeadLetter, DeadLetterError, DeadLetterHandler, DeadLetterPolicy, DeadLetterQueue, HandlerError, Outcome};
+pub use dead_letter::{
+    DeadLetter, DeadLetterError, DeadLetterHandler, DeadLetterPolicy, DeadLetterQueue,
+    HandlerError, Outcome,
+};

@@ -37,14 +37,33 @@ pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(PUBLISHED_TOTAL, "Messages acknowledged by the broker");
     describe_counter!(PUBLISH_ERRORS_TOTAL, "Messages whose publish failed");
-    describe_histogram!(PUBLISH_DURATION_SECONDS, Unit::Seconds, "Publish batch duration, to the last delivery report");
+    describe_histogram!(
+        PUBLISH_DURATION_SECONDS,
+        Unit::Seconds,
+        "Publish batch duration, to the last delivery report"
+    );
     describe_counter!(CONSUMED_TOTAL, "Messages handed to subscribers");
-    describe_counter!(CONSUMER_ERRORS_TOTAL, "Errors while receiving or committing");
+    describe_counter!(
+        CONSUMER_ERRORS_TOTAL,
+        "Errors while receiving or committing"
+    );
     describe_counter!(COMMITS_TOTAL, "Offset commits");
     describe_counter!(REBALANCES_TOTAL, "Consumer group rebalance callbacks");
-    describe_gauge!(CONSUMER_LAG, "High watermark minus committed offset, per partition");
-    describe_gauge!(UNCOMMITTED, "Delivered messages not yet committed by this member");
+    describe_gauge!(
+        CONSUMER_LAG,
+        "High watermark minus committed offset, per partition"
+    );
+    describe_gauge!(
+        UNCOMMITTED,
+        "Delivered messages not yet committed by this member"
+    );
     describe_counter!(DEAD_LETTERS_TOTAL, "Messages sent to a dead-letter topic");
-    describe_counter!(REPLAYED_TOTAL, "Dead letters re-published to their original topic");
-    describe_counter!(HANDLER_RETRIES_TOTAL, "Transient handler failures that were retried");
+    describe_counter!(
+        REPLAYED_TOTAL,
+        "Dead letters re-published to their original topic"
+    );
+    describe_counter!(
+        HANDLER_RETRIES_TOTAL,
+        "Transient handler failures that were retried"
+    );
 }

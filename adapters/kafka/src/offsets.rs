@@ -48,7 +48,9 @@ pub struct OffsetTracker {
 impl OffsetTracker {
     /// Starts tracking a newly assigned partition (no-op if already tracked).
     pub fn assign(&mut self, topic: &str, partition: u32) {
-        self.partitions.entry((Arc::from(topic), partition)).or_default();
+        self.partitions
+            .entry((Arc::from(topic), partition))
+            .or_default();
     }
 
     /// Forgets a revoked partition: its unhandled messages go to the next owner.
@@ -65,7 +67,9 @@ impl OffsetTracker {
     /// Records a delivery. Returns `false` (and records nothing) for a partition that is
     /// not assigned.
     pub fn delivered(&mut self, topic: &str, partition: u32, offset: u64) -> bool {
-        let Some(state) = self.partitions.get_mut(&(Arc::from(topic), partition)) else { return false };
+        let Some(state) = self.partitions.get_mut(&(Arc::from(topic), partition)) else {
+            return false;
+        };
         if state.committed.is_some_and(|c| offset < c) {
             // A redelivery below the committed position (a seek): nothing to track.
             return true;
@@ -79,7 +83,9 @@ impl OffsetTracker {
     /// Marks a delivered message handled. Returns `false` if the partition is not assigned
     /// any more or the offset was never delivered to this member.
     pub fn handled(&mut self, topic: &str, partition: u32, offset: u64) -> bool {
-        let Some(state) = self.partitions.get_mut(&(Arc::from(topic), partition)) else { return false };
+        let Some(state) = self.partitions.get_mut(&(Arc::from(topic), partition)) else {
+            return false;
+        };
         match state.pending.get_mut(&offset) {
             Some(handled) => {
                 *handled = true;
@@ -106,12 +112,17 @@ impl OffsetTracker {
     /// Like [`committable`](Self::committable), restricted to some partitions.
     #[must_use]
     pub fn committable_among(&self, partitions: &[(String, u32)]) -> Vec<(Arc<str>, u32, u64)> {
-        self.committable().into_iter().filter(|(t, p, _)| partitions.iter().any(|(pt, pp)| **t == **pt && p == pp)).collect()
+        self.committable()
+            .into_iter()
+            .filter(|(t, p, _)| partitions.iter().any(|(pt, pp)| **t == **pt && p == pp))
+            .collect()
     }
 
     /// Records that `position` is committed on a partition and drops the bookkeeping below it.
     pub fn committed(&mut self, topic: &str, partition: u32, position: u64) {
-        let Some(state) = self.partitions.get_mut(&(Arc::from(topic), partition)) else { return };
+        let Some(state) = self.partitions.get_mut(&(Arc::from(topic), partition)) else {
+            return;
+        };
         state.committed = Some(state.committed.map_or(position, |c| c.max(position)));
         state.pending = state.pending.split_off(&position);
     }
@@ -125,7 +136,10 @@ impl OffsetTracker {
     /// The assigned partitions.
     #[must_use]
     pub fn assignment(&self) -> Vec<(String, u32)> {
-        self.partitions.keys().map(|(t, p)| (t.to_string(), *p)).collect()
+        self.partitions
+            .keys()
+            .map(|(t, p)| (t.to_string(), *p))
+            .collect()
     }
 }
 
@@ -147,7 +161,11 @@ mod tests {
         let mut t = tracker_with(&[5, 6, 7]);
         assert!(t.handled("t", 0, 5));
         assert!(t.handled("t", 0, 7));
-        assert_eq!(t.committable(), vec![(Arc::from("t"), 0, 6)], "6 is unhandled: the position stays at 6");
+        assert_eq!(
+            t.committable(),
+            vec![(Arc::from("t"), 0, 6)],
+            "6 is unhandled: the position stays at 6"
+        );
         t.committed("t", 0, 6);
         assert!(t.committable().is_empty(), "nothing new to commit");
         assert!(t.handled("t", 0, 6));
@@ -159,7 +177,10 @@ mod tests {
     #[test]
     fn nothing_handled_commits_nothing() {
         let mut t = tracker_with(&[3, 4]);
-        assert!(t.committable().is_empty(), "the group's position is still 3");
+        assert!(
+            t.committable().is_empty(),
+            "the group's position is still 3"
+        );
         assert!(t.handled("t", 0, 4));
         assert!(t.committable().is_empty(), "3 is unhandled");
         let empty = {
@@ -167,7 +188,10 @@ mod tests {
             t.assign("t", 0);
             t
         };
-        assert!(empty.committable().is_empty(), "a partition with no delivery has no position");
+        assert!(
+            empty.committable().is_empty(),
+            "a partition with no delivery has no position"
+        );
     }
 
     #[test]
@@ -206,6 +230,9 @@ mod tests {
         t.delivered("t", 1, 4);
         t.handled("t", 0, 0);
         t.handled("t", 1, 4);
-        assert_eq!(t.committable_among(&[("t".into(), 1)]), vec![(Arc::from("t"), 1, 5)]);
+        assert_eq!(
+            t.committable_among(&[("t".into(), 1)]),
+            vec![(Arc::from("t"), 1, 5)]
+        );
     }
 }

@@ -17,17 +17,27 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use reprise_core::event_bus::{EventBus, Headers, OutgoingMessage, Subscription, header, partition_for_key};
+use reprise_core::event_bus::{
+    EventBus, Headers, OutgoingMessage, Subscription, header, partition_for_key,
+};
 use reprise_core::{BusError, Delivery, Payload};
 use reprise_kafka::dead_letter::header as dlq;
-use reprise_kafka::{ConfigError, DeadLetterHandler, DeadLetterPolicy, DeadLetterQueue, HandlerError, KafkaConfig, KafkaEventBus, Outcome};
+use reprise_kafka::{
+    ConfigError, DeadLetterHandler, DeadLetterPolicy, DeadLetterQueue, HandlerError, KafkaConfig,
+    KafkaEventBus, Outcome,
+};
 
 fn config() -> KafkaConfig {
     if std::env::var("KAFKA_BOOTSTRAP").is_err() {
-        panic!("KAFKA_BOOTSTRAP is unset: start a broker with `eval \"$(scripts/kafka.sh)\"`. These tests never skip.");
+        panic!(
+            "KAFKA_BOOTSTRAP is unset: start a broker with `eval \"$(scripts/kafka.sh)\"`. These tests never skip."
+        );
     }
-    let mut config = KafkaConfig::from_env().unwrap_or_else(|e| panic!("bad Kafka environment: {e}"));
-    if std::env::var("KAFKA_SESSION_TIMEOUT_MS").is_err() && std::env::var("KAFKA_HEARTBEAT_INTERVAL_MS").is_err() {
+    let mut config =
+        KafkaConfig::from_env().unwrap_or_else(|e| panic!("bad Kafka environment: {e}"));
+    if std::env::var("KAFKA_SESSION_TIMEOUT_MS").is_err()
+        && std::env::var("KAFKA_HEARTBEAT_INTERVAL_MS").is_err()
+    {
         config = config.group_timing(Duration::from_secs(6), Duration::from_millis(500));
     }
     config.client_id("reprise-kafka-tests")
@@ -38,14 +48,19 @@ async fn bus() -> KafkaEventBus {
     let bootstrap = config.bootstrap_servers.clone();
     let bus = KafkaEventBus::new(config).unwrap_or_else(|e| panic!("cannot create the bus: {e}"));
     if let Err(e) = bus.check_connection().await {
-        panic!("the broker at {bootstrap} does not answer ({e}): start it with `eval \"$(scripts/kafka.sh)\"`");
+        panic!(
+            "the broker at {bootstrap} does not answer ({e}): start it with `eval \"$(scripts/kafka.sh)\"`"
+        );
     }
     bus
 }
 
 /// A prefix no other run or test shares.
 fn namespace(test: &str) -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_nanos();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
     format!("rk-{test}-{}-{nanos}-", std::process::id())
 }
 
@@ -58,16 +73,24 @@ fn message(topic: &str, key: &str, event_id: u64, payload: &str) -> OutgoingMess
             .with(header::EVENT_ID, event_id.to_string())
             .with(header::EVENT_TYPE, "Tested")
             .with(header::SCHEMA_VERSION, "1")
-            .with(header::TRACEPARENT, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            .with(
+                header::TRACEPARENT,
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
     }
 }
 
 fn event_id(d: &Delivery) -> u64 {
-    d.headers.get(header::EVENT_ID).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{} has no event id", d.coordinates()))
+    d.headers
+        .get(header::EVENT_ID)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{} has no event id", d.coordinates()))
 }
 
 async fn within<T>(budget: Duration, what: &str, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(budget, f).await.unwrap_or_else(|_| panic!("{what}: no result within {budget:?}"))
+    tokio::time::timeout(budget, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no result within {budget:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,11 +98,18 @@ async fn conformance_suite_passes() {
     let bus = bus().await;
     let ns = namespace("conformance");
     for topic in ["orders", "redelivery"] {
-        bus.create_topic(&format!("{ns}{topic}"), 4, 1).await.expect("create topic");
+        bus.create_topic(&format!("{ns}{topic}"), 4, 1)
+            .await
+            .expect("create topic");
     }
     let budget = bus.config().group_join_budget() * 4;
     let shared: Arc<dyn EventBus> = Arc::new(bus);
-    let result = within(budget, "event_bus_suite", reprise_core::conformance::event_bus_suite(shared, &ns)).await;
+    let result = within(
+        budget,
+        "event_bus_suite",
+        reprise_core::conformance::event_bus_suite(shared, &ns),
+    )
+    .await;
     result.unwrap_or_else(|e| panic!("conformance: {e}"));
 }
 
@@ -88,45 +118,113 @@ async fn keys_land_where_core_murmur2_predicts() {
     let bus = bus().await;
     let topic = format!("{}keys", namespace("partitioning"));
     let partitions = 6;
-    bus.create_topic(&topic, partitions, 1).await.expect("create topic");
-    assert_eq!(bus.partition_count(&topic).await.expect("metadata"), partitions);
-    let keys: Vec<String> = (0..60).map(|i| format!("order-{i}")).chain(["".to_owned(), "ü-ñ".to_owned()]).collect();
-    let messages = keys.iter().enumerate().map(|(i, k)| message(&topic, k, i as u64, "{}")).collect();
+    bus.create_topic(&topic, partitions, 1)
+        .await
+        .expect("create topic");
+    assert_eq!(
+        bus.partition_count(&topic).await.expect("metadata"),
+        partitions
+    );
+    let keys: Vec<String> = (0..60)
+        .map(|i| format!("order-{i}"))
+        .chain(["".to_owned(), "ü-ñ".to_owned()])
+        .collect();
+    let messages = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| message(&topic, k, i as u64, "{}"))
+        .collect();
     let receipts = bus.publish_with_receipts(messages).await.expect("publish");
     assert_eq!(receipts.len(), keys.len());
     let mut used = BTreeSet::new();
     for (key, receipt) in keys.iter().zip(&receipts) {
         let predicted = partition_for_key(key.as_bytes(), partitions);
-        assert_eq!(receipt.partition, predicted, "key {key:?}: broker put it on {}, core predicts {predicted}", receipt.partition);
+        assert_eq!(
+            receipt.partition, predicted,
+            "key {key:?}: broker put it on {}, core predicts {predicted}",
+            receipt.partition
+        );
         used.insert(receipt.partition);
     }
-    assert!(used.len() > 1, "60 keys over 6 partitions must not all hash to one partition");
+    assert!(
+        used.len() > 1,
+        "60 keys over 6 partitions must not all hash to one partition"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publishing_to_a_missing_topic_is_a_typed_error() {
+async fn topic_administration_errors_are_typed() {
+    let bus = bus().await;
+    let topic = format!("{}never-created", namespace("admin"));
+    let missing = bus.partition_count(&topic).await;
+    assert_eq!(
+        missing,
+        Err(BusError::UnknownTopic(topic.clone())),
+        "metadata of a missing topic"
+    );
+    let zero = bus.create_topic(&topic, 0, 1).await;
+    assert!(
+        matches!(zero, Err(BusError::Permanent(_))),
+        "0 partitions must be refused, got {zero:?}"
+    );
+    bus.create_topic(&topic, 3, 1).await.expect("create");
+    bus.create_topic(&topic, 5, 1)
+        .await
+        .expect("creating an existing topic is a no-op");
+    assert_eq!(
+        bus.partition_count(&topic).await,
+        Ok(3),
+        "the existing topic is left alone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_to_a_missing_topic_fails_instead_of_creating_it() {
     let bus = KafkaEventBus::new(config().delivery_timeout(Duration::from_secs(3))).expect("bus");
     bus.check_connection().await.expect("broker answers");
     let topic = format!("{}never-created", namespace("missing"));
-    let result = within(Duration::from_secs(15), "publish", bus.publish(vec![message(&topic, "k", 1, "{}")])).await;
-    match result {
-        Err(BusError::UnknownTopic(t)) => assert_eq!(t, topic),
-        // Brokers that auto-create topics accept the message; tansu does not, and a timeout
-        // ("outcome unknown") is also a correct answer while metadata is missing.
-        Ok(()) | Err(BusError::Timeout) => {}
-        Err(other) => panic!("expected UnknownTopic or Timeout, got {other:?}"),
-    }
-    assert!(matches!(bus.partition_count(&topic).await, Err(BusError::UnknownTopic(_)) | Ok(_)));
+    let result = within(
+        Duration::from_secs(15),
+        "publish",
+        bus.publish(vec![message(&topic, "k", 1, "{}")]),
+    )
+    .await;
+    assert!(
+        matches!(&result, Err(BusError::UnknownTopic(t)) if *t == topic)
+            || result == Err(BusError::Timeout),
+        "expected UnknownTopic or Timeout (outcome unknown), got {result:?}"
+    );
+    assert_eq!(
+        bus.partition_count(&topic).await,
+        Err(BusError::UnknownTopic(topic.clone())),
+        "the publish must not have created it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_broker_and_bad_properties_fail_with_typed_errors() {
     // Port 1 on loopback: nothing listens there.
-    let unreachable = KafkaEventBus::new(KafkaConfig::new("127.0.0.1:1").operation_timeout(Duration::from_secs(2))).expect("lazy client");
-    let err = within(Duration::from_secs(10), "check_connection", unreachable.check_connection()).await.expect_err("nothing listens on port 1");
-    assert!(err.is_transient(), "an unreachable broker is transient, got {err:?}");
-    let bad = KafkaEventBus::new(KafkaConfig::new("127.0.0.1:9092").property("no.such.property", "1"));
-    assert!(matches!(bad, Err(ConfigError::Rejected(_))), "unknown property must be refused, got {bad:?}");
+    let unreachable = KafkaEventBus::new(
+        KafkaConfig::new("127.0.0.1:1").operation_timeout(Duration::from_secs(2)),
+    )
+    .expect("lazy client");
+    let err = within(
+        Duration::from_secs(10),
+        "check_connection",
+        unreachable.check_connection(),
+    )
+    .await
+    .expect_err("nothing listens on port 1");
+    assert!(
+        err.is_transient(),
+        "an unreachable broker is transient, got {err:?}"
+    );
+    let bad =
+        KafkaEventBus::new(KafkaConfig::new("127.0.0.1:9092").property("no.such.property", "1"));
+    assert!(
+        matches!(bad, Err(ConfigError::Rejected(_))),
+        "unknown property must be refused, got {bad:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,9 +241,20 @@ async fn a_member_leaves_mid_stream_and_the_survivor_takes_over() {
     // Both members join before anything is published, so both get partitions.
     let mut leaver = bus.subscribe_group(&group, &[&topic]).expect("subscribe");
     let mut survivor = bus.subscribe_group(&group, &[&topic]).expect("subscribe");
-    bus.publish((0..total).map(|i| message(&topic, &format!("stream-{}", i % 16), i, &format!(r#"{{"n":{i}}}"#))).collect())
-        .await
-        .expect("publish");
+    bus.publish(
+        (0..total)
+            .map(|i| {
+                message(
+                    &topic,
+                    &format!("stream-{}", i % 16),
+                    i,
+                    &format!(r#"{{"n":{i}}}"#),
+                )
+            })
+            .collect(),
+    )
+    .await
+    .expect("publish");
 
     let survivor_task = {
         let handled = Arc::clone(&handled);
@@ -155,7 +264,9 @@ async fn a_member_leaves_mid_stream_and_the_survivor_takes_over() {
                     survivor.commit().await.expect("final commit");
                     return survivor;
                 }
-                let Ok(next) = tokio::time::timeout(budget, survivor.next()).await else { continue };
+                let Ok(next) = tokio::time::timeout(budget, survivor.next()).await else {
+                    continue;
+                };
                 let d = next.expect("survivor next");
                 *handled.lock().entry(event_id(&d)).or_default() += 1;
                 tokio::time::sleep(Duration::from_millis(2)).await; // keep the stream going while the leaver works
@@ -170,7 +281,9 @@ async fn a_member_leaves_mid_stream_and_the_survivor_takes_over() {
     // The leaver handles 20 messages, acknowledges 15, commits after 10, then is dropped.
     let mut leaver_handled = 0;
     while leaver_handled < 20 {
-        let d = within(budget * 2, "leaver next", leaver.next()).await.expect("leaver next");
+        let d = within(budget * 2, "leaver next", leaver.next())
+            .await
+            .expect("leaver next");
         *handled.lock().entry(event_id(&d)).or_default() += 1;
         leaver_handled += 1;
         if leaver_handled <= 15 {
@@ -180,17 +293,29 @@ async fn a_member_leaves_mid_stream_and_the_survivor_takes_over() {
             leaver.commit().await.expect("leaver commit");
         }
     }
-    assert!(!leaver.assignment().is_empty(), "the leaver must have owned partitions");
+    assert!(
+        !leaver.assignment().is_empty(),
+        "the leaver must have owned partitions"
+    );
     drop(leaver);
 
-    let survivor = within(budget * 4, "survivor finishing the stream", survivor_task).await.expect("survivor task");
+    let survivor = within(budget * 4, "survivor finishing the stream", survivor_task)
+        .await
+        .expect("survivor task");
     let handled = handled.lock().clone();
     let missing: Vec<u64> = (0..total).filter(|i| !handled.contains_key(i)).collect();
     assert!(missing.is_empty(), "lost messages: {missing:?}");
-    assert_eq!(survivor.assignment().len(), 4, "the survivor owns every partition after the rebalance");
+    assert_eq!(
+        survivor.assignment().len(),
+        4,
+        "the survivor owns every partition after the rebalance"
+    );
     // At-least-once: the leaver's unacknowledged messages were redelivered to the survivor.
     let redelivered = handled.values().filter(|n| **n > 1).count();
-    assert!(redelivered >= 5, "the 5 messages the leaver did not acknowledge must be redelivered, saw {redelivered}");
+    assert!(
+        redelivered >= 5,
+        "the 5 messages the leaver did not acknowledge must be redelivered, saw {redelivered}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,9 +325,20 @@ async fn a_crash_before_ack_redelivers_and_dedup_keeps_the_projection_exact() {
     let topic = format!("{ns}events");
     let group = format!("{ns}projection");
     bus.create_topic(&topic, 1, 1).await.expect("create topic");
-    bus.publish((0..10).map(|i| message(&topic, "account-1", 100 + i, &format!(r#"{{"amount":{}}}"#, i + 1))).collect())
-        .await
-        .expect("publish");
+    bus.publish(
+        (0..10)
+            .map(|i| {
+                message(
+                    &topic,
+                    "account-1",
+                    100 + i,
+                    &format!(r#"{{"amount":{}}}"#, i + 1),
+                )
+            })
+            .collect(),
+    )
+    .await
+    .expect("publish");
     let budget = bus.config().group_join_budget();
 
     // The projection: a balance plus the ids applied (the idempotency record).
@@ -211,7 +347,9 @@ async fn a_crash_before_ack_redelivers_and_dedup_keeps_the_projection_exact() {
     let mut duplicates = 0;
     let mut apply = |d: &Delivery, applied: &mut BTreeSet<u64>| {
         if applied.insert(event_id(d)) {
-            balance += d.payload.decode::<serde_json::Value>().expect("json")["amount"].as_u64().expect("amount");
+            balance += d.payload.decode::<serde_json::Value>().expect("json")["amount"]
+                .as_u64()
+                .expect("amount");
         } else {
             duplicates += 1;
         }
@@ -219,7 +357,9 @@ async fn a_crash_before_ack_redelivers_and_dedup_keeps_the_projection_exact() {
 
     let mut first = bus.subscribe_group(&group, &[&topic]).expect("subscribe");
     for i in 0..10 {
-        let d = within(budget, "first next", first.next()).await.expect("first next");
+        let d = within(budget, "first next", first.next())
+            .await
+            .expect("first next");
         apply(&d, &mut applied);
         // Events 0..5 are acknowledged and committed; 5..10 are applied, then the process
         // "crashes" before acknowledging them.
@@ -233,15 +373,28 @@ async fn a_crash_before_ack_redelivers_and_dedup_keeps_the_projection_exact() {
     let mut second = bus.subscribe_group(&group, &[&topic]).expect("subscribe");
     let mut redelivered = Vec::new();
     for _ in 0..5 {
-        let d = within(budget, "second next", second.next()).await.expect("second next");
+        let d = within(budget, "second next", second.next())
+            .await
+            .expect("second next");
         redelivered.push(event_id(&d));
         apply(&d, &mut applied);
         second.ack(&d);
     }
     second.commit().await.expect("commit");
-    assert_eq!(redelivered, vec![105, 106, 107, 108, 109], "resumes at the first unacknowledged event, in order");
-    assert_eq!(duplicates, 5, "each redelivered event was recognised by its id");
-    assert_eq!(balance, (1..=10).sum::<u64>(), "every event applied exactly once");
+    assert_eq!(
+        redelivered,
+        vec![105, 106, 107, 108, 109],
+        "resumes at the first unacknowledged event, in order"
+    );
+    assert_eq!(
+        duplicates, 5,
+        "each redelivered event was recognised by its id"
+    );
+    assert_eq!(
+        balance,
+        (1..=10).sum::<u64>(),
+        "every event applied exactly once"
+    );
 }
 
 #[derive(serde::Deserialize)]
@@ -256,7 +409,9 @@ async fn poison_messages_are_dead_lettered_listed_and_replayed() {
     let topic = format!("{ns}payments");
     let group = format!("{ns}ledger");
     bus.create_topic(&topic, 1, 1).await.expect("create topic");
-    bus.create_topic(&bus.config().dead_letter_topic(&topic), 1, 1).await.expect("create dlq");
+    bus.create_topic(&bus.config().dead_letter_topic(&topic), 1, 1)
+        .await
+        .expect("create dlq");
     let budget = bus.config().group_join_budget();
 
     bus.publish(vec![
@@ -272,14 +427,26 @@ async fn poison_messages_are_dead_lettered_listed_and_replayed() {
         .create()
         .expect("raw producer");
     raw.send(
-        FutureRecord::to(&topic).key("acct-1").payload(&[0xff_u8, 0xfe, 0x00][..]).headers(OwnedHeaders::new().insert(Header { key: header::EVENT_ID, value: Some("4") })),
+        FutureRecord::to(&topic)
+            .key("acct-1")
+            .payload(&[0xff_u8, 0xfe, 0x00][..])
+            .headers(OwnedHeaders::new().insert(Header {
+                key: header::EVENT_ID,
+                value: Some("4"),
+            })),
         Duration::from_secs(5),
     )
     .await
     .expect("raw publish");
-    bus.publish(vec![message(&topic, "acct-1", 5, r#"{"amount":50}"#)]).await.expect("publish");
+    bus.publish(vec![message(&topic, "acct-1", 5, r#"{"amount":50}"#)])
+        .await
+        .expect("publish");
 
-    let policy = DeadLetterPolicy { max_attempts: 3, initial_backoff: Duration::from_millis(10), max_backoff: Duration::from_millis(50) };
+    let policy = DeadLetterPolicy {
+        max_attempts: 3,
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+    };
     let handler = DeadLetterHandler::new(bus.clone(), Some(&group), policy).expect("policy");
     let mut sub = bus.subscribe_group(&group, &[&topic]).expect("subscribe");
     let mut total = 0;
@@ -294,7 +461,10 @@ async fn poison_messages_are_dead_lettered_listed_and_replayed() {
                 let result = if event_id(d) == 3 && failed_once.insert(3) {
                     Err(HandlerError::transient("ledger database busy"))
                 } else {
-                    d.payload.decode::<Deposit>().map(|deposit| total += deposit.amount).map_err(HandlerError::permanent)
+                    d.payload
+                        .decode::<Deposit>()
+                        .map(|deposit| total += deposit.amount)
+                        .map_err(HandlerError::permanent)
                 };
                 std::future::ready(result)
             })
@@ -307,40 +477,90 @@ async fn poison_messages_are_dead_lettered_listed_and_replayed() {
     assert_eq!(outcomes[&1], Outcome::Handled { attempts: 1 });
     assert_eq!(outcomes[&3], Outcome::Handled { attempts: 2 });
     assert_eq!(outcomes[&5], Outcome::Handled { attempts: 1 });
-    assert!(matches!(&outcomes[&2], Outcome::DeadLettered { attempts: 1, error: HandlerError::Permanent(_), .. }), "{:?}", outcomes[&2]);
-    assert_eq!(sub.uncommitted(), 0, "the poison messages were acknowledged: nothing stalls the partition");
+    assert!(
+        matches!(
+            &outcomes[&2],
+            Outcome::DeadLettered {
+                attempts: 1,
+                error: HandlerError::Permanent(_),
+                ..
+            }
+        ),
+        "{:?}",
+        outcomes[&2]
+    );
+    assert_eq!(
+        sub.uncommitted(),
+        0,
+        "the poison messages were acknowledged: nothing stalls the partition"
+    );
     drop(sub);
 
     let queue = DeadLetterQueue::for_topic(bus.clone(), &topic);
     let letters = within(budget, "list", queue.list(100)).await.expect("list");
     assert_eq!(letters.len(), 2, "{letters:#?}");
     let (poison, garbage) = (&letters[0], &letters[1]);
-    assert_eq!((poison.original_topic.as_str(), poison.original_partition, poison.original_offset), (topic.as_str(), 0, 1));
+    assert_eq!(
+        (
+            poison.original_topic.as_str(),
+            poison.original_partition,
+            poison.original_offset
+        ),
+        (topic.as_str(), 0, 1)
+    );
     assert_eq!(poison.attempts, 1);
     assert!(poison.error.contains("permanent"), "{}", poison.error);
     assert_eq!(poison.group.as_deref(), Some(group.as_str()));
     assert_eq!(poison.header(header::EVENT_ID), Some("2"));
-    assert_eq!(poison.header(header::TRACEPARENT), Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), "original headers are kept");
-    assert!(poison.headers.iter().all(|(k, _)| !k.starts_with(dlq::PREFIX)), "dead-letter headers are split off");
+    assert_eq!(
+        poison.header(header::TRACEPARENT),
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        "original headers are kept"
+    );
+    assert!(
+        poison
+            .headers
+            .iter()
+            .all(|(k, _)| !k.starts_with(dlq::PREFIX)),
+        "dead-letter headers are split off"
+    );
     assert_eq!(poison.payload_text(), Some(r#"{"amount":"ten"}"#));
     assert_eq!(garbage.original_offset, 3);
     assert_eq!(garbage.attempts, 0, "never reached a handler");
     assert!(garbage.error.contains("not UTF-8"), "{}", garbage.error);
-    assert_eq!(garbage.payload.as_deref(), Some(&[0xff_u8, 0xfe, 0x00][..]), "bytes kept exactly");
+    assert_eq!(
+        garbage.payload.as_deref(),
+        Some(&[0xff_u8, 0xfe, 0x00][..]),
+        "bytes kept exactly"
+    );
 
-    let inspected = queue.inspect(poison.partition, poison.offset).await.expect("inspect");
+    let inspected = queue
+        .inspect(poison.partition, poison.offset)
+        .await
+        .expect("inspect");
     assert_eq!(&inspected, poison);
     let missing = queue.inspect(0, 1_000).await;
-    assert!(matches!(missing, Err(reprise_kafka::DeadLetterError::NotFound { offset: 1_000, .. })), "{missing:?}");
+    assert!(
+        matches!(
+            missing,
+            Err(reprise_kafka::DeadLetterError::NotFound { offset: 1_000, .. })
+        ),
+        "{missing:?}"
+    );
 
     // The fix is deployed: replay the poison message; the group sees only it (the committed
     // offset is past everything else).
     let receipt = queue.replay(poison).await.expect("replay");
     assert_eq!((receipt.partition, receipt.offset), (0, 5));
     let mut sub = bus.subscribe_group(&group, &[&topic]).expect("subscribe");
-    let d = within(budget, "replayed next", sub.next()).await.expect("next");
+    let d = within(budget, "replayed next", sub.next())
+        .await
+        .expect("next");
     assert_eq!(d.offset, 5);
     assert_eq!(event_id(&d), 2);
-    assert_eq!(d.headers.get(dlq::REPLAYED_FROM), Some(poison.coordinates().as_str()));
+    assert_eq!(
+        d.headers.get(dlq::REPLAYED_FROM),
+        Some(poison.coordinates().as_str())
+    );
     assert_eq!(d.payload.as_str(), r#"{"amount":"ten"}"#);
 }

@@ -4,26 +4,34 @@
 //! The statement (see [`APPEND_SQL`]) does, in order:
 //! 1. upsert one `streams` row per stream, in stream-id order, adding the stream's event count
 //!    to its version. `ON CONFLICT DO UPDATE` takes the row lock, so concurrent writers of one
-//!    stream queue here and each sees the version the previous one committed;
-//! 2. insert every event with a single `INSERT .. SELECT FROM unnest(..) WITH ORDINALITY`
+//!    stream queue here and each sees the version the previous one committed (in stream-id
+//!    order, so concurrent multi-stream batches cannot deadlock);
+//! 2. check every stream's expectation against the version it had (`new - count`); a miss
+//!    calls `append_expectation_failed` (migration 0007), which aborts the statement with
+//!    SQLSTATE `RP409`, so nothing of the batch remains;
+//! 3. insert every event with a single `INSERT .. SELECT FROM unnest(..) WITH ORDINALITY`
 //!    (no row-by-row inserts), positions `(xid << 16) + offset + ordinal` where `offset`
 //!    skips positions this transaction already used (an earlier append in the same
 //!    transaction, see `PgEventStore::append_in`);
-//! 3. optionally `pg_notify` the store's channel (delivered only if the transaction commits).
+//! 4. for appends inside a caller's transaction only, `pg_notify` the store's channel
+//!    (delivered if that transaction commits; other appends notify after commit instead,
+//!    see `notifier.rs`).
 //!
-//! It returns each stream's new version. The expectation check runs on those numbers
-//! (`new - count` is the version the lock holder saw); if one fails, the caller rolls back.
-//! The check could run in SQL, but doing it in Rust keeps the statement readable and the
-//! rule in one place: [`ExpectedVersion::admits`].
+//! Because the statement either does everything or fails, a plain append runs it in
+//! autocommit mode: one round trip, commit included. Under CPU contention every round trip
+//! is a scheduling delay on both sides, so this is worth more than it looks (measured in
+//! docs/performance.md). With the outbox, or inside a caller's transaction, the same
+//! statement runs inside a transaction.
 
 use std::collections::BTreeMap;
 
 use reprise_core::event_store::StreamAppend;
 use reprise_core::{AppendBatch, AppendReceipt, EventId, ExpectedVersion, StoreError, StreamId};
+use sqlx::postgres::PgDatabaseError;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use crate::error::{classify, database_error, sqlstate};
+use crate::error::{classify, classify_commit, database_error, sqlstate};
 use crate::rows::{to_i64, to_u64};
 
 const APPEND_SQL: &str = r"
@@ -33,6 +41,20 @@ WITH locked AS (
     ORDER BY s.stream_id
     ON CONFLICT (stream_id) DO UPDATE SET version = streams.version + excluded.version
     RETURNING stream_id, version
+), checked AS (
+    SELECT locked.stream_id, locked.version,
+           CASE WHEN CASE x.kind
+                         WHEN 0 THEN true
+                         WHEN 1 THEN locked.version - x.count = 0
+                         WHEN 2 THEN locked.version - x.count > 0
+                         ELSE locked.version - x.count = x.expected
+                     END
+                THEN 0
+                ELSE append_expectation_failed(locked.stream_id, x.label, locked.version - x.count)
+           END AS guard
+    FROM locked
+    JOIN unnest($1::text[], $2::int8[], $15::int2[], $16::int8[], $17::text[])
+         AS x(stream_id, count, kind, expected, label) USING (stream_id)
 ), base AS (
     SELECT pg_current_xact_id()::text::int8 << 16 AS first
 ), used AS (
@@ -55,32 +77,39 @@ WITH locked AS (
 ), notified AS (
     SELECT pg_notify($13, '') WHERE $14
 )
-SELECT locked.stream_id, locked.version,
+SELECT checked.stream_id, checked.version, checked.guard,
        (SELECT max(global_position) FROM inserted),
        (SELECT count(*) FROM notified)
-FROM locked";
+FROM checked";
 
-/// The outcome of running the statement, before commit or rollback.
-pub(crate) enum Written {
-    /// Everything is in place; commit to make it durable.
-    Pending(AppendReceipt),
-    /// A stream's version did not match: roll back, report the conflict.
-    ExpectationFailed(StoreError),
+/// SQLSTATE raised by `append_expectation_failed`.
+const EXPECTATION_FAILED: &str = "RP409";
+
+/// `ExpectedVersion` as the statement's `kind` / `expected` columns.
+fn expectation_columns(expected: ExpectedVersion) -> (i16, i64) {
+    match expected {
+        ExpectedVersion::Any => (0, 0),
+        ExpectedVersion::NoStream => (1, 0),
+        ExpectedVersion::StreamExists => (2, 0),
+        ExpectedVersion::Exact(v) => (3, to_i64(v)),
+    }
 }
 
-/// Runs the append statement on `connection`, inside a transaction the caller owns.
+/// Runs the append statement on `connection`: on its own (autocommit, then the receipt is
+/// durable when this returns) or inside a transaction the caller owns. On error the
+/// statement left nothing behind; pass the error to [`diagnose`].
 pub(crate) async fn write_batch(
     connection: &mut PgConnection,
     batch: &AppendBatch,
     notify_channel: Option<&str>,
-) -> Result<Written, sqlx::Error> {
+) -> Result<AppendReceipt, sqlx::Error> {
     let mut by_id: Vec<&StreamAppend> = batch.streams.iter().collect();
     by_id.sort_by(|a, b| a.stream.cmp(&b.stream));
     let stream_ids: Vec<&str> = by_id.iter().map(|s| s.stream.as_str()).collect();
-    let counts: Vec<i64> = by_id
-        .iter()
-        .map(|s| to_i64(s.events.len() as u64))
-        .collect();
+    let counts: Vec<i64> = by_id.iter().map(|s| to_i64(s.events.len() as u64)).collect();
+    let (kinds, expected): (Vec<i16>, Vec<i64>) =
+        by_id.iter().map(|s| expectation_columns(s.expected)).unzip();
+    let labels: Vec<String> = by_id.iter().map(|s| s.expected.to_string()).collect();
 
     let total = batch.event_count();
     let mut columns = EventColumns::with_capacity(total);
@@ -91,19 +120,11 @@ pub(crate) async fn write_batch(
             columns.nth.push(to_i64(nth as u64 + 1));
             columns.event_id.push(Uuid::from_u128(event.event_id.0));
             columns.event_type.push(&event.event_type);
-            columns
-                .schema_version
-                .push(i32::try_from(event.schema_version).unwrap_or(i32::MAX));
+            columns.schema_version.push(i32::try_from(event.schema_version).unwrap_or(i32::MAX));
             columns.payload.push(event.payload.as_str());
-            columns
-                .correlation
-                .push(event.metadata.correlation_id.map(Uuid::from_u128));
-            columns
-                .causation
-                .push(event.metadata.causation_id.map(Uuid::from_u128));
-            columns
-                .traceparent
-                .push(event.metadata.traceparent.as_deref());
+            columns.correlation.push(event.metadata.correlation_id.map(Uuid::from_u128));
+            columns.causation.push(event.metadata.causation_id.map(Uuid::from_u128));
+            columns.traceparent.push(event.metadata.traceparent.as_deref());
         }
     }
 
@@ -122,6 +143,9 @@ pub(crate) async fn write_batch(
         .bind(&columns.traceparent)
         .bind(notify_channel.unwrap_or(""))
         .bind(notify_channel.is_some())
+        .bind(&kinds)
+        .bind(&expected)
+        .bind(&labels)
         .fetch_all(&mut *connection)
         .await?;
 
@@ -130,42 +154,31 @@ pub(crate) async fn write_batch(
     for row in &rows {
         let stream: String = row.try_get(0)?;
         let version: i64 = row.try_get(1)?;
-        let position: i64 = row.try_get(2)?;
+        let position: i64 = row.try_get(3)?;
         new_versions.insert(stream, version);
         last_position = position;
     }
-    assert_eq!(
-        new_versions.len(),
-        batch.streams.len(),
-        "one locked row per stream of the batch"
-    );
+    assert_eq!(new_versions.len(), batch.streams.len(), "one locked row per stream of the batch");
 
     let mut stream_versions = Vec::with_capacity(batch.streams.len());
     for append in &batch.streams {
         let new_version = to_u64(new_versions[append.stream.as_str()], "version")
             .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
         let count = append.events.len() as u64;
+        assert!(new_version >= count, "a stream's version covers the events just added");
+        // The statement enforced this; a miss here means the SQL and `admits` disagree.
         assert!(
-            new_version >= count,
-            "a stream's version covers the events just added"
+            append.expected.admits(new_version - count),
+            "the append statement accepted {} at v{} against expectation {}",
+            append.stream,
+            new_version - count,
+            append.expected
         );
-        let before = new_version - count;
-        if !append.expected.admits(before) {
-            return Ok(Written::ExpectationFailed(StoreError::Conflict {
-                stream: append.stream.clone(),
-                expected: append.expected,
-                actual: before,
-            }));
-        }
         stream_versions.push((append.stream.clone(), new_version));
     }
     let last_position = to_u64(last_position, "global_position")
         .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-    Ok(Written::Pending(AppendReceipt {
-        stream_versions,
-        last_position,
-        was_duplicate: false,
-    }))
+    Ok(AppendReceipt { stream_versions, last_position, was_duplicate: false })
 }
 
 /// Column arrays for `unnest`, borrowed from the batch.
@@ -201,15 +214,26 @@ impl EventColumns<'_> {
 
 /// What a failed append statement means, once the transaction (or savepoint) is rolled back.
 /// `connection` must see the committed state (and the caller's transaction, if any).
+/// `autocommit`: the statement carried its own commit, so a broken connection leaves its
+/// outcome unknown (`Timeout`, resolved by retrying the same batch).
 pub(crate) async fn diagnose(
     connection: &mut PgConnection,
     batch: &AppendBatch,
     error: &sqlx::Error,
+    autocommit: bool,
 ) -> Result<AppendReceipt, StoreError> {
     let Some((code, constraint)) = database_error(error) else {
-        return Err(classify(error));
+        return Err(if autocommit { classify_commit(error) } else { classify(error) });
     };
     match (code.as_str(), constraint.as_deref()) {
+        (EXPECTATION_FAILED, _) => {
+            // A retry of a batch that committed fails its expectation too (the stream moved
+            // on by exactly our events): idempotency first, then the conflict.
+            if let Some(receipt) = already_committed(connection, batch).await? {
+                return Ok(receipt);
+            }
+            Err(expectation_conflict(batch, error))
+        }
         (sqlstate::UNIQUE_VIOLATION, Some("events_event_id_key")) => {
             match already_committed(connection, batch).await? {
                 Some(receipt) => Ok(receipt),
@@ -233,6 +257,25 @@ pub(crate) async fn diagnose(
         // Class 22, data exception: a payload that is not JSON, a NUL byte in text.
         (c, _) if c.starts_with("22") => Err(StoreError::InvalidBatch(error.to_string())),
         _ => Err(classify(error)),
+    }
+}
+
+/// The `Conflict` described by an `RP409` error: stream in HINT, actual version in DETAIL.
+fn expectation_conflict(batch: &AppendBatch, error: &sqlx::Error) -> StoreError {
+    let pg = match error {
+        sqlx::Error::Database(db) => db.try_downcast_ref::<PgDatabaseError>(),
+        _ => None,
+    };
+    let stream = pg.and_then(PgDatabaseError::hint);
+    let actual = pg.and_then(PgDatabaseError::detail).and_then(|d| d.parse::<u64>().ok());
+    let append = batch.streams.iter().find(|a| Some(a.stream.as_str()) == stream);
+    match (append, actual) {
+        (Some(append), Some(actual)) => StoreError::Conflict {
+            stream: append.stream.clone(),
+            expected: append.expected,
+            actual,
+        },
+        _ => StoreError::Permanent(format!("unparseable expectation failure: {error}")),
     }
 }
 

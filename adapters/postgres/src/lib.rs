@@ -55,7 +55,8 @@
 //! - [`store`]: [`PgEventStore`], the `EventStore` implementation and snapshots.
 //! - [`error`]: how PostgreSQL errors map onto [`StoreError`](reprise_core::StoreError).
 //! - [`pool`]: pool statistics and metrics (size, idle, acquire wait).
-//! - [`subscription`]: checkpointed catch-up subscriptions woken by `LISTEN/NOTIFY`.
+//! - [`subscription`]: checkpointed catch-up subscriptions woken by `LISTEN/NOTIFY`
+//!   (notifications are sent after commit, coalesced, by a background task: `notifier.rs`).
 //! - [`outbox`]: the transactional outbox written in the append's transaction.
 
 // This crate is a production adapter: it talks to a real database on tokio, measures real
@@ -72,6 +73,7 @@ pub mod store;
 pub mod subscription;
 
 mod append;
+mod notifier;
 mod read;
 mod rows;
 

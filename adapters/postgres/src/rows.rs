@@ -80,8 +80,7 @@ impl EventDecoder {
         let correlation: Option<Uuid> =
             row.try_get(7).map_err(|e| corrupt("correlation_id", &e))?;
         let causation: Option<Uuid> = row.try_get(8).map_err(|e| corrupt("causation_id", &e))?;
-        let traceparent: Option<String> =
-            row.try_get(9).map_err(|e| corrupt("traceparent", &e))?;
+        let traceparent: Option<String> = row.try_get(9).map_err(|e| corrupt("traceparent", &e))?;
         let recorded_at: PgTimestampMicros =
             row.try_get(10).map_err(|e| corrupt("recorded_at", &e))?;
 

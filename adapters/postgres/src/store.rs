@@ -16,10 +16,12 @@ use reprise_core::{
 };
 use sqlx::postgres::{PgPoolOptions, Postgres};
 use sqlx::{Connection, PgConnection, PgPool, Row, Transaction};
+use tracing::Instrument;
 
-use crate::append::{Written, current_version, diagnose, write_batch};
+use crate::append::{current_version, diagnose, write_batch};
 use crate::config::PgConfig;
 use crate::error::{SetupError, classify, classify_commit};
+use crate::notifier::Notifier;
 use crate::pool::{InstrumentedPool, PoolStats};
 use crate::read::{committed_prefix, stream_events};
 use crate::rows::{to_i64, to_u64};
@@ -41,6 +43,8 @@ struct Inner {
     pool: InstrumentedPool,
     config: PgConfig,
     channel: String,
+    /// Present when `config.notify`: wakes subscriptions after each committed append.
+    notifier: Option<Notifier>,
 }
 
 impl PgEventStore {
@@ -56,16 +60,24 @@ impl PgEventStore {
             .max_connections(config.max_connections)
             .min_connections(config.min_connections)
             .acquire_timeout(config.acquire_timeout)
+            // No ping before every checkout: it costs a round trip on every operation. A
+            // connection that died while idle fails its first statement instead, which is
+            // classified `Transient` (or `Timeout` at commit) and retried by the caller.
+            .test_before_acquire(false)
             .connect_with(config.connect_options()?)
             .await
             .map_err(SetupError::Connect)?;
         schema::prepare(&pool, &config).await?;
         let channel = config.channel();
+        let notifier = config
+            .notify
+            .then(|| Notifier::start(pool.clone(), channel.clone()));
         Ok(PgEventStore {
             inner: Arc::new(Inner {
                 pool: InstrumentedPool::new(pool, config.schema.clone()),
                 config,
                 channel,
+                notifier,
             }),
         })
     }
@@ -125,19 +137,16 @@ impl PgEventStore {
         check_batch(batch)?;
         let connection: &mut PgConnection = transaction;
         let mut savepoint = connection.begin().await.map_err(|e| classify(&e))?;
-        let outcome = write_batch(&mut savepoint, batch, self.notify_channel()).await;
-        match outcome {
-            Ok(Written::Pending(receipt)) => {
+        // The caller commits, so the notification must ride in the transaction (see
+        // notifier.rs for what that costs; appending in a caller's transaction is rare).
+        match write_batch(&mut savepoint, batch, self.notify_channel()).await {
+            Ok(receipt) => {
                 savepoint.commit().await.map_err(|e| classify(&e))?;
                 Ok(receipt)
             }
-            Ok(Written::ExpectationFailed(conflict)) => {
-                savepoint.rollback().await.map_err(|e| classify(&e))?;
-                Err(conflict)
-            }
             Err(error) => {
                 savepoint.rollback().await.map_err(|e| classify(&e))?;
-                diagnose(connection, batch, &error).await
+                diagnose(connection, batch, &error, false).await
             }
         }
     }
@@ -160,6 +169,18 @@ impl PgEventStore {
 
     fn notify_channel(&self) -> Option<&str> {
         self.inner.notify_channel()
+    }
+
+    /// A span per operation, named and attributed per OpenTelemetry's database conventions,
+    /// so traces show the store call between the command and its events.
+    fn span(&self, operation: &'static str) -> tracing::Span {
+        tracing::info_span!(
+            "reprise_pg",
+            otel.name = operation,
+            db.system.name = "postgresql",
+            db.namespace = %self.inner.config.schema,
+            db.operation.name = operation,
+        )
     }
 
     /// Runs `operation` within the configured operation timeout.
@@ -225,7 +246,8 @@ impl Inner {
         self.config.notify.then_some(self.channel.as_str())
     }
 
-    /// One transaction: the events, then the outbox rows, then commit.
+    /// A plain append is one autocommit statement (see `append.rs`); with outbox messages,
+    /// one transaction holding the append statement and the outbox insert.
     async fn append(
         &self,
         batch: &AppendBatch,
@@ -234,38 +256,38 @@ impl Inner {
         check_batch(batch)?;
         let started = Instant::now();
         let mut connection = self.pool.acquire().await?;
-        let mut transaction = connection.begin().await.map_err(|e| classify(&e))?;
-        let written = match write_batch(&mut transaction, batch, self.notify_channel()).await {
-            Ok(Written::Pending(receipt)) if messages.is_empty() => Ok(receipt),
-            Ok(Written::Pending(receipt)) => outbox::enqueue(&mut transaction, messages)
-                .await
-                .map(|()| receipt),
-            Ok(Written::ExpectationFailed(conflict)) => {
-                transaction.rollback().await.map_err(|e| classify(&e))?;
-                return Err(conflict);
+        let receipt = if messages.is_empty() {
+            match write_batch(&mut connection, batch, None).await {
+                Ok(receipt) => receipt,
+                Err(error) => return diagnose(&mut connection, batch, &error, true).await,
             }
-            Err(error) => Err(error),
+        } else {
+            let mut transaction = connection.begin().await.map_err(|e| classify(&e))?;
+            let written = match write_batch(&mut transaction, batch, None).await {
+                Ok(receipt) => outbox::enqueue(&mut transaction, messages).await.map(|()| receipt),
+                Err(error) => Err(error),
+            };
+            match written {
+                Ok(receipt) => {
+                    transaction.commit().await.map_err(|e| classify_commit(&e))?;
+                    receipt
+                }
+                Err(error) => {
+                    // A failed statement aborted the transaction; if even the rollback fails
+                    // the connection is broken, which the original error already explains.
+                    let _ = transaction.rollback().await;
+                    return diagnose(&mut connection, batch, &error, false).await;
+                }
+            }
         };
-        match written {
-            Ok(receipt) => {
-                transaction
-                    .commit()
-                    .await
-                    .map_err(|e| classify_commit(&e))?;
-                let schema = self.config.schema.clone();
-                metrics::histogram!(APPEND_DURATION, "schema" => schema.clone())
-                    .record(started.elapsed().as_secs_f64());
-                metrics::counter!(EVENTS_APPENDED, "schema" => schema)
-                    .increment(batch.event_count() as u64);
-                Ok(receipt)
-            }
-            Err(error) => {
-                // A failed statement aborted the transaction; if even the rollback fails the
-                // connection is broken, which the original error already explains.
-                let _ = transaction.rollback().await;
-                diagnose(&mut connection, batch, &error).await
-            }
+        if let Some(notifier) = &self.notifier {
+            notifier.poke();
         }
+        let schema = self.config.schema.clone();
+        metrics::histogram!(APPEND_DURATION, "schema" => schema.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!(EVENTS_APPENDED, "schema" => schema).increment(batch.event_count() as u64);
+        Ok(receipt)
     }
 
     async fn read_all(
@@ -309,13 +331,19 @@ impl EventStore for PgEventStore {
     ) -> BoxFuture<'static, Result<Vec<RecordedEvent>, StoreError>> {
         let store = self.clone();
         let stream = stream.clone();
-        Box::pin(async move {
-            store
-                .with_connection(move |c| {
-                    Box::pin(async move { stream_events(c, &stream, from_version, limit).await })
-                })
-                .await
-        })
+        let span = self.span("read_stream");
+        Box::pin(
+            async move {
+                store
+                    .with_connection(move |c| {
+                        Box::pin(
+                            async move { stream_events(c, &stream, from_version, limit).await },
+                        )
+                    })
+                    .await
+            }
+            .instrument(span),
+        )
     }
 
     fn read_all(
@@ -324,39 +352,51 @@ impl EventStore for PgEventStore {
         limit: usize,
     ) -> BoxFuture<'static, Result<Vec<RecordedEvent>, StoreError>> {
         let store = self.clone();
-        Box::pin(async move {
-            let inner = Arc::clone(&store.inner);
-            // The visibility wait happens inside the operation: give it room on top.
-            let limit_time =
-                store.inner.config.operation_timeout + store.inner.config.visibility_wait;
-            bounded(limit_time, async move {
-                inner.read_all(from_position, limit).await
-            })
-            .await
-        })
+        let span = self.span("read_all");
+        Box::pin(
+            async move {
+                let inner = Arc::clone(&store.inner);
+                // The visibility wait happens inside the operation: give it room on top.
+                let limit_time =
+                    store.inner.config.operation_timeout + store.inner.config.visibility_wait;
+                bounded(limit_time, async move {
+                    inner.read_all(from_position, limit).await
+                })
+                .await
+            }
+            .instrument(span),
+        )
     }
 
     fn stream_version(&self, stream: &StreamId) -> BoxFuture<'static, Result<u64, StoreError>> {
         let store = self.clone();
         let stream = stream.clone();
-        Box::pin(async move {
-            store
-                .with_connection(move |c| {
-                    Box::pin(async move { current_version(c, &stream).await })
-                })
-                .await
-        })
+        let span = self.span("stream_version");
+        Box::pin(
+            async move {
+                store
+                    .with_connection(move |c| {
+                        Box::pin(async move { current_version(c, &stream).await })
+                    })
+                    .await
+            }
+            .instrument(span),
+        )
     }
 
     fn save_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'static, Result<(), StoreError>> {
         let store = self.clone();
-        Box::pin(async move {
-            store
-                .with_connection(move |c| {
-                    Box::pin(async move { save_snapshot(c, &snapshot).await })
-                })
-                .await
-        })
+        let span = self.span("save_snapshot");
+        Box::pin(
+            async move {
+                store
+                    .with_connection(move |c| {
+                        Box::pin(async move { save_snapshot(c, &snapshot).await })
+                    })
+                    .await
+            }
+            .instrument(span),
+        )
     }
 
     fn load_snapshot(
@@ -365,11 +405,17 @@ impl EventStore for PgEventStore {
     ) -> BoxFuture<'static, Result<Option<Snapshot>, StoreError>> {
         let store = self.clone();
         let stream = stream.clone();
-        Box::pin(async move {
-            store
-                .with_connection(move |c| Box::pin(async move { load_snapshot(c, &stream).await }))
-                .await
-        })
+        let span = self.span("load_snapshot");
+        Box::pin(
+            async move {
+                store
+                    .with_connection(move |c| {
+                        Box::pin(async move { load_snapshot(c, &stream).await })
+                    })
+                    .await
+            }
+            .instrument(span),
+        )
     }
 }
 

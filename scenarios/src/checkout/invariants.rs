@@ -146,7 +146,7 @@ impl CheckoutAudit {
                 let stock = self.stock.entry(entity.to_owned()).or_default();
                 match decode::<InventoryEvent>(event)? {
                     InventoryEvent::Initialized { quantity } => {
-                        stock.available += i64::from(quantity)
+                        stock.available += i64::from(quantity);
                     }
                     InventoryEvent::Reserved { order, quantity } => {
                         stock.available -= i64::from(quantity);
@@ -300,12 +300,15 @@ impl CheckoutAudit {
         Ok(())
     }
 
-    /// Safety at the consumers: every message a checkout consumer acknowledged took
-    /// effect (see [`LogAudit::check_nothing_lost`]).
+    /// Safety at the bus and its consumers: each stream's events reach the bus in order
+    /// ([`LogAudit::check_bus_order`]), and every message a checkout consumer acknowledged
+    /// took effect ([`LogAudit::check_nothing_lost`]).
     ///
     /// # Errors
     /// The first acknowledged message without its inbox marker.
     pub fn check_consumers(&mut self, bus: &InMemoryEventBus) -> Result<(), Finding> {
+        self.log
+            .check_bus_order(bus, &[super::saga::topics::EVENTS])?;
         self.log.check_nothing_lost(bus, &groups::ALL)
     }
 }

@@ -569,7 +569,12 @@ mod tests {
         let mut saga = CheckoutSaga::default();
         saga.apply(&CheckoutEvent::Started {
             order: "o1".into(),
-            line: OrderLine { sku: "s".into(), quantity: 1, amount: 10, card: 1 },
+            line: OrderLine {
+                sku: "s".into(),
+                quantity: 1,
+                amount: 10,
+                card: 1,
+            },
             compensate_on_timeout: true,
         });
         for event in events {
@@ -579,33 +584,64 @@ mod tests {
     }
 
     fn compensating(refund: bool, release: bool) -> CheckoutSaga {
-        saga_at(&[CheckoutEvent::CompensationStarted { reason: "r".into(), refund, release }])
+        saga_at(&[CheckoutEvent::CompensationStarted {
+            reason: "r".into(),
+            refund,
+            release,
+        }])
     }
 
     #[test]
     fn a_refusal_or_a_decline_settles_the_matching_compensation() {
         let saga = compensating(true, true);
-        assert_eq!(saga.react(&CheckoutInput::ReservationRefused).events, vec![CheckoutEvent::Undone(Undo::Release)]);
-        assert_eq!(saga.react(&CheckoutInput::PaymentDeclined).events, vec![CheckoutEvent::Undone(Undo::Refund)]);
+        assert_eq!(
+            saga.react(&CheckoutInput::ReservationRefused).events,
+            vec![CheckoutEvent::Undone(Undo::Release)]
+        );
+        assert_eq!(
+            saga.react(&CheckoutInput::PaymentDeclined).events,
+            vec![CheckoutEvent::Undone(Undo::Refund)]
+        );
         // Not waiting for a refund: a decline is just a late duplicate.
-        assert!(compensating(false, true).react(&CheckoutInput::PaymentDeclined).is_empty());
+        assert!(
+            compensating(false, true)
+                .react(&CheckoutInput::PaymentDeclined)
+                .is_empty()
+        );
     }
 
     #[test]
     fn the_last_confirmation_cancels_and_clears_the_retry_deadline() {
         let saga = saga_at(&[
-            CheckoutEvent::CompensationStarted { reason: "r".into(), refund: false, release: true },
+            CheckoutEvent::CompensationStarted {
+                reason: "r".into(),
+                refund: false,
+                release: true,
+            },
             CheckoutEvent::Undone(Undo::Release),
         ]);
         let reaction = saga.react(&CheckoutInput::OrderCancelled);
-        assert_eq!(reaction.events, vec![CheckoutEvent::Undone(Undo::Cancel), CheckoutEvent::Cancelled]);
-        assert_eq!(reaction.clear_deadlines, vec![Deadline::Compensate.id().to_owned()]);
+        assert_eq!(
+            reaction.events,
+            vec![
+                CheckoutEvent::Undone(Undo::Cancel),
+                CheckoutEvent::Cancelled
+            ]
+        );
+        assert_eq!(
+            reaction.clear_deadlines,
+            vec![Deadline::Compensate.id().to_owned()]
+        );
     }
 
     #[test]
     fn the_retry_deadline_reissues_only_what_is_unconfirmed() {
         let saga = saga_at(&[
-            CheckoutEvent::CompensationStarted { reason: "r".into(), refund: true, release: true },
+            CheckoutEvent::CompensationStarted {
+                reason: "r".into(),
+                refund: true,
+                release: true,
+            },
             CheckoutEvent::Undone(Undo::Refund),
         ]);
         let reaction = saga.react(&CheckoutInput::Timeout(Deadline::Compensate));
@@ -617,9 +653,18 @@ mod tests {
     #[test]
     fn stale_timeouts_and_answers_from_other_steps_are_ignored() {
         let charging = saga_at(&[CheckoutEvent::InventoryReserved]);
-        assert!(charging.react(&CheckoutInput::Timeout(Deadline::Reserve)).is_empty());
+        assert!(
+            charging
+                .react(&CheckoutInput::Timeout(Deadline::Reserve))
+                .is_empty()
+        );
         assert!(charging.react(&CheckoutInput::ShipmentDelivered).is_empty());
-        let done = saga_at(&[CheckoutEvent::InventoryReserved, CheckoutEvent::PaymentCaptured, CheckoutEvent::Delivered, CheckoutEvent::Completed]);
+        let done = saga_at(&[
+            CheckoutEvent::InventoryReserved,
+            CheckoutEvent::PaymentCaptured,
+            CheckoutEvent::Delivered,
+            CheckoutEvent::Completed,
+        ]);
         assert!(done.is_terminal());
         assert!(done.react(&CheckoutInput::ShipmentFailed).is_empty());
     }

@@ -272,6 +272,10 @@ impl InventoryHandler {
         if !decided {
             let available = u32::try_from(available.max(0)).unwrap_or(u32::MAX);
             let event = Inventory::decide_reserve(order, quantity, available);
+            self.env.note(format_args!(
+                "inventory-{sku}: {} for {order} decided on the projection (available {available})",
+                reprise_core::Event::event_type(&event)
+            ));
             let metadata = Metadata {
                 causation_id: Some(message.0),
                 ..Metadata::default()

@@ -223,6 +223,12 @@ impl<A: Aggregate> AggregateCache<A> {
                 Ok(_) => {
                     if !events.is_empty() {
                         self.remember(id, &after, new_version);
+                        let types: Vec<&str> =
+                            events.iter().map(reprise_core::Event::event_type).collect();
+                        env.note(format_args!(
+                            "{stream} v{new_version}: {}",
+                            types.join(", ")
+                        ));
                     }
                     state = after;
                     return Ok(Handled {

@@ -131,6 +131,7 @@ impl<S: Saga> SagaHost<S> {
     /// An instance that fails meanwhile has dropped the input, so it is reloaded and the
     /// input fed again (the saga recognises it if it was persisted after all).
     pub async fn deliver(&self, id: &str, input: S::Input) {
+        self.env.note(format_args!("{}-{id} <- {input:?}", S::NAME));
         let mut attempt = 0;
         loop {
             let store = self.instance(id);

@@ -216,11 +216,14 @@ impl TransfersAudit {
         Ok(())
     }
 
-    /// Safety at the consumers: every acknowledged message took effect.
+    /// Safety at the bus and its consumers: each stream's events reach the bus in order,
+    /// and every acknowledged message took effect.
     ///
     /// # Errors
     /// The first acknowledged message without its inbox marker.
     pub fn check_consumers(&mut self, bus: &InMemoryEventBus) -> Result<(), Finding> {
+        self.log
+            .check_bus_order(bus, &[super::saga::topics::EVENTS])?;
         self.log.check_nothing_lost(bus, &groups::ALL)
     }
 }

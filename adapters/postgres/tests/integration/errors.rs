@@ -84,7 +84,7 @@ async fn a_statement_timeout_is_reported_as_timeout_and_the_batch_can_be_retried
         patient
             .config()
             .clone()
-            .with_statement_timeout(Duration::from_millis(150)),
+            .with_statement_timeout(Duration::from_millis(400)),
     )
     .await;
 

@@ -1,0 +1,1 @@
+DROP FUNCTION append_expectation_failed(text, text, bigint);
