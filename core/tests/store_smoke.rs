@@ -1,6 +1,5 @@
 //! End-to-end checks of `Store` on the deterministic `TestRuntime`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use reprise_core::testing::{TestRuntime, TestStore};
@@ -61,8 +60,8 @@ fn store_runs_effects_and_feeds_results_back() {
 fn cancelled_timers_never_fire() {
     let rt = TestRuntime::shared(1);
     let store = Store::builder(counter(), Counter::default(), (), rt.clone()).build();
-    let _ = store.send(Action::IncrementLater);
-    let _ = store.send(Action::CancelLater);
+    drop(store.send(Action::IncrementLater));
+    drop(store.send(Action::CancelLater));
     rt.advance(Duration::from_secs(10));
     assert_eq!(store.state().count, 0);
     assert_eq!(store.in_flight(), 0);
@@ -72,12 +71,11 @@ fn cancelled_timers_never_fire() {
 fn shutdown_waits_then_reports_stragglers() {
     let rt = TestRuntime::shared(1);
     let store = Store::builder(counter(), Counter::default(), (), rt.clone()).build();
-    let _ = store.send(Action::IncrementLater);
+    drop(store.send(Action::IncrementLater));
     let s = store.clone();
     let result = reprise_core::testing::block_on(&rt, async move { s.shutdown(Duration::from_secs(1)).await });
     assert_eq!(result.unwrap_err().still_running, 1);
     assert!(store.send(Action::Increment).was_refused());
-    let _ = Arc::new(());
 }
 
 #[test]

@@ -9,8 +9,9 @@
 //!   checked invariants, run in a `Store` through `AggregateReducer` or request/response
 //!   through a `Repository`.
 //!
-//! The tests in `examples/tests/` drive both with the exhaustive `TestStore`;
-//! `examples/examples/order_service.rs` runs the order aggregate on tokio.
+//! The tests in `examples/tests/` drive both with the exhaustive `TestStore`; the
+//! programs in `examples/examples/` run them on tokio
+//! (`cargo run -p reprise-examples --example counter`, `--example order_service`).
 
 pub mod counter;
 pub mod order;

@@ -58,7 +58,9 @@ fn message(topic: &str, key: u64, seq: u64, payload: &str) -> OutgoingMessage {
         topic: topic.into(),
         key: format!("stream-{key}").into(),
         payload: Payload::from_json_text(payload),
-        headers: Headers::default().with(header::EVENT_ID, seq.to_string()).with(header::EVENT_TYPE, "Benchmarked"),
+        headers: Headers::default()
+            .with(header::EVENT_ID, seq.to_string())
+            .with(header::EVENT_TYPE, "Benchmarked"),
     }
 }
 
@@ -80,18 +82,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let config = KafkaConfig::from_env()?
         .client_id("reprise-kafka-bench")
-        .group_timing(Duration::from_millis(args.session_timeout_ms), Duration::from_millis(args.heartbeat_interval_ms));
+        .group_timing(
+            Duration::from_millis(args.session_timeout_ms),
+            Duration::from_millis(args.heartbeat_interval_ms),
+        );
     let budget = config.group_join_budget();
-    println!("broker {} | extra librdkafka properties {:?}", config.bootstrap_servers, config.properties);
+    println!(
+        "broker {} | extra librdkafka properties {:?}",
+        config.bootstrap_servers, config.properties
+    );
     let bus = KafkaEventBus::new(config)?;
     bus.check_connection().await?;
 
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
     let ns = format!("bench-{}-{nanos}-", std::process::id());
     let (throughput_topic, latency_topic) = (format!("{ns}throughput"), format!("{ns}latency"));
-    bus.create_topic(&throughput_topic, args.partitions, 1).await?;
+    bus.create_topic(&throughput_topic, args.partitions, 1)
+        .await?;
     bus.create_topic(&latency_topic, args.partitions, 1).await?;
-    let payload = format!(r#"{{"pad":"{}"}}"#, "x".repeat(args.payload_bytes.saturating_sub(10)));
+    let payload = format!(
+        r#"{{"pad":"{}"}}"#,
+        "x".repeat(args.payload_bytes.saturating_sub(10))
+    );
 
     // Throughput: sequential batches, each awaited to its last delivery report.
     let mut batch_ms = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
@@ -99,7 +111,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut sent = 0;
     while sent < args.messages {
         let n = args.batch.min(args.messages - sent);
-        let batch = (sent..sent + n).map(|i| message(&throughput_topic, i % args.keys, i, &payload)).collect();
+        let batch = (sent..sent + n)
+            .map(|i| message(&throughput_topic, i % args.keys, i, &payload))
+            .collect();
         let t = Instant::now();
         bus.publish(batch).await?;
         batch_ms.record(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX))?;
@@ -117,19 +131,35 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     report("publish batch duration", &batch_ms);
 
     // Latency: one message in flight; from `publish` to `next()` returning it.
-    let mut sub = bus.subscribe(&format!("{ns}group"), &[&latency_topic]).await?;
+    let mut sub = bus
+        .subscribe(&format!("{ns}group"), &[&latency_topic])
+        .await?;
     let join = Instant::now();
-    bus.publish(vec![message(&latency_topic, 0, 0, &payload)]).await?;
-    let warm = tokio::time::timeout(budget, sub.next()).await.map_err(|_| "no message within the group join budget")??;
+    bus.publish(vec![message(&latency_topic, 0, 0, &payload)])
+        .await?;
+    let warm = tokio::time::timeout(budget, sub.next())
+        .await
+        .map_err(|_| "no message within the group join budget")??;
     sub.ack(&warm);
-    println!("group join + first message   {:.2} s", join.elapsed().as_secs_f64());
+    println!(
+        "group join + first message   {:.2} s",
+        join.elapsed().as_secs_f64()
+    );
     let mut publish_ack = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut end_to_end = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for seq in 1..=args.latency_samples {
         let t = Instant::now();
-        bus.publish(vec![message(&latency_topic, seq % args.keys, seq, &payload)]).await?;
+        bus.publish(vec![message(
+            &latency_topic,
+            seq % args.keys,
+            seq,
+            &payload,
+        )])
+        .await?;
         publish_ack.record(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX))?;
-        let d = tokio::time::timeout(budget, sub.next()).await.map_err(|_| "a published message was not consumed in time")??;
+        let d = tokio::time::timeout(budget, sub.next())
+            .await
+            .map_err(|_| "a published message was not consumed in time")??;
         end_to_end.record(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX))?;
         if d.headers.get(header::EVENT_ID) != Some(seq.to_string().as_str()) {
             return Err(format!("expected message {seq}, got {}", d.coordinates()).into());

@@ -77,10 +77,11 @@ impl KafkaEventBus {
             .reader_config()
             .create()
             .map_err(|e| ConfigError::Rejected(e.to_string()))?;
-        // Consumers are created per subscription; check their settings now, not at first use.
-        let _: rdkafka::consumer::BaseConsumer = config
+        // Consumers are created per subscription: validate their settings now (without
+        // creating a client, which would start talking to the cluster), not at first use.
+        config
             .consumer_config("reprise-config-check")
-            .create()
+            .create_native_config()
             .map_err(|e| ConfigError::Rejected(e.to_string()))?;
         Ok(KafkaEventBus {
             config: Arc::new(config),

@@ -154,8 +154,7 @@ impl KafkaConfig {
 
     /// Reads `KAFKA_BOOTSTRAP` (required) and, when set, `KAFKA_CLIENT_ID`,
     /// `KAFKA_SESSION_TIMEOUT_MS`, `KAFKA_HEARTBEAT_INTERVAL_MS`,
-    /// `KAFKA_DELIVERY_TIMEOUT_MS` and `KAFKA_PROPERTIES` (`name=value` pairs separated by
-    /// newlines or `;`, e.g. `security.protocol=SASL_SSL;sasl.mechanism=PLAIN`).
+    /// `KAFKA_DELIVERY_TIMEOUT_MS` and `KAFKA_PROPERTIES` (see [`parse_properties`]).
     ///
     /// # Errors
     /// [`ConfigError::Env`] if `KAFKA_BOOTSTRAP` is missing or a value does not parse;
@@ -191,20 +190,8 @@ impl KafkaConfig {
         if let Some(d) = millis("KAFKA_DELIVERY_TIMEOUT_MS")? {
             config.delivery_timeout = d;
         }
-        if let Ok(props) = std::env::var("KAFKA_PROPERTIES") {
-            for pair in props
-                .split(['\n', ';'])
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-            {
-                let (name, value) = pair.split_once('=').ok_or_else(|| ConfigError::Env {
-                    name: "KAFKA_PROPERTIES",
-                    problem: format!("`{pair}` is not `name=value`"),
-                })?;
-                config
-                    .properties
-                    .insert(name.trim().to_owned(), value.trim().to_owned());
-            }
+        if let Ok(text) = std::env::var("KAFKA_PROPERTIES") {
+            config.properties.extend(parse_properties(&text)?);
         }
         config.validate()?;
         Ok(config)
@@ -413,9 +400,69 @@ impl KafkaConfig {
     }
 }
 
+/// Parses `name=value` pairs: one per line when the text has several lines (so values may
+/// contain `;`, like an Event Hubs connection string), otherwise separated by `;`
+/// (`security.protocol=SASL_SSL;sasl.mechanism=PLAIN`). Values may contain `=`.
+///
+/// # Errors
+/// [`ConfigError::Env`] naming `KAFKA_PROPERTIES` for a pair without `=` or an empty name.
+pub fn parse_properties(text: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    let separator = if text.trim().contains('\n') {
+        '\n'
+    } else {
+        ';'
+    };
+    let mut properties = BTreeMap::new();
+    for pair in text
+        .split(separator)
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        let (name, value) = pair
+            .split_once('=')
+            .filter(|(name, _)| !name.trim().is_empty())
+            .ok_or_else(|| ConfigError::Env {
+                name: "KAFKA_PROPERTIES",
+                problem: format!("`{pair}` is not `name=value`"),
+            })?;
+        properties.insert(name.trim().to_owned(), value.trim().to_owned());
+    }
+    Ok(properties)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn properties_parse_from_one_line_or_many() {
+        let one =
+            parse_properties("security.protocol=SASL_SSL; sasl.mechanism=PLAIN;").expect("parses");
+        assert_eq!(
+            one.get("security.protocol").map(String::as_str),
+            Some("SASL_SSL")
+        );
+        assert_eq!(one.get("sasl.mechanism").map(String::as_str), Some("PLAIN"));
+        let connection =
+            "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=a=b";
+        let many = parse_properties(&format!(
+            "sasl.username=$ConnectionString\nsasl.password={connection}\n"
+        ))
+        .expect("parses");
+        assert_eq!(
+            many.get("sasl.password").map(String::as_str),
+            Some(connection),
+            "`;` and `=` kept inside values"
+        );
+        assert!(matches!(
+            parse_properties("linger.ms"),
+            Err(ConfigError::Env { .. })
+        ));
+        assert!(matches!(
+            parse_properties("=5"),
+            Err(ConfigError::Env { .. })
+        ));
+    }
 
     #[test]
     fn defaults_validate() {

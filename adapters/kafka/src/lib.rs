@@ -53,7 +53,7 @@ pub mod metrics;
 pub mod offsets;
 
 pub use bus::{KafkaEventBus, Receipt};
-pub use config::{ConfigError, KafkaConfig, OffsetReset};
+pub use config::{ConfigError, KafkaConfig, OffsetReset, parse_properties};
 pub use consumer::{GroupContext, KafkaSubscription};
 pub use dead_letter::{
     DeadLetter, DeadLetterError, DeadLetterHandler, DeadLetterPolicy, DeadLetterQueue,

@@ -106,9 +106,14 @@ pub(crate) async fn write_batch(
     let mut by_id: Vec<&StreamAppend> = batch.streams.iter().collect();
     by_id.sort_by(|a, b| a.stream.cmp(&b.stream));
     let stream_ids: Vec<&str> = by_id.iter().map(|s| s.stream.as_str()).collect();
-    let counts: Vec<i64> = by_id.iter().map(|s| to_i64(s.events.len() as u64)).collect();
-    let (kinds, expected): (Vec<i16>, Vec<i64>) =
-        by_id.iter().map(|s| expectation_columns(s.expected)).unzip();
+    let counts: Vec<i64> = by_id
+        .iter()
+        .map(|s| to_i64(s.events.len() as u64))
+        .collect();
+    let (kinds, expected): (Vec<i16>, Vec<i64>) = by_id
+        .iter()
+        .map(|s| expectation_columns(s.expected))
+        .unzip();
     let labels: Vec<String> = by_id.iter().map(|s| s.expected.to_string()).collect();
 
     let total = batch.event_count();
@@ -120,11 +125,19 @@ pub(crate) async fn write_batch(
             columns.nth.push(to_i64(nth as u64 + 1));
             columns.event_id.push(Uuid::from_u128(event.event_id.0));
             columns.event_type.push(&event.event_type);
-            columns.schema_version.push(i32::try_from(event.schema_version).unwrap_or(i32::MAX));
+            columns
+                .schema_version
+                .push(i32::try_from(event.schema_version).unwrap_or(i32::MAX));
             columns.payload.push(event.payload.as_str());
-            columns.correlation.push(event.metadata.correlation_id.map(Uuid::from_u128));
-            columns.causation.push(event.metadata.causation_id.map(Uuid::from_u128));
-            columns.traceparent.push(event.metadata.traceparent.as_deref());
+            columns
+                .correlation
+                .push(event.metadata.correlation_id.map(Uuid::from_u128));
+            columns
+                .causation
+                .push(event.metadata.causation_id.map(Uuid::from_u128));
+            columns
+                .traceparent
+                .push(event.metadata.traceparent.as_deref());
         }
     }
 
@@ -158,14 +171,21 @@ pub(crate) async fn write_batch(
         new_versions.insert(stream, version);
         last_position = position;
     }
-    assert_eq!(new_versions.len(), batch.streams.len(), "one locked row per stream of the batch");
+    assert_eq!(
+        new_versions.len(),
+        batch.streams.len(),
+        "one locked row per stream of the batch"
+    );
 
     let mut stream_versions = Vec::with_capacity(batch.streams.len());
     for append in &batch.streams {
         let new_version = to_u64(new_versions[append.stream.as_str()], "version")
             .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
         let count = append.events.len() as u64;
-        assert!(new_version >= count, "a stream's version covers the events just added");
+        assert!(
+            new_version >= count,
+            "a stream's version covers the events just added"
+        );
         // The statement enforced this; a miss here means the SQL and `admits` disagree.
         assert!(
             append.expected.admits(new_version - count),
@@ -178,7 +198,11 @@ pub(crate) async fn write_batch(
     }
     let last_position = to_u64(last_position, "global_position")
         .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-    Ok(AppendReceipt { stream_versions, last_position, was_duplicate: false })
+    Ok(AppendReceipt {
+        stream_versions,
+        last_position,
+        was_duplicate: false,
+    })
 }
 
 /// Column arrays for `unnest`, borrowed from the batch.
@@ -223,7 +247,11 @@ pub(crate) async fn diagnose(
     autocommit: bool,
 ) -> Result<AppendReceipt, StoreError> {
     let Some((code, constraint)) = database_error(error) else {
-        return Err(if autocommit { classify_commit(error) } else { classify(error) });
+        return Err(if autocommit {
+            classify_commit(error)
+        } else {
+            classify(error)
+        });
     };
     match (code.as_str(), constraint.as_deref()) {
         (EXPECTATION_FAILED, _) => {
@@ -267,8 +295,13 @@ fn expectation_conflict(batch: &AppendBatch, error: &sqlx::Error) -> StoreError 
         _ => None,
     };
     let stream = pg.and_then(PgDatabaseError::hint);
-    let actual = pg.and_then(PgDatabaseError::detail).and_then(|d| d.parse::<u64>().ok());
-    let append = batch.streams.iter().find(|a| Some(a.stream.as_str()) == stream);
+    let actual = pg
+        .and_then(PgDatabaseError::detail)
+        .and_then(|d| d.parse::<u64>().ok());
+    let append = batch
+        .streams
+        .iter()
+        .find(|a| Some(a.stream.as_str()) == stream);
     match (append, actual) {
         (Some(append), Some(actual)) => StoreError::Conflict {
             stream: append.stream.clone(),

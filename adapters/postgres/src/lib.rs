@@ -40,20 +40,24 @@
 //!
 //! ## Write path
 //!
-//! One append is `BEGIN`, one statement, `COMMIT`. The statement upserts the rows of the
-//! touched streams in `streams` (row locks, taken in stream-id order so concurrent
-//! multi-stream batches cannot deadlock), bumps their versions, and inserts all events with a
-//! single `INSERT .. SELECT FROM unnest(..)`. The expectation check happens on the versions
-//! the locked rows report; a failed check rolls the transaction back, so a batch lands whole
-//! or not at all. A unique violation on the event id means "this id exists": the adapter then
-//! looks the ids up and answers as the core contract says (the same batch again is
-//! acknowledged with `was_duplicate`, a partly known batch is `DuplicateEventId`).
+//! One append is one statement, run in autocommit mode (one network round trip, commit
+//! included). The statement upserts the rows of the touched streams in `streams` (row locks,
+//! taken in stream-id order so concurrent multi-stream batches cannot deadlock), checks each
+//! stream's expected version against the version its locked row had (a miss aborts the whole
+//! statement with SQLSTATE `RP409`), bumps the versions, and inserts all events with a single
+//! `INSERT .. SELECT FROM unnest(..)`. A batch therefore lands whole or not at all. A unique
+//! violation on the event id (or an `RP409` on a retry) makes the adapter look the ids up and
+//! answer as the core contract says: the same batch again is acknowledged with
+//! `was_duplicate`, a partly known batch is `DuplicateEventId`, anything else is `Conflict`.
+//! With outbox messages, the same statement and the outbox insert share one transaction.
 //!
 //! ## Modules
 //! - [`config`]: connection, pool and timeout settings, validated at construction.
 //! - [`schema`]: embedded migrations; refuses to run against an unknown newer schema.
 //! - [`store`]: [`PgEventStore`], the `EventStore` implementation and snapshots.
 //! - [`error`]: how PostgreSQL errors map onto [`StoreError`](reprise_core::StoreError).
+//! - `append` (private): the append statement and the diagnosis of its failures.
+//! - `read` (private): stream reads and global reads below the visibility horizon.
 //! - [`pool`]: pool statistics and metrics (size, idle, acquire wait).
 //! - [`subscription`]: checkpointed catch-up subscriptions woken by `LISTEN/NOTIFY`
 //!   (notifications are sent after commit, coalesced, by a background task: `notifier.rs`).

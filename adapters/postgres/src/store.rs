@@ -264,12 +264,17 @@ impl Inner {
         } else {
             let mut transaction = connection.begin().await.map_err(|e| classify(&e))?;
             let written = match write_batch(&mut transaction, batch, None).await {
-                Ok(receipt) => outbox::enqueue(&mut transaction, messages).await.map(|()| receipt),
+                Ok(receipt) => outbox::enqueue(&mut transaction, messages)
+                    .await
+                    .map(|()| receipt),
                 Err(error) => Err(error),
             };
             match written {
                 Ok(receipt) => {
-                    transaction.commit().await.map_err(|e| classify_commit(&e))?;
+                    transaction
+                        .commit()
+                        .await
+                        .map_err(|e| classify_commit(&e))?;
                     receipt
                 }
                 Err(error) => {
@@ -286,7 +291,8 @@ impl Inner {
         let schema = self.config.schema.clone();
         metrics::histogram!(APPEND_DURATION, "schema" => schema.clone())
             .record(started.elapsed().as_secs_f64());
-        metrics::counter!(EVENTS_APPENDED, "schema" => schema).increment(batch.event_count() as u64);
+        metrics::counter!(EVENTS_APPENDED, "schema" => schema)
+            .increment(batch.event_count() as u64);
         Ok(receipt)
     }
 

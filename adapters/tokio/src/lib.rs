@@ -198,6 +198,14 @@ mod tests {
         assert!((0.0..1.0).contains(&f));
     }
 
+    #[tokio::test]
+    async fn a_zero_sleep_is_ready_at_once_not_at_the_next_timer_tick() {
+        use futures::FutureExt;
+        let runtime = TokioRuntime::try_current().unwrap();
+        assert_eq!(runtime.sleep(Duration::ZERO).now_or_never(), Some(()));
+        assert_eq!(runtime.sleep(Duration::from_nanos(1)).now_or_never(), None);
+    }
+
     #[test]
     fn timers_can_be_armed_from_a_thread_outside_the_runtime() {
         let tokio = tokio::runtime::Builder::new_current_thread()

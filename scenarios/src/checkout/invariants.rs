@@ -276,6 +276,7 @@ impl CheckoutAudit {
                         order_entity(id),
                         format!("payment-{id}"),
                         format!("shipping-{id}"),
+                        format!("{}-{id}", CheckoutSaga::NAME),
                     ],
                     format!(
                         "saga {}, order completed={} cancelled={}, delivered={}, provider holds {held} (expected {expected})",
@@ -292,7 +293,11 @@ impl CheckoutAudit {
             {
                 return Err(Finding::new(
                     invariant::STOCK_RETURNED,
-                    vec![order_entity(id), format!("inventory-{}", planned.line.sku)],
+                    vec![
+                        order_entity(id),
+                        format!("inventory-{}", planned.line.sku),
+                        format!("{}-{id}", CheckoutSaga::NAME),
+                    ],
                     format!("cancelled order still holds {quantity} units"),
                 ));
             }

@@ -236,24 +236,47 @@ async fn a_reader_sees_every_committed_event_exactly_once_in_order_under_concurr
 async fn read_all_waits_briefly_for_an_older_open_transaction_and_never_skips_it() {
     let store = fresh_store("visibility_wait").await;
     let base = id_base();
-    let start = store.read_all(1, usize::MAX).await.unwrap().last().map_or(0, |e| e.position) + 1;
+    let start = store
+        .read_all(1, usize::MAX)
+        .await
+        .unwrap()
+        .last()
+        .map_or(0, |e| e.position)
+        + 1;
 
     // A stays open past the visibility wait: the safe answer is "nothing yet", not B.
     let mut a = store.begin().await.unwrap();
     store
-        .append_in(&mut a, &AppendBatch::single("vw-a".into(), ExpectedVersion::NoStream, vec![event(base + 1, 1)]))
+        .append_in(
+            &mut a,
+            &AppendBatch::single(
+                "vw-a".into(),
+                ExpectedVersion::NoStream,
+                vec![event(base + 1, 1)],
+            ),
+        )
         .await
         .unwrap();
     store
-        .append(AppendBatch::single("vw-b".into(), ExpectedVersion::NoStream, vec![event(base + 2, 2)]))
+        .append(AppendBatch::single(
+            "vw-b".into(),
+            ExpectedVersion::NoStream,
+            vec![event(base + 2, 2)],
+        ))
         .await
         .unwrap();
     let started = std::time::Instant::now();
     let held = store.read_all(start, 10).await.unwrap();
-    assert!(held.is_empty(), "B must not be returned while A may still commit before it: {held:?}");
+    assert!(
+        held.is_empty(),
+        "B must not be returned while A may still commit before it: {held:?}"
+    );
     let waited = started.elapsed();
     let wait = store.config().visibility_wait;
-    assert!(waited >= wait && waited < wait * 5, "waited {waited:?} for a {wait:?} visibility wait");
+    assert!(
+        waited >= wait && waited < wait * 5,
+        "waited {waited:?} for a {wait:?} visibility wait"
+    );
 
     // A commits while a reader is waiting: the reader returns both, A first.
     let reader = {

@@ -28,6 +28,13 @@ async fn existing_tables(store: &PgEventStore) -> Vec<String> {
     found
 }
 
+async fn guard_exists(store: &PgEventStore) -> bool {
+    sqlx::query_scalar("SELECT to_regproc('append_expectation_failed') IS NOT NULL")
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn migrations_go_up_down_and_up_again() {
     let config = config("migrations");
@@ -42,11 +49,16 @@ async fn migrations_go_up_down_and_up_again() {
     for target in (0..code_version()).rev() {
         migrator().undo(store.pool(), target).await.unwrap();
         assert_eq!(database_version(store.pool()).await.unwrap(), target);
-        // Migration 1 creates two tables (streams, events), every later one a single table.
+        // Migration 1 creates two tables (streams, events), 2-6 one table each, 7 a function.
         let expected = match usize::try_from(target).unwrap() {
             0 => 0,
-            n => n + 1,
+            n => n.min(6) + 1,
         };
+        assert_eq!(
+            guard_exists(&store).await,
+            target >= 7,
+            "append guard after undo to {target}"
+        );
         assert_eq!(
             existing_tables(&store).await,
             TABLES[..expected],
@@ -58,6 +70,7 @@ async fn migrations_go_up_down_and_up_again() {
     // And up again from nothing: the down migrations left nothing that blocks a rerun.
     let again = connect(config).await;
     assert_eq!(existing_tables(&again).await, TABLES);
+    assert!(guard_exists(&again).await);
     drop_schema(&again).await;
 }
 
