@@ -300,11 +300,15 @@ impl<A: Aggregate> Reducer for AggregateReducer<A> {
                         root.last_outcome = Some(Ok(root.version));
                         Self::next_queued(root, env)
                     }
-                    Some(flight) if flight.decisions >= env.max_decisions => {
+                    // Someone else wrote: a lost race, which counts towards giving up.
+                    Some(flight) if !recorded.is_empty() && flight.decisions >= env.max_decisions => {
                         root.last_outcome = Some(Err(CommandError::Contended { attempts: flight.decisions }));
                         Self::next_queued(root, env)
                     }
-                    Some(flight) => Self::decide(root, flight.command, flight.decisions, env),
+                    Some(flight) if !recorded.is_empty() => Self::decide(root, flight.command, flight.decisions, env),
+                    // Nothing was written: the append failed transiently; deciding again is a
+                    // retry of the same step and does not count as a lost race.
+                    Some(flight) => Self::decide(root, flight.command, flight.decisions.saturating_sub(1), env),
                     None => Self::next_queued(root, env),
                 }
             }

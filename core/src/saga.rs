@@ -427,10 +427,16 @@ impl<S: Saga> Reducer for SagaReducer<S> {
                         }
                         effects.extend(Self::next_queued(state, env));
                     }
-                    Some(p) if p.decisions >= env.max_decisions => {
+                    // Someone else wrote to the stream: a real conflict, which counts
+                    // towards giving up.
+                    Some(p) if !recorded.is_empty() && p.decisions >= env.max_decisions => {
                         state.failure = Some(format!("stream contended: gave up after {} decisions on {:?}", p.decisions, p.input));
                     }
-                    Some(p) => effects.extend(Self::handle(state, p.input, p.fired, p.decisions, env)),
+                    Some(p) if !recorded.is_empty() => effects.extend(Self::handle(state, p.input, p.fired, p.decisions, env)),
+                    // Nothing was written at all: the append failed transiently. Deciding
+                    // again is a retry of the same step, not a lost race, so it does not
+                    // count towards `max_decisions`.
+                    Some(p) => effects.extend(Self::handle(state, p.input, p.fired, p.decisions.saturating_sub(1), env)),
                     None => effects.extend(Self::next_queued(state, env)),
                 }
                 effects

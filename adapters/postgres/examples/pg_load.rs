@@ -46,6 +46,10 @@ struct Args {
     /// Events per page in the catch-up scenario.
     #[arg(long, default_value_t = 5_000)]
     page: usize,
+    /// Scenarios to run, comma-separated: single, single-concurrent, batch,
+    /// batch-concurrent, load, catch-up (catch-up reads what the others wrote).
+    #[arg(long, value_delimiter = ',', default_value = "single,single-concurrent,batch,batch-concurrent,load,catch-up")]
+    scenarios: Vec<String>,
     /// Append without `NOTIFY` (subscriptions then notice new events at their poll interval).
     #[arg(long)]
     no_notify: bool,
@@ -263,20 +267,25 @@ async fn main() {
         args.seconds, !args.no_notify
     );
 
-    append_scenario(&store, &ids, "single", 1, 1, duration).await;
-    append_scenario(&store, &ids, "single-concurrent", args.writers, 1, duration).await;
-    append_scenario(&store, &ids, "batch", 1, args.batch, duration).await;
-    append_scenario(
-        &store,
-        &ids,
-        "batch-concurrent",
-        args.writers,
-        args.batch,
-        duration,
-    )
-    .await;
-    load_scenario(&store, &ids, args.stream_length, duration).await;
-    catch_up_scenario(&store, args.page).await;
+    let wanted = |name: &str| args.scenarios.iter().any(|s| s == name);
+    if wanted("single") {
+        append_scenario(&store, &ids, "single", 1, 1, duration).await;
+    }
+    if wanted("single-concurrent") {
+        append_scenario(&store, &ids, "single-concurrent", args.writers, 1, duration).await;
+    }
+    if wanted("batch") {
+        append_scenario(&store, &ids, "batch", 1, args.batch, duration).await;
+    }
+    if wanted("batch-concurrent") {
+        append_scenario(&store, &ids, "batch-concurrent", args.writers, args.batch, duration).await;
+    }
+    if wanted("load") {
+        load_scenario(&store, &ids, args.stream_length, duration).await;
+    }
+    if wanted("catch-up") {
+        catch_up_scenario(&store, args.page).await;
+    }
 
     let stats = store.pool_stats();
     println!(
