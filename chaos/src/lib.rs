@@ -10,11 +10,14 @@
 //! at timeout handling, a failure under `duplicate-storm` at idempotency. `swarm` mixes them,
 //! drawing a different mix for every seed (swarm testing), and is the default for sweeps.
 //!
-//! Dependency names used here (`payments`) follow the scenarios in `reprise-scenarios`;
-//! a plan naming a dependency a scenario does not have simply never fires it.
+//! Dependency names used here (`payment-provider`) follow the checkout scenario in
+//! `reprise-scenarios`. The simulator refuses, with a typed error, a plan that targets a
+//! node or dependency the scenario does not have, so a misspelt target cannot silently
+//! turn a chaos run into a calm one.
 
 use reprise_sim::plan::{
-    BusFaults, Direction, Fault, FaultPlan, FaultSpec, Peer, PlanError, StoreFaults, DependencyFaults,
+    BusFaults, DependencyFaults, Direction, Fault, FaultPlan, FaultSpec, Peer, PlanError,
+    StoreFaults,
 };
 
 /// A named plan with a one-line description for `reprise list`.
@@ -29,13 +32,41 @@ pub struct NamedPlan {
 #[must_use]
 pub fn all() -> Vec<NamedPlan> {
     vec![
-        NamedPlan { name: "calm", description: "no faults: the baseline every scenario must pass", plan: FaultPlan::calm() },
-        NamedPlan { name: "swarm", description: "each seed draws its own mix of every fault family (swarm testing)", plan: FaultPlan::swarm() },
-        NamedPlan { name: "partition-storm", description: "frequent partitions between nodes and the store, bus and services, both ways and one-way", plan: partition_storm() },
-        NamedPlan { name: "crash-loop", description: "nodes crash and restart repeatedly; volatile state and in-flight work are lost", plan: crash_loop() },
-        NamedPlan { name: "slow-payments", description: "the payment gateway is slow, flaky, loses responses and goes down for whole windows", plan: slow_payments() },
-        NamedPlan { name: "flaky-store", description: "event-store latency, transient errors, timeouts and commit-unknown appends", plan: flaky_store() },
-        NamedPlan { name: "duplicate-storm", description: "the bus duplicates, delays and reorders deliveries, loses commits and rebalances", plan: duplicate_storm() },
+        NamedPlan {
+            name: "calm",
+            description: "no faults: the baseline every scenario must pass",
+            plan: FaultPlan::calm(),
+        },
+        NamedPlan {
+            name: "swarm",
+            description: "each seed draws its own mix of every fault family (swarm testing)",
+            plan: FaultPlan::swarm(),
+        },
+        NamedPlan {
+            name: "partition-storm",
+            description: "frequent partitions between nodes and the store, bus and services, both ways and one-way",
+            plan: partition_storm(),
+        },
+        NamedPlan {
+            name: "crash-loop",
+            description: "nodes crash and restart repeatedly; volatile state and in-flight work are lost",
+            plan: crash_loop(),
+        },
+        NamedPlan {
+            name: "slow-payments",
+            description: "the payment gateway is slow, flaky, loses responses and goes down for whole windows",
+            plan: slow_payments(),
+        },
+        NamedPlan {
+            name: "flaky-store",
+            description: "event-store latency, transient errors, timeouts and commit-unknown appends",
+            plan: flaky_store(),
+        },
+        NamedPlan {
+            name: "duplicate-storm",
+            description: "the bus duplicates, delays and reorders deliveries, loses commits and rebalances",
+            plan: duplicate_storm(),
+        },
     ]
 }
 
@@ -44,14 +75,22 @@ pub fn all() -> Vec<NamedPlan> {
 /// # Errors
 /// An unknown name (listing the known ones), an unreadable file or an invalid plan.
 pub fn by_name(name: &str) -> Result<FaultPlan, PlanError> {
-    if std::path::Path::new(name).extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
-        let text = std::fs::read_to_string(name).map_err(|e| PlanError::Parse(format!("{name}: {e}")))?;
+    if std::path::Path::new(name)
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+    {
+        let text =
+            std::fs::read_to_string(name).map_err(|e| PlanError::Parse(format!("{name}: {e}")))?;
         return FaultPlan::from_json(&text);
     }
-    all().into_iter().find(|p| p.name == name).map(|p| p.plan).ok_or_else(|| PlanError::Invalid {
-        fault: "plan",
-        message: format!("unknown plan {name:?}; known plans: {}", names().join(", ")),
-    })
+    all()
+        .into_iter()
+        .find(|p| p.name == name)
+        .map(|p| p.plan)
+        .ok_or_else(|| PlanError::Invalid {
+            fault: "plan",
+            message: format!("unknown plan {name:?}; known plans: {}", names().join(", ")),
+        })
 }
 
 /// The names of every plan.
@@ -62,7 +101,13 @@ pub fn names() -> Vec<&'static str> {
 
 fn partition_storm() -> FaultPlan {
     let partition = |peer: Peer, direction: Direction| {
-        FaultSpec::new(Fault::Partition { peer, direction, per_tick_probability: 0.08, min_duration_ms: 200, max_duration_ms: 3_000 })
+        FaultSpec::new(Fault::Partition {
+            peer,
+            direction,
+            per_tick_probability: 0.08,
+            min_duration_ms: 200,
+            max_duration_ms: 3_000,
+        })
     };
     FaultPlan::named("partition-storm")
         .with(partition(Peer::EventStore, Direction::Both))
@@ -73,16 +118,28 @@ fn partition_storm() -> FaultPlan {
 
 fn crash_loop() -> FaultPlan {
     FaultPlan::named("crash-loop")
-        .with(FaultSpec::new(Fault::Crash { per_tick_probability: 0.05, min_downtime_ms: 100, max_downtime_ms: 5_000 }))
-        .with(FaultSpec::new(Fault::Pause { per_tick_probability: 0.02, min_duration_ms: 100, max_duration_ms: 2_000 }))
+        .with(FaultSpec::new(Fault::Crash {
+            per_tick_probability: 0.05,
+            min_downtime_ms: 100,
+            max_downtime_ms: 5_000,
+        }))
+        .with(FaultSpec::new(Fault::Pause {
+            per_tick_probability: 0.02,
+            min_duration_ms: 100,
+            max_duration_ms: 2_000,
+        }))
 }
 
 fn slow_payments() -> FaultPlan {
-    let payments = || Some("payments".to_owned());
+    let payments = || Some("payment-provider".to_owned());
     FaultPlan::named("slow-payments")
         .with(FaultSpec::new(Fault::Dependency {
             dependency: payments(),
-            faults: DependencyFaults { slowdown_factor: 20.0, error_probability: 0.1, response_lost_probability: 0.05 },
+            faults: DependencyFaults {
+                slowdown_factor: 20.0,
+                error_probability: 0.1,
+                response_lost_probability: 0.05,
+            },
         }))
         .with(FaultSpec::new(Fault::DependencyOutage {
             dependency: payments(),
@@ -111,7 +168,9 @@ fn duplicate_storm() -> FaultPlan {
             publish_ack_lost_probability: 0.05,
             commit_lost_probability: 0.2,
         })))
-        .with(FaultSpec::new(Fault::Rebalance { per_tick_probability: 0.05 }))
+        .with(FaultSpec::new(Fault::Rebalance {
+            per_tick_probability: 0.05,
+        }))
 }
 
 #[cfg(test)]
@@ -121,8 +180,14 @@ mod tests {
     #[test]
     fn every_named_plan_is_valid_and_carries_its_own_name() {
         for named in all() {
-            named.plan.validate().unwrap_or_else(|e| panic!("plan {}: {e}", named.name));
-            assert_eq!(named.plan.name, named.name, "a plan's name must be the name that reproduces it");
+            named
+                .plan
+                .validate()
+                .unwrap_or_else(|e| panic!("plan {}: {e}", named.name));
+            assert_eq!(
+                named.plan.name, named.name,
+                "a plan's name must be the name that reproduces it"
+            );
         }
     }
 
@@ -138,7 +203,10 @@ mod tests {
     #[test]
     fn unknown_plans_are_a_clear_error() {
         let err = by_name("hurricane").unwrap_err().to_string();
-        assert!(err.contains("unknown plan") && err.contains("partition-storm"), "{err}");
+        assert!(
+            err.contains("unknown plan") && err.contains("partition-storm"),
+            "{err}"
+        );
     }
 
     #[test]

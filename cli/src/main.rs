@@ -113,24 +113,69 @@ fn execute(command: Command) -> Result<ExitCode, String> {
             list();
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { scenario, seed, plan, trace } => run_one(&scenario, seed, &plan, trace),
-        Command::Sweep { scenario, seeds, start, plan, jobs, json } => {
+        Command::Run {
+            scenario,
+            seed,
+            plan,
+            trace,
+        } => run_one(&scenario, seed, &plan, trace),
+        Command::Sweep {
+            scenario,
+            seeds,
+            start,
+            plan,
+            jobs,
+            json,
+        } => {
             let scenario = registry::by_name(&scenario)?;
             let plan = reprise_chaos::by_name(&plan).map_err(|e| e.to_string())?;
             let config = SimConfig::new(start).with_plan(plan);
             config.validate().map_err(|e| e.to_string())?;
-            let outcome = sweep::sweep(&scenario, &config, start, seeds, jobs_or_cores(jobs), json);
-            Ok(if outcome.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            let outcome = sweep::sweep(
+                scenario.as_ref(),
+                &config,
+                start,
+                seeds,
+                jobs_or_cores(jobs),
+                json,
+            );
+            Ok(if outcome.failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
-        Command::CheckDeterminism { scenario, seeds, start, plan, jobs } => {
+        Command::CheckDeterminism {
+            scenario,
+            seeds,
+            start,
+            plan,
+            jobs,
+        } => {
             let scenario = registry::by_name(&scenario)?;
             let plan = reprise_chaos::by_name(&plan).map_err(|e| e.to_string())?;
             let config = SimConfig::new(start).with_plan(plan);
             config.validate().map_err(|e| e.to_string())?;
-            let ok = sweep::check_determinism(&scenario, &config, start, seeds, jobs_or_cores(jobs));
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            let ok = sweep::check_determinism(
+                scenario.as_ref(),
+                &config,
+                start,
+                seeds,
+                jobs_or_cores(jobs),
+            );
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
-        Command::Shrink { scenario, seed, plan, max_runs, out } => shrink_one(&scenario, seed, &plan, max_runs, out),
+        Command::Shrink {
+            scenario,
+            seed,
+            plan,
+            max_runs,
+            out,
+        } => shrink_one(&scenario, seed, &plan, max_runs, out),
         Command::Plan { name } => {
             let plan = reprise_chaos::by_name(&name).map_err(|e| e.to_string())?;
             println!("{}", plan.to_json());
@@ -140,7 +185,8 @@ fn execute(command: Command) -> Result<ExitCode, String> {
 }
 
 fn jobs_or_cores(jobs: Option<usize>) -> usize {
-    jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get)).max(1)
+    jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
+        .max(1)
 }
 
 fn list() {
@@ -158,7 +204,11 @@ fn list() {
 fn run_one(scenario: &str, seed: u64, plan_name: &str, trace: bool) -> Result<ExitCode, String> {
     let scenario = registry::by_name(scenario)?;
     let plan = reprise_chaos::by_name(plan_name).map_err(|e| e.to_string())?;
-    let mode = if trace { TraceMode::Full } else { TraceMode::Hash };
+    let mode = if trace {
+        TraceMode::Full
+    } else {
+        TraceMode::Hash
+    };
     let config = SimConfig::new(seed).with_plan(plan).with_trace(mode);
     let report = reprise_sim::try_run(scenario.as_ref(), &config).map_err(|e| e.to_string())?;
     if let Some(lines) = &report.trace {
@@ -194,27 +244,49 @@ fn run_one(scenario: &str, seed: u64, plan_name: &str, trace: bool) -> Result<Ex
     Ok(ExitCode::FAILURE)
 }
 
-fn shrink_one(scenario: &str, seed: u64, plan_name: &str, max_runs: u32, out: Option<std::path::PathBuf>) -> Result<ExitCode, String> {
+fn shrink_one(
+    scenario: &str,
+    seed: u64,
+    plan_name: &str,
+    max_runs: u32,
+    out: Option<std::path::PathBuf>,
+) -> Result<ExitCode, String> {
     let scenario = registry::by_name(scenario)?;
     let plan = reprise_chaos::by_name(plan_name).map_err(|e| e.to_string())?;
     let config = SimConfig::new(seed).with_plan(plan);
-    eprintln!("shrinking {} seed {seed} under plan {plan_name} (at most {max_runs} runs)", scenario.name());
-    let report = shrink(scenario.as_ref(), &config, &ShrinkOptions::default().with_max_runs(max_runs)).map_err(|e| e.to_string())?;
+    eprintln!(
+        "shrinking {} seed {seed} under plan {plan_name} (at most {max_runs} runs)",
+        scenario.name()
+    );
+    let report = shrink(
+        scenario.as_ref(),
+        &config,
+        &ShrinkOptions::default().with_max_runs(max_runs),
+    )
+    .map_err(|e| e.to_string())?;
     let path = out.unwrap_or_else(|| format!("{}-seed{seed}-shrunk.json", scenario.name()).into());
-    std::fs::write(&path, report.plan.to_json()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    std::fs::write(&path, report.plan.to_json())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     println!("{report}");
     println!("faults of the shrunk run ({}):", report.shrunk.faults.len());
     for fault in &report.shrunk.faults {
         println!("  {fault}");
     }
     println!("shrunk plan written to {}", path.display());
-    println!("replay: reprise run {} --seed {seed} --plan {} --trace", scenario.name(), path.display());
+    println!(
+        "replay: reprise run {} --seed {seed} --plan {} --trace",
+        scenario.name(),
+        path.display()
+    );
     println!("{}", report.shrunk.summary());
     Ok(ExitCode::SUCCESS)
 }
 
 /// The simulator's failure message with the CLI's own commands.
 pub(crate) fn failure_message(report: &reprise_sim::RunReport, plan: &str) -> String {
-    let replay = format!("reprise run {} --seed {} --plan {plan} --trace", report.scenario, report.seed);
+    let replay = format!(
+        "reprise run {} --seed {} --plan {plan} --trace",
+        report.scenario, report.seed
+    );
     failure_message_with_shrink(report, &[replay], &shrink_command(report, plan))
 }

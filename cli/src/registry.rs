@@ -23,5 +23,8 @@ pub fn by_name(name: &str) -> Result<Box<dyn Scenario>, String> {
         }
         known.push(scenario.name());
     }
-    Err(format!("unknown scenario {name:?}; known scenarios: {}", known.join(", ")))
+    Err(format!(
+        "unknown scenario {name:?}; known scenarios: {}",
+        known.join(", ")
+    ))
 }

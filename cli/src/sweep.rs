@@ -48,16 +48,24 @@ fn progress(seeds: u64, quiet: bool) -> ProgressBar {
     } else {
         bar.set_draw_target(ProgressDrawTarget::stderr_with_hz(4));
         bar.set_style(
-            ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} seeds, {per_sec}, {msg}")
-                .expect("static template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:40}] {pos}/{len} seeds, {per_sec}, {msg}",
+            )
+            .expect("static template")
+            .progress_chars("=> "),
         );
     }
     bar
 }
 
 /// Runs `f(seed)` for every seed on `jobs` threads and returns the results sorted by seed.
-fn parallel<T: Send>(start: u64, seeds: u64, jobs: usize, bar: &ProgressBar, f: impl Fn(u64) -> T + Sync) -> Vec<(u64, T)> {
+fn parallel<T: Send>(
+    start: u64,
+    seeds: u64,
+    jobs: usize,
+    bar: &ProgressBar,
+    f: impl Fn(u64) -> T + Sync,
+) -> Vec<(u64, T)> {
     let next = AtomicU64::new(0);
     let results = Mutex::new(Vec::with_capacity(usize::try_from(seeds).unwrap_or(0)));
     std::thread::scope(|scope| {
@@ -70,7 +78,10 @@ fn parallel<T: Send>(start: u64, seeds: u64, jobs: usize, bar: &ProgressBar, f: 
                     }
                     let seed = start.wrapping_add(i);
                     let value = f(seed);
-                    results.lock().expect("no worker panics while holding the lock").push((seed, value));
+                    results
+                        .lock()
+                        .expect("no worker panics while holding the lock")
+                        .push((seed, value));
                     bar.inc(1);
                 }
             });
@@ -82,10 +93,21 @@ fn parallel<T: Send>(start: u64, seeds: u64, jobs: usize, bar: &ProgressBar, f: 
 }
 
 /// Sweeps `seeds` seeds from `start`, prints a summary (human or JSON) and returns it.
-pub fn sweep(scenario: &Box<dyn Scenario>, config: &SimConfig, start: u64, seeds: u64, jobs: usize, json: bool) -> SweepOutcome {
+pub fn sweep(
+    scenario: &dyn Scenario,
+    config: &SimConfig,
+    start: u64,
+    seeds: u64,
+    jobs: usize,
+    json: bool,
+) -> SweepOutcome {
     let plan = config.plan.name.clone();
     if !json {
-        eprintln!("sweeping {} under plan {plan}: seeds {start}..{} on {jobs} thread(s)", scenario.name(), start.wrapping_add(seeds));
+        eprintln!(
+            "sweeping {} under plan {plan}: seeds {start}..{} on {jobs} thread(s)",
+            scenario.name(),
+            start.wrapping_add(seeds)
+        );
     }
     let bar = progress(seeds, json);
     let failed = AtomicU64::new(0);
@@ -93,17 +115,24 @@ pub fn sweep(scenario: &Box<dyn Scenario>, config: &SimConfig, start: u64, seeds
     // Bulk sweeps only need pass/fail and the hash.
     let base = config.clone().with_trace(TraceMode::Hash);
     let results = parallel(start, seeds, jobs, &bar, |seed| {
-        let report = reprise_sim::run(scenario.as_ref(), &base.clone().with_seed(seed));
+        let report = reprise_sim::run(scenario, &base.clone().with_seed(seed));
         if !report.passed() {
             let n = failed.fetch_add(1, Ordering::Relaxed) + 1;
             bar.set_message(format!("{n} failing"));
         }
-        (report.passed(), report.stats.sim_time, failure_of(&report, &plan))
+        (
+            report.passed(),
+            report.stats.sim_time,
+            failure_of(&report, &plan),
+        )
     });
     bar.finish_and_clear();
     let wall = began.elapsed();
     let simulated: Duration = results.iter().map(|(_, (_, t, _))| *t).sum();
-    let failures: Vec<Failure> = results.into_iter().filter_map(|(_, (passed, _, failure))| (!passed).then_some(failure)).collect();
+    let failures: Vec<Failure> = results
+        .into_iter()
+        .filter_map(|(_, (passed, _, failure))| (!passed).then_some(failure))
+        .collect();
     let outcome = SweepOutcome {
         scenario: scenario.name().to_owned(),
         plan: plan.clone(),
@@ -118,7 +147,10 @@ pub fn sweep(scenario: &Box<dyn Scenario>, config: &SimConfig, start: u64, seeds
         failures,
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&outcome).expect("plain data"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&outcome).expect("plain data")
+        );
     } else {
         print_summary(scenario, config, &outcome);
     }
@@ -133,14 +165,23 @@ fn failure_of(report: &RunReport, plan: &str) -> Failure {
         outcome: report.outcome.to_string(),
         invariant: violation.map(|v| v.invariant.clone()),
         entities: violation.map(|v| v.entities.clone()).unwrap_or_default(),
-        reproduce: format!("reprise run {} --seed {} --plan {plan} --trace", report.scenario, report.seed),
+        reproduce: format!(
+            "reprise run {} --seed {} --plan {plan} --trace",
+            report.scenario, report.seed
+        ),
     }
 }
 
-fn print_summary(scenario: &Box<dyn Scenario>, config: &SimConfig, outcome: &SweepOutcome) {
+fn print_summary(scenario: &dyn Scenario, config: &SimConfig, outcome: &SweepOutcome) {
     println!(
         "{}: {} of {} seeds passed under plan {} ({:.1}s wall, {:.0} runs/s, {:.0}x time compression per core)",
-        outcome.scenario, outcome.passed, outcome.seeds, outcome.plan, outcome.wall_seconds, outcome.runs_per_second, outcome.time_compression
+        outcome.scenario,
+        outcome.passed,
+        outcome.seeds,
+        outcome.plan,
+        outcome.wall_seconds,
+        outcome.runs_per_second,
+        outcome.time_compression
     );
     if outcome.failures.is_empty() {
         return;
@@ -152,21 +193,47 @@ fn print_summary(scenario: &Box<dyn Scenario>, config: &SimConfig, outcome: &Swe
             failure.seed,
             failure.hash,
             failure.invariant.as_deref().unwrap_or(&failure.outcome),
-            if failure.entities.is_empty() { String::new() } else { format!(" [{}]", failure.entities.join(", ")) }
+            if failure.entities.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", failure.entities.join(", "))
+            }
         );
     }
     // The first failure in full: replayed with a full trace (same seed, same run).
     let first = &outcome.failures[0];
-    let report = reprise_sim::run(scenario.as_ref(), &config.clone().with_seed(first.seed).with_trace(TraceMode::Full));
-    println!("\nfirst failure in detail:\n{}", crate::failure_message(&report, &outcome.plan));
+    let report = reprise_sim::run(
+        scenario,
+        &config
+            .clone()
+            .with_seed(first.seed)
+            .with_trace(TraceMode::Full),
+    );
+    println!(
+        "\nfirst failure in detail:\n{}",
+        crate::failure_message(&report, &outcome.plan)
+    );
 }
 
 /// Checks every seed twice; prints divergences. Returns whether all were deterministic.
-pub fn check_determinism(scenario: &Box<dyn Scenario>, config: &SimConfig, start: u64, seeds: u64, jobs: usize) -> bool {
-    eprintln!("checking determinism of {} under plan {}: seeds {start}..{}, each run twice", scenario.name(), config.plan.name, start.wrapping_add(seeds));
+pub fn check_determinism(
+    scenario: &dyn Scenario,
+    config: &SimConfig,
+    start: u64,
+    seeds: u64,
+    jobs: usize,
+) -> bool {
+    eprintln!(
+        "checking determinism of {} under plan {}: seeds {start}..{}, each run twice",
+        scenario.name(),
+        config.plan.name,
+        start.wrapping_add(seeds)
+    );
     let bar = progress(seeds, false);
     let began = Instant::now();
-    let results = parallel(start, seeds, jobs, &bar, |seed| reprise_sim::check_determinism(scenario.as_ref(), &config.clone().with_seed(seed)));
+    let results = parallel(start, seeds, jobs, &bar, |seed| {
+        reprise_sim::check_determinism(scenario, &config.clone().with_seed(seed))
+    });
     bar.finish_and_clear();
     let mut divergent = 0;
     for (_, result) in &results {

@@ -22,15 +22,21 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::effect::{Effect, Effects};
-use crate::event::{DecodeError, Event, EventId, Metadata, NewEvent, Payload, RecordedEvent, StreamId, Upcasters};
-use crate::event_store::{AppendBatch, EventStore, ExpectedVersion, Snapshot, SnapshotPolicy, StoreError};
+use crate::effects;
+use crate::event::{
+    DecodeError, Event, EventId, Metadata, NewEvent, Payload, RecordedEvent, StreamId, Upcasters,
+};
+use crate::event_store::{
+    AppendBatch, EventStore, ExpectedVersion, Snapshot, SnapshotPolicy, StoreError,
+};
 use crate::instrument as names;
 use crate::reducer::Reducer;
 use crate::runtime::Entropy;
-use crate::effects;
 
 /// An event-sourced consistency boundary.
-pub trait Aggregate: Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static {
+pub trait Aggregate:
+    Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static
+{
     /// Stream category: instance `42` lives in stream `"{CATEGORY}-42"`.
     const CATEGORY: &'static str;
     type Command: Clone + fmt::Debug + PartialEq + Send + Sync + 'static;
@@ -105,7 +111,10 @@ fn decode_all<A: Aggregate>(
     upcasters: &Upcasters,
     recorded: &[RecordedEvent],
 ) -> Result<Vec<A::Event>, DecodeError> {
-    recorded.iter().map(|r| r.decode::<A::Event>(upcasters)).collect()
+    recorded
+        .iter()
+        .map(|r| r.decode::<A::Event>(upcasters))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -124,14 +133,21 @@ pub struct AggregateEnv {
 
 impl fmt::Debug for AggregateEnv {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AggregateEnv").field("max_decisions", &self.max_decisions).finish_non_exhaustive()
+        f.debug_struct("AggregateEnv")
+            .field("max_decisions", &self.max_decisions)
+            .finish_non_exhaustive()
     }
 }
 
 impl AggregateEnv {
     #[must_use]
     pub fn new(entropy: Arc<dyn Entropy>, store: Arc<dyn EventStore>) -> Self {
-        AggregateEnv { entropy, store, upcasters: Upcasters::new(), max_decisions: 3 }
+        AggregateEnv {
+            entropy,
+            store,
+            upcasters: Upcasters::new(),
+            max_decisions: 3,
+        }
     }
 }
 
@@ -198,14 +214,20 @@ pub struct AggregateReducer<A> {
 
 impl<A> Default for AggregateReducer<A> {
     fn default() -> Self {
-        AggregateReducer { _aggregate: std::marker::PhantomData }
+        AggregateReducer {
+            _aggregate: std::marker::PhantomData,
+        }
     }
 }
 
 impl<A: Aggregate> AggregateReducer<A> {
     fn refresh(root: &AggregateRoot<A>, env: &AggregateEnv) -> Effect<AggregateAction<A>> {
-        let read = env.store.read_stream(&root.stream(), root.version + 1, usize::MAX);
-        Effect::run("aggregate.refresh", async move { Some(AggregateAction::Refreshed(read.await)) })
+        let read = env
+            .store
+            .read_stream(&root.stream(), root.version + 1, usize::MAX);
+        Effect::run("aggregate.refresh", async move {
+            Some(AggregateAction::Refreshed(read.await))
+        })
     }
 
     /// Decides `command` (already marked in flight or not) and starts its append.
@@ -225,20 +247,33 @@ impl<A: Aggregate> AggregateReducer<A> {
                 root.last_outcome = Some(Ok(root.version));
                 Self::next_queued(root, env)
             }
-            Ok(events) => match encode_all::<A>(env.entropy.as_ref(), &events, &Metadata::default()) {
-                Err(error) => {
-                    root.last_outcome = Some(Err(error));
-                    Self::next_queued(root, env)
+            Ok(events) => {
+                match encode_all::<A>(env.entropy.as_ref(), &events, &Metadata::default()) {
+                    Err(error) => {
+                        root.last_outcome = Some(Err(error));
+                        Self::next_queued(root, env)
+                    }
+                    Ok(encoded) => {
+                        let event_ids = encoded.iter().map(|e| e.event_id).collect();
+                        let batch = AppendBatch::single(
+                            root.stream(),
+                            ExpectedVersion::after(root.version),
+                            encoded,
+                        );
+                        root.in_flight = Some(InFlight {
+                            command,
+                            events,
+                            event_ids,
+                            decisions: decisions + 1,
+                        });
+                        effects![Effect::append(batch, |result| {
+                            Some(AggregateAction::Appended(
+                                result.map(|receipt| receipt.last_position),
+                            ))
+                        })]
+                    }
                 }
-                Ok(encoded) => {
-                    let event_ids = encoded.iter().map(|e| e.event_id).collect();
-                    let batch = AppendBatch::single(root.stream(), ExpectedVersion::after(root.version), encoded);
-                    root.in_flight = Some(InFlight { command, events, event_ids, decisions: decisions + 1 });
-                    effects![Effect::append(batch, |result| {
-                        Some(AggregateAction::Appended(result.map(|receipt| receipt.last_position)))
-                    })]
-                }
-            },
+            }
         }
     }
 
@@ -249,10 +284,18 @@ impl<A: Aggregate> AggregateReducer<A> {
         }
     }
 
-    fn apply_recorded(root: &mut AggregateRoot<A>, recorded: &[RecordedEvent], env: &AggregateEnv) -> Result<(), DecodeError> {
+    fn apply_recorded(
+        root: &mut AggregateRoot<A>,
+        recorded: &[RecordedEvent],
+        env: &AggregateEnv,
+    ) -> Result<(), DecodeError> {
         let events = decode_all::<A>(&env.upcasters, recorded)?;
         for (event, record) in events.iter().zip(recorded) {
-            debug_assert_eq!(record.version, root.version + 1, "stream versions are contiguous");
+            debug_assert_eq!(
+                record.version,
+                root.version + 1,
+                "stream versions are contiguous"
+            );
             root.state.apply(event);
             root.version = record.version;
         }
@@ -265,13 +308,22 @@ impl<A: Aggregate> Reducer for AggregateReducer<A> {
     type Action = AggregateAction<A>;
     type Env = AggregateEnv;
 
-    fn reduce(&self, root: &mut AggregateRoot<A>, action: AggregateAction<A>, env: &AggregateEnv) -> Effects<AggregateAction<A>> {
+    fn reduce(
+        &self,
+        root: &mut AggregateRoot<A>,
+        action: AggregateAction<A>,
+        env: &AggregateEnv,
+    ) -> Effects<AggregateAction<A>> {
         match action {
             AggregateAction::Execute(command) => {
                 if !root.hydrated {
                     let first_command = root.queued.is_empty();
                     root.queued.push_back(command);
-                    return if first_command { effects![Self::refresh(root, env)] } else { Effects::new() };
+                    return if first_command {
+                        effects![Self::refresh(root, env)]
+                    } else {
+                        Effects::new()
+                    };
                 }
                 if root.in_flight.is_some() {
                     root.queued.push_back(command);
@@ -286,7 +338,10 @@ impl<A: Aggregate> Reducer for AggregateReducer<A> {
                 Effects::new()
             }
             AggregateAction::Refreshed(Ok(recorded)) => {
-                let ours = root.in_flight.as_ref().is_some_and(|f| recorded.iter().any(|r| f.event_ids.contains(&r.event_id)));
+                let ours = root
+                    .in_flight
+                    .as_ref()
+                    .is_some_and(|f| recorded.iter().any(|r| f.event_ids.contains(&r.event_id)));
                 if let Err(error) = Self::apply_recorded(root, &recorded, env) {
                     root.last_outcome = Some(Err(CommandError::Decode(error)));
                     root.in_flight = None;
@@ -301,14 +356,25 @@ impl<A: Aggregate> Reducer for AggregateReducer<A> {
                         Self::next_queued(root, env)
                     }
                     // Someone else wrote: a lost race, which counts towards giving up.
-                    Some(flight) if !recorded.is_empty() && flight.decisions >= env.max_decisions => {
-                        root.last_outcome = Some(Err(CommandError::Contended { attempts: flight.decisions }));
+                    Some(flight)
+                        if !recorded.is_empty() && flight.decisions >= env.max_decisions =>
+                    {
+                        root.last_outcome = Some(Err(CommandError::Contended {
+                            attempts: flight.decisions,
+                        }));
                         Self::next_queued(root, env)
                     }
-                    Some(flight) if !recorded.is_empty() => Self::decide(root, flight.command, flight.decisions, env),
+                    Some(flight) if !recorded.is_empty() => {
+                        Self::decide(root, flight.command, flight.decisions, env)
+                    }
                     // Nothing was written: the append failed transiently; deciding again is a
                     // retry of the same step and does not count as a lost race.
-                    Some(flight) => Self::decide(root, flight.command, flight.decisions.saturating_sub(1), env),
+                    Some(flight) => Self::decide(
+                        root,
+                        flight.command,
+                        flight.decisions.saturating_sub(1),
+                        env,
+                    ),
                     None => Self::next_queued(root, env),
                 }
             }
@@ -325,7 +391,8 @@ impl<A: Aggregate> Reducer for AggregateReducer<A> {
                 Self::next_queued(root, env)
             }
             AggregateAction::Appended(Err(error)) => {
-                let retryable = matches!(error, StoreError::Conflict { .. }) || error.is_transient();
+                let retryable =
+                    matches!(error, StoreError::Conflict { .. }) || error.is_transient();
                 if retryable && root.in_flight.is_some() {
                     // Not a blind retry: reload, then either find our events or decide anew.
                     return effects![Self::refresh(root, env)];
@@ -363,7 +430,9 @@ pub struct Repository<A> {
 
 impl<A> fmt::Debug for Repository<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Repository").field("snapshots", &self.snapshots).finish_non_exhaustive()
+        f.debug_struct("Repository")
+            .field("snapshots", &self.snapshots)
+            .finish_non_exhaustive()
     }
 }
 
@@ -378,7 +447,14 @@ pub struct Executed<A: Aggregate> {
 impl<A: Aggregate> Repository<A> {
     #[must_use]
     pub fn new(store: Arc<dyn EventStore>, entropy: Arc<dyn Entropy>) -> Self {
-        Repository { store, entropy, upcasters: Upcasters::new(), snapshots: SnapshotPolicy::Never, max_decisions: 3, _aggregate: std::marker::PhantomData }
+        Repository {
+            store,
+            entropy,
+            upcasters: Upcasters::new(),
+            snapshots: SnapshotPolicy::Never,
+            max_decisions: 3,
+            _aggregate: std::marker::PhantomData,
+        }
     }
 
     #[must_use]
@@ -406,7 +482,12 @@ impl<A: Aggregate> Repository<A> {
     /// Store failures and undecodable events.
     pub async fn load(&self, id: &str) -> Result<(A, u64), CommandError<A::Error>> {
         let stream = A::stream_id(id);
-        let (mut state, mut version) = match self.store.load_snapshot(&stream).await.map_err(CommandError::Store)? {
+        let (mut state, mut version) = match self
+            .store
+            .load_snapshot(&stream)
+            .await
+            .map_err(CommandError::Store)?
+        {
             Some(s) if s.schema_version == A::snapshot_version() => match s.state.decode::<A>() {
                 Ok(state) => (state, s.version),
                 // A snapshot that no longer decodes is a cache miss, not an error.
@@ -414,7 +495,11 @@ impl<A: Aggregate> Repository<A> {
             },
             _ => (A::default(), 0),
         };
-        let recorded = self.store.read_stream(&stream, version + 1, usize::MAX).await.map_err(CommandError::Store)?;
+        let recorded = self
+            .store
+            .read_stream(&stream, version + 1, usize::MAX)
+            .await
+            .map_err(CommandError::Store)?;
         for event in decode_all::<A>(&self.upcasters, &recorded).map_err(CommandError::Decode)? {
             state.apply(&event);
         }
@@ -427,7 +512,12 @@ impl<A: Aggregate> Repository<A> {
     ///
     /// # Errors
     /// See [`CommandError`].
-    pub async fn execute(&self, id: &str, command: &A::Command, metadata: Metadata) -> Result<Executed<A>, CommandError<A::Error>> {
+    pub async fn execute(
+        &self,
+        id: &str,
+        command: &A::Command,
+        metadata: Metadata,
+    ) -> Result<Executed<A>, CommandError<A::Error>> {
         let stream = A::stream_id(id);
         for _ in 0..self.max_decisions {
             let (mut state, version) = self.load(id).await?;
@@ -436,31 +526,51 @@ impl<A: Aggregate> Repository<A> {
                 CommandError::Rejected(e)
             })?;
             if events.is_empty() {
-                return Ok(Executed { state, version, events });
+                return Ok(Executed {
+                    state,
+                    version,
+                    events,
+                });
             }
             let encoded = encode_all::<A>(self.entropy.as_ref(), &events, &metadata)?;
-            let batch = AppendBatch::single(stream.clone(), ExpectedVersion::after(version), encoded);
+            let batch =
+                AppendBatch::single(stream.clone(), ExpectedVersion::after(version), encoded);
             match self.store.append(batch).await {
                 Ok(receipt) => {
                     for event in &events {
                         state.apply(event);
                     }
-                    let new_version = receipt.version_of(&stream).unwrap_or(version + events.len() as u64);
+                    let new_version = receipt
+                        .version_of(&stream)
+                        .unwrap_or(version + events.len() as u64);
                     if self.snapshots.due(version, new_version) {
                         self.save_snapshot(&stream, &state, new_version).await;
                     }
-                    return Ok(Executed { state, version: new_version, events });
+                    return Ok(Executed {
+                        state,
+                        version: new_version,
+                        events,
+                    });
                 }
                 Err(StoreError::Conflict { .. }) => {}
                 Err(error) => return Err(CommandError::Store(error)),
             }
         }
-        Err(CommandError::Contended { attempts: self.max_decisions })
+        Err(CommandError::Contended {
+            attempts: self.max_decisions,
+        })
     }
 
     async fn save_snapshot(&self, stream: &StreamId, state: &A, version: u64) {
-        let Ok(payload) = Payload::encode(state) else { return };
-        let snapshot = Snapshot { stream: stream.clone(), version, schema_version: A::snapshot_version(), state: payload };
+        let Ok(payload) = Payload::encode(state) else {
+            return;
+        };
+        let snapshot = Snapshot {
+            stream: stream.clone(),
+            version,
+            schema_version: A::snapshot_version(),
+            state: payload,
+        };
         if let Err(error) = self.store.save_snapshot(snapshot).await {
             // A snapshot is an optimisation: failing to write one loses nothing.
             tracing::warn!(%stream, %error, "snapshot not saved");

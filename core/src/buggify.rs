@@ -22,7 +22,11 @@ thread_local! {
 /// Whether the fault point `point` fires now. Always `false` outside the simulator.
 #[must_use]
 pub fn buggify(point: &'static str) -> bool {
-    ORACLE.with(|o| o.borrow().as_ref().is_some_and(|oracle| oracle.should_fire(point)))
+    ORACLE.with(|o| {
+        o.borrow()
+            .as_ref()
+            .is_some_and(|oracle| oracle.should_fire(point))
+    })
 }
 
 /// Installs `oracle` on this thread until the guard drops.

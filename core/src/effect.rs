@@ -68,10 +68,18 @@ pub enum Effect<A> {
     None,
     /// Arbitrary async work (an external call, say) whose result may become an action.
     /// With an `id` it can be cancelled; `label` names it in traces and metrics.
-    Run { id: Option<EffectId>, label: &'static str, work: BoxFuture<'static, Option<A>> },
+    Run {
+        id: Option<EffectId>,
+        label: &'static str,
+        work: BoxFuture<'static, Option<A>>,
+    },
     /// Feed `action` back after `after` of the runtime's clock. Scheduling a timer under
     /// an id that is already pending replaces (cancels) the pending one.
-    Timer { id: EffectId, after: Duration, action: A },
+    Timer {
+        id: EffectId,
+        after: Duration,
+        action: A,
+    },
     /// Cancels every pending effect registered under `id`.
     Cancel(EffectId),
     /// Runs the effects concurrently.
@@ -79,9 +87,15 @@ pub enum Effect<A> {
     /// Runs each effect only after the previous one has finished.
     Sequential(Vec<Effect<A>>),
     /// Appends events atomically to the store.
-    Append { batch: AppendBatch, then: Continuation<Result<AppendReceipt, StoreError>, A> },
+    Append {
+        batch: AppendBatch,
+        then: Continuation<Result<AppendReceipt, StoreError>, A>,
+    },
     /// Publishes messages to the bus.
-    Publish { messages: Vec<OutgoingMessage>, then: Continuation<Result<(), BusError>, A> },
+    Publish {
+        messages: Vec<OutgoingMessage>,
+        then: Continuation<Result<(), BusError>, A>,
+    },
 }
 
 impl<A> Effect<A> {
@@ -90,7 +104,11 @@ impl<A> Effect<A> {
     where
         F: Future<Output = Option<A>> + Send + 'static,
     {
-        Effect::Run { id: None, label, work: Box::pin(work) }
+        Effect::Run {
+            id: None,
+            label,
+            work: Box::pin(work),
+        }
     }
 
     /// Async work that [`Effect::Cancel`] with the same id stops.
@@ -98,12 +116,20 @@ impl<A> Effect<A> {
     where
         F: Future<Output = Option<A>> + Send + 'static,
     {
-        Effect::Run { id: Some(id.into()), label, work: Box::pin(work) }
+        Effect::Run {
+            id: Some(id.into()),
+            label,
+            work: Box::pin(work),
+        }
     }
 
     /// Sends `action` after `after`.
     pub fn timer(id: impl Into<EffectId>, after: Duration, action: A) -> Self {
-        Effect::Timer { id: id.into(), after, action }
+        Effect::Timer {
+            id: id.into(),
+            after,
+            action,
+        }
     }
 
     pub fn cancel(id: impl Into<EffectId>) -> Self {
@@ -114,14 +140,20 @@ impl<A> Effect<A> {
         batch: AppendBatch,
         then: impl FnOnce(Result<AppendReceipt, StoreError>) -> Option<A> + Send + 'static,
     ) -> Self {
-        Effect::Append { batch, then: Box::new(then) }
+        Effect::Append {
+            batch,
+            then: Box::new(then),
+        }
     }
 
     pub fn publish(
         messages: Vec<OutgoingMessage>,
         then: impl FnOnce(Result<(), BusError>) -> Option<A> + Send + 'static,
     ) -> Self {
-        Effect::Publish { messages, then: Box::new(then) }
+        Effect::Publish {
+            messages,
+            then: Box::new(then),
+        }
     }
 
     /// `true` for [`Effect::None`] and empty groups: nothing would run.
@@ -165,7 +197,11 @@ impl<A> Effect<A> {
                 label,
                 work: Box::pin(async move { work.await.map(f) }),
             },
-            Effect::Timer { id, after, action } => Effect::Timer { id, after, action: f(action) },
+            Effect::Timer { id, after, action } => Effect::Timer {
+                id,
+                after,
+                action: f(action),
+            },
             Effect::Cancel(id) => Effect::Cancel(id),
             Effect::Parallel(effects) => {
                 Effect::Parallel(effects.into_iter().map(|e| e.map(f.clone())).collect())
@@ -173,12 +209,14 @@ impl<A> Effect<A> {
             Effect::Sequential(effects) => {
                 Effect::Sequential(effects.into_iter().map(|e| e.map(f.clone())).collect())
             }
-            Effect::Append { batch, then } => {
-                Effect::Append { batch, then: Box::new(move |r| then(r).map(f)) }
-            }
-            Effect::Publish { messages, then } => {
-                Effect::Publish { messages, then: Box::new(move |r| then(r).map(f)) }
-            }
+            Effect::Append { batch, then } => Effect::Append {
+                batch,
+                then: Box::new(move |r| then(r).map(f)),
+            },
+            Effect::Publish { messages, then } => Effect::Publish {
+                messages,
+                then: Box::new(move |r| then(r).map(f)),
+            },
         }
     }
 }
@@ -189,7 +227,10 @@ impl<A: fmt::Debug> Effect<A> {
     pub fn describe(&self) -> EffectDescription {
         match self {
             Effect::None => EffectDescription::None,
-            Effect::Run { id, label, .. } => EffectDescription::Run { id: id.clone(), label },
+            Effect::Run { id, label, .. } => EffectDescription::Run {
+                id: id.clone(),
+                label,
+            },
             Effect::Timer { id, after, action } => EffectDescription::Timer {
                 id: id.clone(),
                 after: *after,
@@ -218,10 +259,17 @@ impl<A: fmt::Debug> fmt::Debug for Effect<A> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EffectDescription {
     None,
-    Run { id: Option<EffectId>, label: &'static str },
+    Run {
+        id: Option<EffectId>,
+        label: &'static str,
+    },
     /// The action is kept as its `Debug` text so descriptions stay comparable for any
     /// action type.
-    Timer { id: EffectId, after: Duration, action: String },
+    Timer {
+        id: EffectId,
+        after: Duration,
+        action: String,
+    },
     Cancel(EffectId),
     Parallel(Vec<EffectDescription>),
     Sequential(Vec<EffectDescription>),

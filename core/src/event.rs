@@ -99,7 +99,15 @@ impl fmt::Display for EventId {
     /// Formatted as a UUID so it round-trips through `uuid` columns and headers.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let h = format!("{:032x}", self.0);
-        write!(f, "{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+        write!(
+            f,
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        )
     }
 }
 
@@ -226,7 +234,12 @@ impl RecordedEvent {
                 reason: e.to_string(),
             });
         }
-        let value = upcasters.upcast(&self.event_type, self.schema_version, current, &self.payload)?;
+        let value = upcasters.upcast(
+            &self.event_type,
+            self.schema_version,
+            current,
+            &self.payload,
+        )?;
         serde_json::from_value(value).map_err(|e| DecodeError::Payload {
             event_type: self.event_type.to_string(),
             reason: e.to_string(),
@@ -240,9 +253,17 @@ pub enum DecodeError {
     #[error("event {event_type}: payload does not match the type: {reason}")]
     Payload { event_type: String, reason: String },
     #[error("event {event_type}: no upcaster from schema v{from} towards v{to}")]
-    NoUpcaster { event_type: String, from: u32, to: u32 },
+    NoUpcaster {
+        event_type: String,
+        from: u32,
+        to: u32,
+    },
     #[error("event {event_type}: stored schema v{stored} is newer than this code's v{known}")]
-    FromTheFuture { event_type: String, stored: u32, known: u32 },
+    FromTheFuture {
+        event_type: String,
+        stored: u32,
+        known: u32,
+    },
 }
 
 type UpcastFn = Arc<dyn Fn(serde_json::Value) -> serde_json::Value + Send + Sync>;
@@ -268,7 +289,8 @@ impl Upcasters {
         from_version: u32,
         step: impl Fn(serde_json::Value) -> serde_json::Value + Send + Sync + 'static,
     ) -> Self {
-        self.steps.insert((event_type.to_owned(), from_version), Arc::new(step));
+        self.steps
+            .insert((event_type.to_owned(), from_version), Arc::new(step));
         self
     }
 
@@ -294,9 +316,14 @@ impl Upcasters {
                 reason: e.to_string(),
             })?;
         for version in from..to {
-            let step = self.steps.get(&(event_type.to_owned(), version)).ok_or_else(|| {
-                DecodeError::NoUpcaster { event_type: event_type.to_owned(), from: version, to }
-            })?;
+            let step = self
+                .steps
+                .get(&(event_type.to_owned(), version))
+                .ok_or_else(|| DecodeError::NoUpcaster {
+                    event_type: event_type.to_owned(),
+                    from: version,
+                    to,
+                })?;
             value = step(value);
         }
         Ok(value)
@@ -357,25 +384,52 @@ mod tests {
 
     #[test]
     fn upcasters_chain_old_versions_to_the_current_shape() {
-        let event: Renamed = recorded(1, r#"{"first":"Ada"}"#).decode(&upcasters()).unwrap();
-        assert_eq!(event, Renamed { full_name: "Ada".into(), nickname: None });
+        let event: Renamed = recorded(1, r#"{"first":"Ada"}"#)
+            .decode(&upcasters())
+            .unwrap();
+        assert_eq!(
+            event,
+            Renamed {
+                full_name: "Ada".into(),
+                nickname: None
+            }
+        );
     }
 
     #[test]
     fn a_missing_upcaster_step_is_a_typed_error() {
         let partial = Upcasters::new().with("Renamed", 2, |v| v);
         let err = recorded(1, "{}").decode::<Renamed>(&partial).unwrap_err();
-        assert_eq!(err, DecodeError::NoUpcaster { event_type: "Renamed".into(), from: 1, to: 3 });
+        assert_eq!(
+            err,
+            DecodeError::NoUpcaster {
+                event_type: "Renamed".into(),
+                from: 1,
+                to: 3
+            }
+        );
     }
 
     #[test]
     fn a_newer_stored_schema_is_refused_not_misread() {
-        let err = recorded(4, "{}").decode::<Renamed>(&upcasters()).unwrap_err();
-        assert!(matches!(err, DecodeError::FromTheFuture { stored: 4, known: 3, .. }));
+        let err = recorded(4, "{}")
+            .decode::<Renamed>(&upcasters())
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            DecodeError::FromTheFuture {
+                stored: 4,
+                known: 3,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn event_ids_print_as_uuids() {
-        assert_eq!(EventId(0xabc).to_string(), "00000000-0000-0000-0000-000000000abc");
+        assert_eq!(
+            EventId(0xabc).to_string(),
+            "00000000-0000-0000-0000-000000000abc"
+        );
     }
 }

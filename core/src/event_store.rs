@@ -42,7 +42,11 @@ impl ExpectedVersion {
     /// The expectation a writer should use after it has seen `version` (0 = nothing).
     #[must_use]
     pub fn after(version: u64) -> Self {
-        if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) }
+        if version == 0 {
+            ExpectedVersion::NoStream
+        } else {
+            ExpectedVersion::Exact(version)
+        }
     }
 }
 
@@ -74,12 +78,27 @@ pub struct AppendBatch {
 impl AppendBatch {
     #[must_use]
     pub fn single(stream: StreamId, expected: ExpectedVersion, events: Vec<NewEvent>) -> Self {
-        AppendBatch { streams: vec![StreamAppend { stream, expected, events }] }
+        AppendBatch {
+            streams: vec![StreamAppend {
+                stream,
+                expected,
+                events,
+            }],
+        }
     }
 
     #[must_use]
-    pub fn and(mut self, stream: StreamId, expected: ExpectedVersion, events: Vec<NewEvent>) -> Self {
-        self.streams.push(StreamAppend { stream, expected, events });
+    pub fn and(
+        mut self,
+        stream: StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Self {
+        self.streams.push(StreamAppend {
+            stream,
+            expected,
+            events,
+        });
         self
     }
 
@@ -95,17 +114,25 @@ impl AppendBatch {
     /// [`StoreError::InvalidBatch`] naming the problem.
     pub fn validate(&self) -> Result<(), StoreError> {
         if self.streams.is_empty() || self.streams.iter().any(|s| s.events.is_empty()) {
-            return Err(StoreError::InvalidBatch("a batch needs at least one event per stream".into()));
+            return Err(StoreError::InvalidBatch(
+                "a batch needs at least one event per stream".into(),
+            ));
         }
         let mut streams = std::collections::BTreeSet::new();
         let mut ids = std::collections::BTreeSet::new();
         for append in &self.streams {
             if !streams.insert(&append.stream) {
-                return Err(StoreError::InvalidBatch(format!("stream {} appears twice", append.stream)));
+                return Err(StoreError::InvalidBatch(format!(
+                    "stream {} appears twice",
+                    append.stream
+                )));
             }
             for event in &append.events {
                 if !ids.insert(event.event_id) {
-                    return Err(StoreError::InvalidBatch(format!("event id {} appears twice", event.event_id)));
+                    return Err(StoreError::InvalidBatch(format!(
+                        "event id {} appears twice",
+                        event.event_id
+                    )));
                 }
             }
         }
@@ -128,7 +155,10 @@ impl AppendReceipt {
     /// The version the given stream reached, if it was part of the batch.
     #[must_use]
     pub fn version_of(&self, stream: &StreamId) -> Option<u64> {
-        self.stream_versions.iter().find(|(s, _)| s == stream).map(|(_, v)| *v)
+        self.stream_versions
+            .iter()
+            .find(|(s, _)| s == stream)
+            .map(|(_, v)| *v)
     }
 }
 
@@ -147,7 +177,11 @@ pub struct Snapshot {
 pub enum StoreError {
     /// Optimistic concurrency: someone else wrote first. Reload, decide again.
     #[error("concurrency conflict on {stream}: expected {expected}, stream is at v{actual}")]
-    Conflict { stream: StreamId, expected: ExpectedVersion, actual: u64 },
+    Conflict {
+        stream: StreamId,
+        expected: ExpectedVersion,
+        actual: u64,
+    },
     /// An event id in the batch is already stored, but not as this very batch.
     #[error("event id {0} already exists elsewhere")]
     DuplicateEventId(String),
@@ -264,7 +298,11 @@ mod tests {
 
     #[test]
     fn conflicts_are_not_transient() {
-        let c = StoreError::Conflict { stream: "a-1".into(), expected: ExpectedVersion::Exact(1), actual: 2 };
+        let c = StoreError::Conflict {
+            stream: "a-1".into(),
+            expected: ExpectedVersion::Exact(1),
+            actual: 2,
+        };
         assert!(!c.is_transient());
         assert!(StoreError::Timeout.is_transient());
     }

@@ -29,7 +29,9 @@ pub struct Dependencies {
 
 impl std::fmt::Debug for Dependencies {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Dependencies").field("runtime", &self.runtime).finish_non_exhaustive()
+        f.debug_struct("Dependencies")
+            .field("runtime", &self.runtime)
+            .finish_non_exhaustive()
     }
 }
 
@@ -72,7 +74,11 @@ impl Cancellables {
     ) -> BoxFuture<'static, ()> {
         let (handle, registration) = AbortHandle::new_pair();
         let seq = self.next_registration.fetch_add(1, Ordering::Relaxed);
-        self.pending.lock().entry(id.clone()).or_default().push((seq, handle));
+        self.pending
+            .lock()
+            .entry(id.clone())
+            .or_default()
+            .push((seq, handle));
         let this = Arc::clone(self);
         Box::pin(async move {
             let _ = Abortable::new(work, registration).await;
@@ -111,7 +117,11 @@ pub(crate) fn start<H: EffectHost>(
         match effect {
             // The most common effect gets one allocation fewer: its work and the feeding
             // back of its action are one task, not a task around a boxed future.
-            Effect::Run { id: None, label, work } => {
+            Effect::Run {
+                id: None,
+                label,
+                work,
+            } => {
                 tracing::trace!(label, "run");
                 let (host2, cause2) = (Arc::clone(host), Arc::clone(cause));
                 spawn(host, kind, cause, async move {
@@ -209,8 +219,10 @@ fn prepare<H: EffectHost>(
             Some(host.cancellables().register(id, fut))
         }
         Effect::Parallel(effects) => {
-            let futures: Vec<_> =
-                effects.into_iter().filter_map(|e| prepare(host, e, cause)).collect();
+            let futures: Vec<_> = effects
+                .into_iter()
+                .filter_map(|e| prepare(host, e, cause))
+                .collect();
             match futures.len() {
                 0 => None,
                 _ => Some(Box::pin(async move {

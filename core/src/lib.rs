@@ -28,18 +28,24 @@ pub mod testing;
 pub mod time;
 pub mod tracker;
 
-pub use aggregate::{Aggregate, AggregateAction, AggregateReducer, AggregateRoot, CommandError, Repository};
+pub use aggregate::{
+    Aggregate, AggregateAction, AggregateReducer, AggregateRoot, CommandError, Repository,
+};
 pub use buggify::buggify;
 pub use effect::{Effect, EffectDescription, EffectId, Effects};
-pub use event::{DecodeError, Event, EventId, Metadata, NewEvent, Payload, RecordedEvent, StreamId, Upcasters};
+pub use event::{
+    DecodeError, Event, EventId, Metadata, NewEvent, Payload, RecordedEvent, StreamId, Upcasters,
+};
 pub use event_bus::{BusError, Delivery, EventBus, Headers, OutgoingMessage, Subscription};
-pub use event_store::{AppendBatch, AppendReceipt, EventStore, ExpectedVersion, Snapshot, SnapshotPolicy, StoreError};
+pub use event_store::{
+    AppendBatch, AppendReceipt, EventStore, ExpectedVersion, Snapshot, SnapshotPolicy, StoreError,
+};
 pub use interpret::Dependencies;
 pub use memory::{InMemoryEventBus, InMemoryEventStore};
 pub use reducer::{Combine, Reducer, Scope, combine, from_fn, scope};
 pub use router::{DispatchError, Dispatcher, Router};
 pub use runtime::{BoxFuture, Clock, Entropy, Runtime, SharedRuntime, Spawner};
-pub use saga::{Saga, SagaAction, SagaReducer, SagaState, Reaction};
+pub use saga::{Reaction, Saga, SagaAction, SagaReducer, SagaState};
 pub use store::{SendHandle, ShutdownError, Store, StoreBuilder};
 pub use time::Timestamp;
 

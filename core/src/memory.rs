@@ -10,10 +10,12 @@ use std::task::{Poll, Waker};
 
 use parking_lot::Mutex;
 
-use crate::event::{EventId, RecordedEvent, StreamId};
-use crate::event_bus::{BusError, Delivery, EventBus, Headers, OutgoingMessage, Subscription, partition_for_key};
-use crate::event_store::{AppendBatch, AppendReceipt, EventStore, Snapshot, StoreError};
 use crate::event::Payload;
+use crate::event::{EventId, RecordedEvent, StreamId};
+use crate::event_bus::{
+    BusError, Delivery, EventBus, Headers, OutgoingMessage, Subscription, partition_for_key,
+};
+use crate::event_store::{AppendBatch, AppendReceipt, EventStore, Snapshot, StoreError};
 use crate::runtime::{BoxFuture, Clock};
 use crate::time::Timestamp;
 
@@ -39,7 +41,9 @@ struct StoreState {
 
 impl std::fmt::Debug for InMemoryEventStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InMemoryEventStore").field("events", &self.state.lock().all.len()).finish()
+        f.debug_struct("InMemoryEventStore")
+            .field("events", &self.state.lock().all.len())
+            .finish()
     }
 }
 
@@ -53,7 +57,10 @@ impl InMemoryEventStore {
     /// A store that stamps `recorded_at` from `clock`.
     #[must_use]
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
-        InMemoryEventStore { clock: Some(clock), state: Mutex::default() }
+        InMemoryEventStore {
+            clock: Some(clock),
+            state: Mutex::default(),
+        }
     }
 
     fn now(&self) -> Timestamp {
@@ -99,23 +106,41 @@ impl InMemoryEventStore {
                     metadata: event.metadata.clone(),
                     recorded_at: now,
                 });
-                state.streams.entry(append.stream.clone()).or_default().push(index);
+                state
+                    .streams
+                    .entry(append.stream.clone())
+                    .or_default()
+                    .push(index);
                 state.ids.insert(event.event_id, index);
             }
             stream_versions.push((append.stream.clone(), version));
         }
-        Ok(AppendReceipt { stream_versions, last_position: state.all.len() as u64, was_duplicate: false })
+        Ok(AppendReceipt {
+            stream_versions,
+            last_position: state.all.len() as u64,
+            was_duplicate: false,
+        })
     }
 
     /// [`EventStore::read_stream`], synchronously.
     #[must_use]
-    pub fn read_stream_now(&self, stream: &StreamId, from_version: u64, limit: usize) -> Vec<RecordedEvent> {
+    pub fn read_stream_now(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> Vec<RecordedEvent> {
         let state = self.state.lock();
         let Some(indices) = state.streams.get(stream) else {
             return Vec::new();
         };
         let skip = usize::try_from(from_version.saturating_sub(1)).unwrap_or(usize::MAX);
-        indices.iter().skip(skip).take(limit).map(|&i| state.all[i].clone()).collect()
+        indices
+            .iter()
+            .skip(skip)
+            .take(limit)
+            .map(|&i| state.all[i].clone())
+            .collect()
     }
 
     /// [`EventStore::read_all`], synchronously.
@@ -149,7 +174,10 @@ impl InMemoryEventStore {
     }
 
     pub fn save_snapshot_now(&self, snapshot: Snapshot) {
-        self.state.lock().snapshots.insert(snapshot.stream.clone(), snapshot);
+        self.state
+            .lock()
+            .snapshots
+            .insert(snapshot.stream.clone(), snapshot);
     }
 
     #[must_use]
@@ -201,12 +229,27 @@ impl EventStore for InMemoryEventStore {
         Box::pin(std::future::ready(result))
     }
 
-    fn read_stream(&self, stream: &StreamId, from_version: u64, limit: usize) -> BoxFuture<'static, Result<Vec<RecordedEvent>, StoreError>> {
-        Box::pin(std::future::ready(Ok(self.read_stream_now(stream, from_version, limit))))
+    fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<RecordedEvent>, StoreError>> {
+        Box::pin(std::future::ready(Ok(self.read_stream_now(
+            stream,
+            from_version,
+            limit,
+        ))))
     }
 
-    fn read_all(&self, from_position: u64, limit: usize) -> BoxFuture<'static, Result<Vec<RecordedEvent>, StoreError>> {
-        Box::pin(std::future::ready(Ok(self.read_all_now(from_position, limit))))
+    fn read_all(
+        &self,
+        from_position: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<RecordedEvent>, StoreError>> {
+        Box::pin(std::future::ready(Ok(
+            self.read_all_now(from_position, limit)
+        )))
     }
 
     fn stream_version(&self, stream: &StreamId) -> BoxFuture<'static, Result<u64, StoreError>> {
@@ -218,7 +261,10 @@ impl EventStore for InMemoryEventStore {
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn load_snapshot(&self, stream: &StreamId) -> BoxFuture<'static, Result<Option<Snapshot>, StoreError>> {
+    fn load_snapshot(
+        &self,
+        stream: &StreamId,
+    ) -> BoxFuture<'static, Result<Option<Snapshot>, StoreError>> {
         Box::pin(std::future::ready(Ok(self.load_snapshot_now(stream))))
     }
 }
@@ -238,7 +284,9 @@ pub struct InMemoryEventBus {
 
 impl std::fmt::Debug for InMemoryEventBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InMemoryEventBus").field("topics", &self.state.lock().topics.len()).finish()
+        f.debug_struct("InMemoryEventBus")
+            .field("topics", &self.state.lock().topics.len())
+            .finish()
     }
 }
 
@@ -297,14 +345,20 @@ impl InMemoryEventBus {
     #[must_use]
     pub fn with_partitions(default_partitions: u32) -> Self {
         assert!(default_partitions > 0);
-        InMemoryEventBus { default_partitions, state: Arc::default() }
+        InMemoryEventBus {
+            default_partitions,
+            state: Arc::default(),
+        }
     }
 
     /// Creates a topic (no-op if it exists).
     pub fn create_topic(&self, topic: &str, partitions: u32) {
         assert!(partitions > 0);
         let mut state = self.state.lock();
-        state.topics.entry(topic.into()).or_insert_with(|| vec![Vec::new(); partitions as usize]);
+        state
+            .topics
+            .entry(topic.into())
+            .or_insert_with(|| vec![Vec::new(); partitions as usize]);
     }
 
     /// [`EventBus::publish`], synchronously.
@@ -312,10 +366,13 @@ impl InMemoryEventBus {
         let mut state = self.state.lock();
         let mut new_topic = false;
         for message in messages {
-            let partitions = state.topics.entry(Arc::clone(&message.topic)).or_insert_with(|| {
-                new_topic = true;
-                vec![Vec::new(); self.default_partitions as usize]
-            });
+            let partitions = state
+                .topics
+                .entry(Arc::clone(&message.topic))
+                .or_insert_with(|| {
+                    new_topic = true;
+                    vec![Vec::new(); self.default_partitions as usize]
+                });
             let count = u32::try_from(partitions.len()).unwrap_or(u32::MAX);
             let p = partition_for_key(message.key.as_bytes(), count) as usize;
             partitions[p].push(StoredMessage {
@@ -339,13 +396,24 @@ impl InMemoryEventBus {
     #[must_use]
     pub fn lag(&self, group: &str) -> u64 {
         let state = self.state.lock();
-        let Some(g) = state.groups.get(group) else { return 0 };
-        let topics: BTreeSet<&Arc<str>> = g.members.iter().filter_map(|m| state.members.get(m)).flat_map(|m| m.topics.iter()).collect();
+        let Some(g) = state.groups.get(group) else {
+            return 0;
+        };
+        let topics: BTreeSet<&Arc<str>> = g
+            .members
+            .iter()
+            .filter_map(|m| state.members.get(m))
+            .flat_map(|m| m.topics.iter())
+            .collect();
         let mut lag = 0;
         for topic in topics {
             if let Some(partitions) = state.topics.get(topic) {
                 for (p, messages) in partitions.iter().enumerate() {
-                    let committed = g.committed.get(&(Arc::clone(topic), p as u32)).copied().unwrap_or(0);
+                    let committed = g
+                        .committed
+                        .get(&(Arc::clone(topic), p as u32))
+                        .copied()
+                        .unwrap_or(0);
                     lag += (messages.len() as u64).saturating_sub(committed);
                 }
             }
@@ -357,21 +425,30 @@ impl InMemoryEventBus {
     #[must_use]
     pub fn committed(&self, group: &str, topic: &str, partition: u32) -> u64 {
         let state = self.state.lock();
-        state.groups.get(group).and_then(|g| g.committed.get(&(Arc::from(topic), partition)).copied()).unwrap_or(0)
+        state
+            .groups
+            .get(group)
+            .and_then(|g| g.committed.get(&(Arc::from(topic), partition)).copied())
+            .unwrap_or(0)
     }
 
     /// Every message of a topic, partition by partition (for checkers).
     #[must_use]
     pub fn messages(&self, topic: &str) -> Vec<Delivery> {
         let state = self.state.lock();
-        let Some(partitions) = state.topics.get(topic) else { return Vec::new() };
+        let Some(partitions) = state.topics.get(topic) else {
+            return Vec::new();
+        };
         let topic: Arc<str> = Arc::from(topic);
         partitions
             .iter()
             .enumerate()
             .flat_map(|(p, messages)| {
                 let topic = Arc::clone(&topic);
-                messages.iter().enumerate().map(move |(o, m)| to_delivery(&topic, p as u32, o as u64, m))
+                messages
+                    .iter()
+                    .enumerate()
+                    .map(move |(o, m)| to_delivery(&topic, p as u32, o as u64, m))
             })
             .collect()
     }
@@ -380,18 +457,39 @@ impl InMemoryEventBus {
     #[must_use]
     pub fn partition_count(&self, topic: &str) -> u32 {
         let state = self.state.lock();
-        state.topics.get(topic).map_or(0, |p| u32::try_from(p.len()).unwrap_or(u32::MAX))
+        state
+            .topics
+            .get(topic)
+            .map_or(0, |p| u32::try_from(p.len()).unwrap_or(u32::MAX))
     }
 
     /// Up to `limit` messages of one partition from `from_offset` on: lets a checker
     /// read only what is new since its last look instead of copying whole topics.
     #[must_use]
-    pub fn messages_from(&self, topic: &str, partition: u32, from_offset: u64, limit: usize) -> Vec<Delivery> {
+    pub fn messages_from(
+        &self,
+        topic: &str,
+        partition: u32,
+        from_offset: u64,
+        limit: usize,
+    ) -> Vec<Delivery> {
         let state = self.state.lock();
-        let Some(messages) = state.topics.get(topic).and_then(|p| p.get(partition as usize)) else { return Vec::new() };
+        let Some(messages) = state
+            .topics
+            .get(topic)
+            .and_then(|p| p.get(partition as usize))
+        else {
+            return Vec::new();
+        };
         let topic: Arc<str> = Arc::from(topic);
         let skip = usize::try_from(from_offset).unwrap_or(usize::MAX);
-        messages.iter().enumerate().skip(skip).take(limit).map(|(o, m)| to_delivery(&topic, partition, o as u64, m)).collect()
+        messages
+            .iter()
+            .enumerate()
+            .skip(skip)
+            .take(limit)
+            .map(|(o, m)| to_delivery(&topic, partition, o as u64, m))
+            .collect()
     }
 
     /// Joins a group synchronously.
@@ -401,7 +499,10 @@ impl InMemoryEventBus {
         let id = state.next_member;
         state.next_member += 1;
         for topic in topics {
-            state.topics.entry(Arc::from(*topic)).or_insert_with(|| vec![Vec::new(); self.default_partitions as usize]);
+            state
+                .topics
+                .entry(Arc::from(*topic))
+                .or_insert_with(|| vec![Vec::new(); self.default_partitions as usize]);
         }
         state.members.insert(
             id,
@@ -412,9 +513,17 @@ impl InMemoryEventBus {
                 next_partition: 0,
             },
         );
-        state.groups.entry(group.to_owned()).or_default().members.insert(id);
+        state
+            .groups
+            .entry(group.to_owned())
+            .or_default()
+            .members
+            .insert(id);
         state.rebalance(group);
-        InMemorySubscription { member: id, state: Arc::clone(&self.state) }
+        InMemorySubscription {
+            member: id,
+            state: Arc::clone(&self.state),
+        }
     }
 }
 
@@ -434,25 +543,46 @@ impl BusState {
     /// Partitions a member keeps keep their cursor; moved partitions restart at the
     /// group's committed offset, so uncommitted work is redelivered to the new owner.
     fn rebalance(&mut self, group: &str) {
-        let Some(g) = self.groups.get_mut(group) else { return };
+        let Some(g) = self.groups.get_mut(group) else {
+            return;
+        };
         g.generation += 1;
         let members: Vec<u64> = g.members.iter().copied().collect();
-        let mut wanted: BTreeMap<u64, BTreeSet<TopicPartition>> = members.iter().map(|m| (*m, BTreeSet::new())).collect();
-        let topics: BTreeSet<Arc<str>> = members.iter().filter_map(|m| self.members.get(m)).flat_map(|m| m.topics.iter().cloned()).collect();
+        let mut wanted: BTreeMap<u64, BTreeSet<TopicPartition>> =
+            members.iter().map(|m| (*m, BTreeSet::new())).collect();
+        let topics: BTreeSet<Arc<str>> = members
+            .iter()
+            .filter_map(|m| self.members.get(m))
+            .flat_map(|m| m.topics.iter().cloned())
+            .collect();
         for topic in topics {
-            let eligible: Vec<u64> = members.iter().copied().filter(|m| self.members[m].topics.contains(&topic)).collect();
+            let eligible: Vec<u64> = members
+                .iter()
+                .copied()
+                .filter(|m| self.members[m].topics.contains(&topic))
+                .collect();
             let partitions = self.topics.get(&topic).map_or(0, Vec::len);
             for p in 0..partitions {
                 let owner = eligible[p % eligible.len()];
-                wanted.get_mut(&owner).expect("eligible members are group members").insert((Arc::clone(&topic), p as u32));
+                wanted
+                    .get_mut(&owner)
+                    .expect("eligible members are group members")
+                    .insert((Arc::clone(&topic), p as u32));
             }
         }
         for (member_id, partitions) in wanted {
-            let member = self.members.get_mut(&member_id).expect("group members exist");
+            let member = self
+                .members
+                .get_mut(&member_id)
+                .expect("group members exist");
             member.assigned.retain(|tp, _| partitions.contains(tp));
             for tp in partitions {
                 let committed = g.committed.get(&tp).copied().unwrap_or(0);
-                member.assigned.entry(tp).or_insert(PartitionCursor { next_offset: committed, commit_point: committed, handled: BTreeSet::new() });
+                member.assigned.entry(tp).or_insert(PartitionCursor {
+                    next_offset: committed,
+                    commit_point: committed,
+                    handled: BTreeSet::new(),
+                });
             }
         }
         for waker in self.waiting.drain(..) {
@@ -478,7 +608,9 @@ pub struct InMemorySubscription {
 
 impl std::fmt::Debug for InMemorySubscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InMemorySubscription").field("member", &self.member).finish()
+        f.debug_struct("InMemorySubscription")
+            .field("member", &self.member)
+            .finish()
     }
 }
 
@@ -487,14 +619,25 @@ impl InMemorySubscription {
     #[must_use]
     pub fn try_next(&self) -> Option<Delivery> {
         let mut state = self.state.lock();
-        let BusState { topics, members, .. } = &mut *state;
+        let BusState {
+            topics, members, ..
+        } = &mut *state;
         let member = members.get_mut(&self.member)?;
         let count = member.assigned.len();
         for i in 0..count {
             let index = (member.next_partition + i) % count;
-            let (tp, cursor) = member.assigned.iter_mut().nth(index).expect("index below len");
-            let Some(messages) = topics.get(&tp.0).and_then(|p| p.get(tp.1 as usize)) else { continue };
-            if let Some(message) = usize::try_from(cursor.next_offset).ok().and_then(|o| messages.get(o)) {
+            let (tp, cursor) = member
+                .assigned
+                .iter_mut()
+                .nth(index)
+                .expect("index below len");
+            let Some(messages) = topics.get(&tp.0).and_then(|p| p.get(tp.1 as usize)) else {
+                continue;
+            };
+            if let Some(message) = usize::try_from(cursor.next_offset)
+                .ok()
+                .and_then(|o| messages.get(o))
+            {
                 let delivery = to_delivery(&tp.0, tp.1, cursor.next_offset, message);
                 cursor.next_offset += 1;
                 member.next_partition = index + 1;
@@ -508,7 +651,16 @@ impl InMemorySubscription {
     #[must_use]
     pub fn assignment(&self) -> Vec<(String, u32)> {
         let state = self.state.lock();
-        state.members.get(&self.member).map(|m| m.assigned.keys().map(|(t, p)| (t.to_string(), *p)).collect()).unwrap_or_default()
+        state
+            .members
+            .get(&self.member)
+            .map(|m| {
+                m.assigned
+                    .keys()
+                    .map(|(t, p)| (t.to_string(), *p))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// [`Subscription::commit`], synchronously.
@@ -517,7 +669,9 @@ impl InMemorySubscription {
     /// [`BusError::Closed`] if the member left the group.
     pub fn commit_now(&self) -> Result<(), BusError> {
         let mut state = self.state.lock();
-        let BusState { groups, members, .. } = &mut *state;
+        let BusState {
+            groups, members, ..
+        } = &mut *state;
         let member = members.get_mut(&self.member).ok_or(BusError::Closed)?;
         let group = groups.get_mut(&member.group).ok_or(BusError::Closed)?;
         for (tp, cursor) in &mut member.assigned {
@@ -558,8 +712,13 @@ impl Subscription for InMemorySubscription {
 
     fn ack(&mut self, delivery: &Delivery) {
         let mut state = self.state.lock();
-        let Some(member) = state.members.get_mut(&self.member) else { return };
-        if let Some(cursor) = member.assigned.get_mut(&(Arc::clone(&delivery.topic), delivery.partition)) {
+        let Some(member) = state.members.get_mut(&self.member) else {
+            return;
+        };
+        if let Some(cursor) = member
+            .assigned
+            .get_mut(&(Arc::clone(&delivery.topic), delivery.partition))
+        {
             if delivery.offset >= cursor.commit_point {
                 cursor.handled.insert(delivery.offset);
             }
@@ -577,7 +736,11 @@ impl EventBus for InMemoryEventBus {
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn subscribe(&self, group: &str, topics: &[&str]) -> BoxFuture<'static, Result<Box<dyn Subscription>, BusError>> {
+    fn subscribe(
+        &self,
+        group: &str,
+        topics: &[&str],
+    ) -> BoxFuture<'static, Result<Box<dyn Subscription>, BusError>> {
         let subscription: Box<dyn Subscription> = Box::new(self.subscribe_now(group, topics));
         Box::pin(std::future::ready(Ok(subscription)))
     }

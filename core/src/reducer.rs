@@ -55,7 +55,10 @@ pub fn from_fn<S, A, E, F>(f: F) -> FnReducer<S, A, E, F>
 where
     F: Fn(&mut S, A, &E) -> Effects<A> + Send + Sync + 'static,
 {
-    FnReducer { f, _types: PhantomData }
+    FnReducer {
+        f,
+        _types: PhantomData,
+    }
 }
 
 impl<S, A, E, F> Reducer for FnReducer<S, A, E, F>
@@ -101,7 +104,12 @@ where
     type Action = R1::Action;
     type Env = R1::Env;
 
-    fn reduce(&self, state: &mut Self::State, action: Self::Action, env: &Self::Env) -> Effects<Self::Action> {
+    fn reduce(
+        &self,
+        state: &mut Self::State,
+        action: Self::Action,
+        env: &Self::Env,
+    ) -> Effects<Self::Action> {
         let mut effects = self.first.reduce(state, action.clone(), env);
         effects.extend(self.second.reduce(state, action, env));
         effects
@@ -149,7 +157,14 @@ where
     M: Fn(R::Action) -> PA + Clone + Send + Sync + 'static,
     V: Fn(&PE) -> &R::Env + Send + Sync + 'static,
 {
-    Scope { child, lens, extract, embed, env, _parent: PhantomData }
+    Scope {
+        child,
+        lens,
+        extract,
+        embed,
+        env,
+        _parent: PhantomData,
+    }
 }
 
 impl<R, PS, PA, PE, L, X, M, V> Reducer for Scope<R, PS, PA, PE, L, X, M, V>
@@ -171,7 +186,9 @@ where
         let Ok(child_action) = (self.extract)(action) else {
             return Effects::new();
         };
-        let child_effects = self.child.reduce((self.lens)(state), child_action, (self.env)(env));
+        let child_effects = self
+            .child
+            .reduce((self.lens)(state), child_action, (self.env)(env));
         child_effects
             .into_iter()
             .filter(|e| !matches!(e, Effect::None))
@@ -216,7 +233,11 @@ mod tests {
                 effects![]
             }
             ChildAction::AddLater(n) => {
-                effects![Effect::timer("later", Duration::from_secs(1), ChildAction::Add(n))]
+                effects![Effect::timer(
+                    "later",
+                    Duration::from_secs(1),
+                    ChildAction::Add(n)
+                )]
             }
         })
     }
@@ -247,7 +268,13 @@ mod tests {
         let mut s = Parent::default();
         assert!(r.reduce(&mut s, ParentAction::Click, &()).is_empty());
         r.reduce(&mut s, ParentAction::Child(ChildAction::Add(5)), &());
-        assert_eq!(s, Parent { clicks: 0, child: Child { value: 5 } });
+        assert_eq!(
+            s,
+            Parent {
+                clicks: 0,
+                child: Child { value: 5 }
+            }
+        );
     }
 
     #[test]
@@ -270,7 +297,13 @@ mod tests {
         let mut s = Parent::default();
         r.reduce(&mut s, ParentAction::Child(ChildAction::Add(3)), &());
         r.reduce(&mut s, ParentAction::Click, &());
-        assert_eq!(s, Parent { clicks: 2, child: Child { value: 3 } });
+        assert_eq!(
+            s,
+            Parent {
+                clicks: 2,
+                child: Child { value: 3 }
+            }
+        );
     }
 
     #[test]

@@ -28,7 +28,8 @@ pub trait Dispatcher<C>: Send + Sync {
     fn dispatch(&self, command: C) -> BoxFuture<'static, Result<(), DispatchError>>;
 }
 
-type Route<C> = Arc<dyn Fn(C) -> Result<BoxFuture<'static, Result<(), DispatchError>>, C> + Send + Sync>;
+type Route<C> =
+    Arc<dyn Fn(C) -> Result<BoxFuture<'static, Result<(), DispatchError>>, C> + Send + Sync>;
 
 /// Routes commands to stores by typed extraction.
 pub struct Router<C> {
@@ -43,7 +44,9 @@ impl<C> Default for Router<C> {
 
 impl<C> fmt::Debug for Router<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Router").field("routes", &self.routes.len()).finish()
+        f.debug_struct("Router")
+            .field("routes", &self.routes.len())
+            .finish()
     }
 }
 
@@ -64,7 +67,10 @@ impl<C: fmt::Debug + Send + 'static> Router<C> {
             let action = extract(command)?;
             let refused = store.send(action).was_refused();
             Ok(Box::pin(std::future::ready(if refused {
-                Err(DispatchError::Unavailable(format!("store {} is shutting down", store.name())))
+                Err(DispatchError::Unavailable(format!(
+                    "store {} is shutting down",
+                    store.name()
+                )))
             } else {
                 Ok(())
             })))
@@ -80,7 +86,9 @@ impl<C: fmt::Debug + Send + 'static> Router<C> {
         target: Arc<dyn Dispatcher<T>>,
         extract: impl Fn(C) -> Result<T, C> + Send + Sync + 'static,
     ) -> Self {
-        self.routes.push(Arc::new(move |command| Ok(target.dispatch(extract(command)?))));
+        self.routes.push(Arc::new(move |command| {
+            Ok(target.dispatch(extract(command)?))
+        }));
         self
     }
 }
@@ -94,6 +102,8 @@ impl<C: fmt::Debug + Send + 'static> Dispatcher<C> for Router<C> {
                 Err(unclaimed) => command = unclaimed,
             }
         }
-        Box::pin(std::future::ready(Err(DispatchError::NoRoute(format!("{command:?}")))))
+        Box::pin(std::future::ready(Err(DispatchError::NoRoute(format!(
+            "{command:?}"
+        )))))
     }
 }

@@ -24,7 +24,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::effect::{Effect, Effects};
-use crate::event::{DecodeError, Event, EventId, Metadata, NewEvent, Payload, RecordedEvent, StreamId, Upcasters};
+use crate::event::{
+    DecodeError, Event, EventId, Metadata, NewEvent, Payload, RecordedEvent, StreamId, Upcasters,
+};
 use crate::event_store::{AppendBatch, EventStore, ExpectedVersion, StoreError};
 use crate::instrument as names;
 use crate::reducer::Reducer;
@@ -36,9 +38,23 @@ use crate::time::Timestamp;
 pub trait Saga: Default + Clone + Send + Sync + 'static {
     /// Stream category of the saga's own events.
     const NAME: &'static str;
-    type Input: Clone + fmt::Debug + PartialEq + Serialize + DeserializeOwned + Send + Sync + 'static;
+    type Input: Clone
+        + fmt::Debug
+        + PartialEq
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static;
     type Event: Event + Clone + fmt::Debug + PartialEq;
-    type Command: Clone + fmt::Debug + PartialEq + Serialize + DeserializeOwned + Send + Sync + 'static;
+    type Command: Clone
+        + fmt::Debug
+        + PartialEq
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static;
 
     /// Decides what to do about `input`. Pure. Duplicate and late inputs must be
     /// recognised here (by state) and answered with an empty reaction.
@@ -63,7 +79,12 @@ pub struct Reaction<S: Saga> {
 
 impl<S: Saga> Default for Reaction<S> {
     fn default() -> Self {
-        Reaction { events: Vec::new(), commands: Vec::new(), set_deadlines: Vec::new(), clear_deadlines: Vec::new() }
+        Reaction {
+            events: Vec::new(),
+            commands: Vec::new(),
+            set_deadlines: Vec::new(),
+            clear_deadlines: Vec::new(),
+        }
     }
 }
 
@@ -99,7 +120,10 @@ impl<S: Saga> Reaction<S> {
 
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.commands.is_empty() && self.set_deadlines.is_empty() && self.clear_deadlines.is_empty()
+        self.events.is_empty()
+            && self.commands.is_empty()
+            && self.set_deadlines.is_empty()
+            && self.clear_deadlines.is_empty()
     }
 }
 
@@ -107,9 +131,17 @@ impl<S: Saga> Reaction<S> {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "record", rename_all = "snake_case")]
 enum SagaRecord<I, C> {
-    DeadlineSet { id: String, due: Timestamp, input: I },
-    DeadlineCleared { id: String },
-    CommandsIssued { commands: Vec<C> },
+    DeadlineSet {
+        id: String,
+        due: Timestamp,
+        input: I,
+    },
+    DeadlineCleared {
+        id: String,
+    },
+    CommandsIssued {
+        commands: Vec<C>,
+    },
 }
 
 const DEADLINE_SET: &str = "reprise.DeadlineSet";
@@ -128,14 +160,26 @@ pub struct SagaEnv<S: Saga> {
 
 impl<S: Saga> fmt::Debug for SagaEnv<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SagaEnv").field("saga", &S::NAME).finish_non_exhaustive()
+        f.debug_struct("SagaEnv")
+            .field("saga", &S::NAME)
+            .finish_non_exhaustive()
     }
 }
 
 impl<S: Saga> SagaEnv<S> {
     #[must_use]
-    pub fn new(runtime: SharedRuntime, store: Arc<dyn EventStore>, dispatcher: Arc<dyn Dispatcher<S::Command>>) -> Self {
-        SagaEnv { runtime, store, dispatcher, upcasters: Upcasters::new(), max_decisions: 3 }
+    pub fn new(
+        runtime: SharedRuntime,
+        store: Arc<dyn EventStore>,
+        dispatcher: Arc<dyn Dispatcher<S::Command>>,
+    ) -> Self {
+        SagaEnv {
+            runtime,
+            store,
+            dispatcher,
+            upcasters: Upcasters::new(),
+            max_decisions: 3,
+        }
     }
 }
 
@@ -217,7 +261,9 @@ impl<S> fmt::Debug for SagaReducer<S> {
 
 impl<S> Default for SagaReducer<S> {
     fn default() -> Self {
-        SagaReducer { _saga: std::marker::PhantomData }
+        SagaReducer {
+            _saga: std::marker::PhantomData,
+        }
     }
 }
 
@@ -227,11 +273,22 @@ fn timer_id<S: Saga>(state: &SagaState<S>, deadline: &str) -> String {
 
 impl<S: Saga> SagaReducer<S> {
     fn load(state: &SagaState<S>, env: &SagaEnv<S>) -> Effect<SagaAction<S>> {
-        let read = env.store.read_stream(&state.stream(), state.version + 1, usize::MAX);
-        Effect::run("saga.load", async move { Some(SagaAction::Loaded(read.await)) })
+        let read = env
+            .store
+            .read_stream(&state.stream(), state.version + 1, usize::MAX);
+        Effect::run(
+            "saga.load",
+            async move { Some(SagaAction::Loaded(read.await)) },
+        )
     }
 
-    fn handle(state: &mut SagaState<S>, input: S::Input, fired: Option<String>, decisions: u32, env: &SagaEnv<S>) -> Effects<SagaAction<S>> {
+    fn handle(
+        state: &mut SagaState<S>,
+        input: S::Input,
+        fired: Option<String>,
+        decisions: u32,
+        env: &SagaEnv<S>,
+    ) -> Effects<SagaAction<S>> {
         let mut reaction = state.saga.react(&input);
         if let Some(id) = &fired
             && !reaction.clear_deadlines.contains(id)
@@ -243,7 +300,11 @@ impl<S: Saga> SagaReducer<S> {
             return Self::next_queued(state, env);
         }
         let now = env.runtime.now();
-        let deadlines_due: Vec<_> = reaction.set_deadlines.iter().map(|(id, after, i)| (id.clone(), now + *after, i.clone())).collect();
+        let deadlines_due: Vec<_> = reaction
+            .set_deadlines
+            .iter()
+            .map(|(id, after, i)| (id.clone(), now + *after, i.clone()))
+            .collect();
         match Self::encode(&reaction, &deadlines_due, env) {
             Err(reason) => {
                 state.failure = Some(reason);
@@ -251,36 +312,72 @@ impl<S: Saga> SagaReducer<S> {
             }
             Ok(encoded) => {
                 let event_ids = encoded.iter().map(|e| e.event_id).collect();
-                let batch = AppendBatch::single(state.stream(), ExpectedVersion::after(state.version), encoded);
-                state.persisting = Some(Persisting { input, fired, reaction, deadlines_due, event_ids, decisions: decisions + 1 });
-                crate::effects![Effect::append(batch, |r| Some(SagaAction::Persisted(r.map(|receipt| receipt.last_position))))]
+                let batch = AppendBatch::single(
+                    state.stream(),
+                    ExpectedVersion::after(state.version),
+                    encoded,
+                );
+                state.persisting = Some(Persisting {
+                    input,
+                    fired,
+                    reaction,
+                    deadlines_due,
+                    event_ids,
+                    decisions: decisions + 1,
+                });
+                crate::effects![Effect::append(batch, |r| Some(SagaAction::Persisted(
+                    r.map(|receipt| receipt.last_position)
+                )))]
             }
         }
     }
 
-    fn encode(reaction: &Reaction<S>, due: &[(String, Timestamp, S::Input)], env: &SagaEnv<S>) -> Result<Vec<NewEvent>, String> {
+    fn encode(
+        reaction: &Reaction<S>,
+        due: &[(String, Timestamp, S::Input)],
+        env: &SagaEnv<S>,
+    ) -> Result<Vec<NewEvent>, String> {
         let entropy = env.runtime.as_ref();
         let mut out = Vec::new();
         for event in &reaction.events {
-            out.push(NewEvent::encode(EventId(entropy.next_id()), event, Metadata::default()).map_err(|e| e.to_string())?);
+            out.push(
+                NewEvent::encode(EventId(entropy.next_id()), event, Metadata::default())
+                    .map_err(|e| e.to_string())?,
+            );
         }
-        let record = |event_type: &str, r: &SagaRecord<S::Input, S::Command>| -> Result<NewEvent, String> {
-            Ok(NewEvent {
-                event_id: EventId(entropy.next_id()),
-                event_type: event_type.into(),
-                schema_version: 1,
-                payload: Payload::encode(r).map_err(|e| e.to_string())?,
-                metadata: Metadata::default(),
-            })
-        };
+        let record =
+            |event_type: &str, r: &SagaRecord<S::Input, S::Command>| -> Result<NewEvent, String> {
+                Ok(NewEvent {
+                    event_id: EventId(entropy.next_id()),
+                    event_type: event_type.into(),
+                    schema_version: 1,
+                    payload: Payload::encode(r).map_err(|e| e.to_string())?,
+                    metadata: Metadata::default(),
+                })
+            };
         for id in &reaction.clear_deadlines {
-            out.push(record(DEADLINE_CLEARED, &SagaRecord::DeadlineCleared { id: id.clone() })?);
+            out.push(record(
+                DEADLINE_CLEARED,
+                &SagaRecord::DeadlineCleared { id: id.clone() },
+            )?);
         }
         for (id, due, input) in due {
-            out.push(record(DEADLINE_SET, &SagaRecord::DeadlineSet { id: id.clone(), due: *due, input: input.clone() })?);
+            out.push(record(
+                DEADLINE_SET,
+                &SagaRecord::DeadlineSet {
+                    id: id.clone(),
+                    due: *due,
+                    input: input.clone(),
+                },
+            )?);
         }
         if !reaction.commands.is_empty() {
-            out.push(record(COMMANDS_ISSUED, &SagaRecord::CommandsIssued { commands: reaction.commands.clone() })?);
+            out.push(record(
+                COMMANDS_ISSUED,
+                &SagaRecord::CommandsIssued {
+                    commands: reaction.commands.clone(),
+                },
+            )?);
         }
         Ok(out)
     }
@@ -305,13 +402,26 @@ impl<S: Saga> SagaReducer<S> {
         })
     }
 
-    fn arm(state: &SagaState<S>, id: &str, due: Timestamp, env: &SagaEnv<S>) -> Effect<SagaAction<S>> {
+    fn arm(
+        state: &SagaState<S>,
+        id: &str,
+        due: Timestamp,
+        env: &SagaEnv<S>,
+    ) -> Effect<SagaAction<S>> {
         let after = due.saturating_since(env.runtime.now());
-        Effect::timer(timer_id(state, id), after, SagaAction::DeadlineFired(id.to_owned()))
+        Effect::timer(
+            timer_id(state, id),
+            after,
+            SagaAction::DeadlineFired(id.to_owned()),
+        )
     }
 
     /// Applies a persisted reaction: state, deadlines, timers, commands.
-    fn commit(state: &mut SagaState<S>, persisted: Persisting<S>, env: &SagaEnv<S>) -> Effects<SagaAction<S>> {
+    fn commit(
+        state: &mut SagaState<S>,
+        persisted: Persisting<S>,
+        env: &SagaEnv<S>,
+    ) -> Effects<SagaAction<S>> {
         let mut effects = Effects::new();
         for event in &persisted.reaction.events {
             state.saga.apply(event);
@@ -333,11 +443,19 @@ impl<S: Saga> SagaReducer<S> {
         effects
     }
 
-    fn replay(state: &mut SagaState<S>, recorded: &[RecordedEvent], env: &SagaEnv<S>) -> Result<(), DecodeError> {
+    fn replay(
+        state: &mut SagaState<S>,
+        recorded: &[RecordedEvent],
+        env: &SagaEnv<S>,
+    ) -> Result<(), DecodeError> {
         for record in recorded {
             match &*record.event_type {
                 DEADLINE_SET | DEADLINE_CLEARED | COMMANDS_ISSUED => {
-                    let decoded: SagaRecord<S::Input, S::Command> = record.payload.decode().map_err(|e| DecodeError::Payload { event_type: record.event_type.to_string(), reason: e.to_string() })?;
+                    let decoded: SagaRecord<S::Input, S::Command> =
+                        record.payload.decode().map_err(|e| DecodeError::Payload {
+                            event_type: record.event_type.to_string(),
+                            reason: e.to_string(),
+                        })?;
                     match decoded {
                         SagaRecord::DeadlineSet { id, due, input } => {
                             state.deadlines.insert(id, (due, input));
@@ -348,7 +466,9 @@ impl<S: Saga> SagaReducer<S> {
                         SagaRecord::CommandsIssued { commands } => state.last_commands = commands,
                     }
                 }
-                _ => state.saga.apply(&record.decode::<S::Event>(&env.upcasters)?),
+                _ => state
+                    .saga
+                    .apply(&record.decode::<S::Event>(&env.upcasters)?),
             }
             state.version = record.version;
         }
@@ -361,7 +481,12 @@ impl<S: Saga> Reducer for SagaReducer<S> {
     type Action = SagaAction<S>;
     type Env = SagaEnv<S>;
 
-    fn reduce(&self, state: &mut SagaState<S>, action: SagaAction<S>, env: &SagaEnv<S>) -> Effects<SagaAction<S>> {
+    fn reduce(
+        &self,
+        state: &mut SagaState<S>,
+        action: SagaAction<S>,
+        env: &SagaEnv<S>,
+    ) -> Effects<SagaAction<S>> {
         if state.failure.is_some() {
             return Effects::new();
         }
@@ -387,14 +512,24 @@ impl<S: Saga> Reducer for SagaReducer<S> {
                 // retry through it would leave the saga stuck for good.
                 tracing::warn!(saga = S::NAME, id = %state.id, %error, "saga load failed; retrying");
                 let pause = env.runtime.sleep(Duration::from_millis(100));
-                let (store, stream, from) = (Arc::clone(&env.store), state.stream(), state.version + 1);
-                crate::effects![Effect::cancellable(format!("{}-{}/reload", S::NAME, state.id), "saga.reload", async move {
-                    pause.await;
-                    Some(SagaAction::Loaded(store.read_stream(&stream, from, usize::MAX).await))
-                })]
+                let (store, stream, from) =
+                    (Arc::clone(&env.store), state.stream(), state.version + 1);
+                crate::effects![Effect::cancellable(
+                    format!("{}-{}/reload", S::NAME, state.id),
+                    "saga.reload",
+                    async move {
+                        pause.await;
+                        Some(SagaAction::Loaded(
+                            store.read_stream(&stream, from, usize::MAX).await,
+                        ))
+                    }
+                )]
             }
             SagaAction::Loaded(Ok(recorded)) => {
-                let ours = state.persisting.as_ref().is_some_and(|p| recorded.iter().any(|r| p.event_ids.contains(&r.event_id)));
+                let ours = state
+                    .persisting
+                    .as_ref()
+                    .is_some_and(|p| recorded.iter().any(|r| p.event_ids.contains(&r.event_id)));
                 let first_recovery = !state.recovered;
                 // If `ours`, the append committed after all (its ack was lost): the replay
                 // applies it, and its side effects (timers, commands) run below.
@@ -430,13 +565,24 @@ impl<S: Saga> Reducer for SagaReducer<S> {
                     // Someone else wrote to the stream: a real conflict, which counts
                     // towards giving up.
                     Some(p) if !recorded.is_empty() && p.decisions >= env.max_decisions => {
-                        state.failure = Some(format!("stream contended: gave up after {} decisions on {:?}", p.decisions, p.input));
+                        state.failure = Some(format!(
+                            "stream contended: gave up after {} decisions on {:?}",
+                            p.decisions, p.input
+                        ));
                     }
-                    Some(p) if !recorded.is_empty() => effects.extend(Self::handle(state, p.input, p.fired, p.decisions, env)),
+                    Some(p) if !recorded.is_empty() => {
+                        effects.extend(Self::handle(state, p.input, p.fired, p.decisions, env))
+                    }
                     // Nothing was written at all: the append failed transiently. Deciding
                     // again is a retry of the same step, not a lost race, so it does not
                     // count towards `max_decisions`.
-                    Some(p) => effects.extend(Self::handle(state, p.input, p.fired, p.decisions.saturating_sub(1), env)),
+                    Some(p) => effects.extend(Self::handle(
+                        state,
+                        p.input,
+                        p.fired,
+                        p.decisions.saturating_sub(1),
+                        env,
+                    )),
                     None => effects.extend(Self::next_queued(state, env)),
                 }
                 effects

@@ -6,8 +6,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,13 +28,17 @@ pub struct Store<R: Reducer> {
 
 impl<R: Reducer> Clone for Store<R> {
     fn clone(&self) -> Self {
-        Store { inner: Arc::clone(&self.inner) }
+        Store {
+            inner: Arc::clone(&self.inner),
+        }
     }
 }
 
 impl<R: Reducer> std::fmt::Debug for Store<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("name", &self.inner.name).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("name", &self.inner.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -98,11 +102,19 @@ impl<R: Reducer> Inner<R> {
         let action_name = self.reducer.action_name(&action);
         let _span = tracing::debug_span!("reprise.reduce", store = self.name, action = action_name)
             .entered();
-        let sample = self.sends.fetch_add(1, Ordering::Relaxed) % names::REDUCER_TIMING_SAMPLE_EVERY == 0;
-        let started = if sample { self.deps.runtime.stopwatch_nanos() } else { 0 };
+        let sample =
+            self.sends.fetch_add(1, Ordering::Relaxed) % names::REDUCER_TIMING_SAMPLE_EVERY == 0;
+        let started = if sample {
+            self.deps.runtime.stopwatch_nanos()
+        } else {
+            0
+        };
         let effects = {
             let mut guarded = self.state.lock();
-            let Guarded { state, action_counters } = &mut *guarded;
+            let Guarded {
+                state,
+                action_counters,
+            } = &mut *guarded;
             action_counters.increment(self.name, action_name);
             self.reducer.reduce(state, action, &self.env)
         };
@@ -169,16 +181,28 @@ impl<R: Reducer> Store<R> {
     pub fn send(&self, action: R::Action) -> SendHandle {
         if self.inner.closing.load(Ordering::Acquire) {
             metrics::counter!(names::ACTIONS_REJECTED, "store" => self.inner.name).increment(1);
-            tracing::warn!(store = self.inner.name, "action refused: store is shutting down");
-            return SendHandle { tracker: None, refused: true };
+            tracing::warn!(
+                store = self.inner.name,
+                "action refused: store is shutting down"
+            );
+            return SendHandle {
+                tracker: None,
+                refused: true,
+            };
         }
         let effects = self.inner.reduce(action);
         if effects.iter().all(crate::Effect::is_none) {
-            return SendHandle { tracker: None, refused: false };
+            return SendHandle {
+                tracker: None,
+                refused: false,
+            };
         }
         let tracker = Tracker::child(&self.inner.all_work);
         interpret::start(&self.inner, effects, &tracker);
-        SendHandle { tracker: Some(tracker), refused: false }
+        SendHandle {
+            tracker: Some(tracker),
+            refused: false,
+        }
     }
 
     /// Reads the state under the lock.
@@ -236,8 +260,16 @@ impl<R: Reducer> Store<R> {
             futures::future::Either::Right(_) => {
                 let still_running = self.inner.all_work.pending();
                 let cancelled = self.inner.cancellables.cancel_all();
-                tracing::warn!(store = self.inner.name, still_running, cancelled, "shutdown deadline passed");
-                Err(ShutdownError { still_running, cancelled })
+                tracing::warn!(
+                    store = self.inner.name,
+                    still_running,
+                    cancelled,
+                    "shutdown deadline passed"
+                );
+                Err(ShutdownError {
+                    still_running,
+                    cancelled,
+                })
             }
         }
     }
@@ -264,7 +296,9 @@ pub struct StoreBuilder<R: Reducer> {
 
 impl<R: Reducer> std::fmt::Debug for StoreBuilder<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoreBuilder").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("StoreBuilder")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -295,15 +329,24 @@ impl<R: Reducer> StoreBuilder<R> {
             let clock: Arc<dyn crate::Clock> = runtime.clone();
             Arc::new(InMemoryEventStore::with_clock(clock))
         });
-        let event_bus = self.event_bus.unwrap_or_else(|| Arc::new(InMemoryEventBus::new()));
+        let event_bus = self
+            .event_bus
+            .unwrap_or_else(|| Arc::new(InMemoryEventBus::new()));
         Store {
             inner: Arc::new(Inner {
                 name: self.name,
                 reducer: self.reducer,
                 env: self.env,
-                state: Mutex::new(Guarded { state: self.state, action_counters: ActionCounters::default() }),
+                state: Mutex::new(Guarded {
+                    state: self.state,
+                    action_counters: ActionCounters::default(),
+                }),
                 reducer_duration: OnceLock::new(),
-                deps: Dependencies { runtime, event_store, event_bus },
+                deps: Dependencies {
+                    runtime,
+                    event_store,
+                    event_bus,
+                },
                 cancellables: Arc::default(),
                 all_work: Tracker::root(),
                 closing: AtomicBool::new(false),

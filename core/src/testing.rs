@@ -58,7 +58,10 @@ struct RuntimeState {
 impl Debug for TestRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = self.inner.lock();
-        f.debug_struct("TestRuntime").field("now", &Timestamp::from_unix_nanos(state.now)).field("tasks", &state.tasks.len()).finish()
+        f.debug_struct("TestRuntime")
+            .field("now", &Timestamp::from_unix_nanos(state.now))
+            .field("tasks", &state.tasks.len())
+            .finish()
     }
 }
 
@@ -92,8 +95,15 @@ impl TestRuntime {
     /// A runtime at [`Timestamp::SIMULATION_EPOCH`] with entropy seeded by `seed`.
     #[must_use]
     pub fn new(seed: u64) -> Self {
-        let state = RuntimeState { now: Timestamp::SIMULATION_EPOCH.as_unix_nanos(), ..RuntimeState::default() };
-        TestRuntime { inner: Arc::new(Mutex::new(state)), rng: AtomicU64::new(seed), ticks: AtomicU64::new(0) }
+        let state = RuntimeState {
+            now: Timestamp::SIMULATION_EPOCH.as_unix_nanos(),
+            ..RuntimeState::default()
+        };
+        TestRuntime {
+            inner: Arc::new(Mutex::new(state)),
+            rng: AtomicU64::new(seed),
+            ticks: AtomicU64::new(0),
+        }
     }
 
     #[must_use]
@@ -107,12 +117,24 @@ impl TestRuntime {
         loop {
             let next = {
                 let mut state = self.inner.lock();
-                state.ready.pop_front().and_then(|id| state.tasks.remove(&id).map(|t| (id, t)))
+                state
+                    .ready
+                    .pop_front()
+                    .and_then(|id| state.tasks.remove(&id).map(|t| (id, t)))
             };
-            let Some((id, mut task)) = next else { return polls };
+            let Some((id, mut task)) = next else {
+                return polls;
+            };
             polls += 1;
-            let waker = Waker::from(Arc::new(TaskWaker { id, state: Arc::downgrade(&self.inner) }));
-            if task.as_mut().poll(&mut Context::from_waker(&waker)).is_pending() {
+            let waker = Waker::from(Arc::new(TaskWaker {
+                id,
+                state: Arc::downgrade(&self.inner),
+            }));
+            if task
+                .as_mut()
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending()
+            {
                 self.inner.lock().tasks.insert(id, task);
             }
         }
@@ -167,7 +189,11 @@ impl Clock for TestRuntime {
 
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
         let deadline = (self.now() + duration).as_unix_nanos();
-        Box::pin(TestSleep { state: Arc::clone(&self.inner), deadline, registered: None })
+        Box::pin(TestSleep {
+            state: Arc::clone(&self.inner),
+            deadline,
+            registered: None,
+        })
     }
 }
 
@@ -211,7 +237,10 @@ impl Drop for TestSleep {
 impl Entropy for TestRuntime {
     fn next_u64(&self) -> u64 {
         // SplitMix64.
-        let mut z = self.rng.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self
+            .rng
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+            .wrapping_add(0x9e37_79b9_7f4a_7c15);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
@@ -300,7 +329,9 @@ where
     R::Action: PartialEq + Debug,
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestStore").field("state", &*self.host.state.lock()).finish_non_exhaustive()
+        f.debug_struct("TestStore")
+            .field("state", &*self.host.state.lock())
+            .finish_non_exhaustive()
     }
 }
 
@@ -316,22 +347,45 @@ where
 
     /// A store whose environment is made from the test runtime, in-memory event store and
     /// bus (e.g. an [`AggregateEnv`](crate::aggregate::AggregateEnv)).
-    pub fn build(reducer: R, state: R::State, make_env: impl FnOnce(&TestDependencies) -> R::Env) -> Self {
+    pub fn build(
+        reducer: R,
+        state: R::State,
+        make_env: impl FnOnce(&TestDependencies) -> R::Env,
+    ) -> Self {
         let runtime = TestRuntime::shared(0);
         let shared: SharedRuntime = runtime.clone();
-        let event_store = Arc::new(InMemoryEventStore::with_clock(Arc::clone(&shared) as Arc<dyn Clock>));
+        let event_store = Arc::new(InMemoryEventStore::with_clock(
+            Arc::clone(&shared) as Arc<dyn Clock>
+        ));
         let event_bus = Arc::new(InMemoryEventBus::new());
-        let deps = TestDependencies { runtime: Arc::clone(&runtime), event_store: Arc::clone(&event_store), event_bus: Arc::clone(&event_bus) };
+        let deps = TestDependencies {
+            runtime: Arc::clone(&runtime),
+            event_store: Arc::clone(&event_store),
+            event_bus: Arc::clone(&event_bus),
+        };
         let env = make_env(&deps);
         let host = Arc::new(TestHost {
             reducer,
             env,
             state: Mutex::new(state),
-            deps: Dependencies { runtime: shared, event_store: event_store.clone(), event_bus: event_bus.clone() },
+            deps: Dependencies {
+                runtime: shared,
+                event_store: event_store.clone(),
+                event_bus: event_bus.clone(),
+            },
             cancellables: Arc::default(),
             received: Mutex::default(),
         });
-        TestStore { host, runtime, event_store, event_bus, work: Tracker::root(), unasserted_effects: VecDeque::new(), exhaustivity: Exhaustivity::On, finished: false }
+        TestStore {
+            host,
+            runtime,
+            event_store,
+            event_bus,
+            work: Tracker::root(),
+            unasserted_effects: VecDeque::new(),
+            exhaustivity: Exhaustivity::On,
+            finished: false,
+        }
     }
 
     #[must_use]
@@ -371,7 +425,9 @@ where
             let pending = self.host.received.lock().len();
             if pending > 0 {
                 let actions = format!("{:#?}", self.host.received.lock());
-                self.fail(&format!("must handle {pending} received action(s) before sending {action:?}:\n{actions}"));
+                self.fail(&format!(
+                    "must handle {pending} received action(s) before sending {action:?}:\n{actions}"
+                ));
             }
         } else {
             self.reduce_received_unchecked();
@@ -419,9 +475,13 @@ where
     #[track_caller]
     pub fn expect_effect(&mut self, expected: &EffectDescription) {
         match self.unasserted_effects.pop_front() {
-            None => self.fail(&format!("expected effect {expected:?}, but the reducer asked for none")),
+            None => self.fail(&format!(
+                "expected effect {expected:?}, but the reducer asked for none"
+            )),
             Some(actual) if actual == *expected => {}
-            Some(actual) => self.fail(&format!("wrong effect:\n  expected: {expected:#?}\n    actual: {actual:#?}")),
+            Some(actual) => self.fail(&format!(
+                "wrong effect:\n  expected: {expected:#?}\n    actual: {actual:#?}"
+            )),
         }
     }
 
@@ -431,9 +491,15 @@ where
     /// # Panics
     /// If there is none or the predicate refuses it.
     #[track_caller]
-    pub fn expect_effect_matching(&mut self, what: &str, check: impl FnOnce(&EffectDescription) -> bool) {
+    pub fn expect_effect_matching(
+        &mut self,
+        what: &str,
+        check: impl FnOnce(&EffectDescription) -> bool,
+    ) {
         match self.unasserted_effects.pop_front() {
-            None => self.fail(&format!("expected effect {what}, but the reducer asked for none")),
+            None => self.fail(&format!(
+                "expected effect {what}, but the reducer asked for none"
+            )),
             Some(actual) if check(&actual) => {}
             Some(actual) => self.fail(&format!("wrong effect: expected {what}, got {actual:#?}")),
         }
@@ -466,11 +532,16 @@ where
         let received = self.host.received.lock().len();
         if received > 0 {
             let actions = format!("{:#?}", self.host.received.lock());
-            self.fail(&format!("the test ended with {received} received action(s) not asserted:\n{actions}"));
+            self.fail(&format!(
+                "the test ended with {received} received action(s) not asserted:\n{actions}"
+            ));
         }
         if let Some(effect) = self.unasserted_effects.front() {
             let effect = format!("{effect:#?}");
-            self.fail(&format!("the test ended with {} effect(s) not asserted, first:\n{effect}", self.unasserted_effects.len()));
+            self.fail(&format!(
+                "the test ended with {} effect(s) not asserted, first:\n{effect}",
+                self.unasserted_effects.len()
+            ));
         }
         let in_flight = self.work.pending();
         if in_flight > 0 {
@@ -497,12 +568,20 @@ where
     }
 
     fn reduce_unchecked(&mut self, action: R::Action) {
-        let effects = self.host.reducer.reduce(&mut self.host.state.lock(), action, &self.host.env);
+        let effects = self
+            .host
+            .reducer
+            .reduce(&mut self.host.state.lock(), action, &self.host.env);
         self.start(effects);
     }
 
     #[track_caller]
-    fn reduce_and_check(&mut self, action: R::Action, expect: impl FnOnce(&mut R::State), label: &str) {
+    fn reduce_and_check(
+        &mut self,
+        action: R::Action,
+        expect: impl FnOnce(&mut R::State),
+        label: &str,
+    ) {
         let mut expected = self.host.state.lock().clone();
         expect(&mut expected);
         let effects = {
@@ -512,7 +591,9 @@ where
         let actual = self.host.state.lock().clone();
         if actual != expected {
             let diff = line_diff(&format!("{expected:#?}"), &format!("{actual:#?}"));
-            self.fail(&format!("state after {label} differs from the expected (- expected, + actual):\n{diff}"));
+            self.fail(&format!(
+                "state after {label} differs from the expected (- expected, + actual):\n{diff}"
+            ));
         }
         self.start(effects);
     }
@@ -568,7 +649,11 @@ fn line_diff(expected: &str, actual: &str) -> String {
     let mut lcs = vec![vec![0usize; a.len() + 1]; e.len() + 1];
     for i in (0..e.len()).rev() {
         for j in (0..a.len()).rev() {
-            lcs[i][j] = if e[i] == a[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
+            lcs[i][j] = if e[i] == a[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
         }
     }
     let (mut i, mut j, mut out) = (0, 0, String::new());
@@ -593,21 +678,34 @@ fn line_diff(expected: &str, actual: &str) -> String {
 ///
 /// # Panics
 /// If the future can never complete (blocked with no timer pending).
-pub fn block_on<T: Send + 'static>(runtime: &Arc<TestRuntime>, future: impl Future<Output = T> + Send + 'static) -> T {
+pub fn block_on<T: Send + 'static>(
+    runtime: &Arc<TestRuntime>,
+    future: impl Future<Output = T> + Send + 'static,
+) -> T {
     let slot = Arc::new(Mutex::new(None));
     let out = Arc::clone(&slot);
-    runtime.spawn("block_on", Box::pin(async move {
-        let value = future.await;
-        *out.lock() = Some(value);
-    }));
+    runtime.spawn(
+        "block_on",
+        Box::pin(async move {
+            let value = future.await;
+            *out.lock() = Some(value);
+        }),
+    );
     loop {
         runtime.run_until_idle();
         if let Some(value) = slot.lock().take() {
             return value;
         }
-        let next = runtime.inner.lock().timers.first_key_value().map(|(&(at, _), _)| at);
+        let next = runtime
+            .inner
+            .lock()
+            .timers
+            .first_key_value()
+            .map(|(&(at, _), _)| at);
         match next {
-            Some(at) => runtime.advance(Timestamp::from_unix_nanos(at).saturating_since(runtime.now())),
+            Some(at) => {
+                runtime.advance(Timestamp::from_unix_nanos(at).saturating_since(runtime.now()))
+            }
             None => panic!("block_on: the future is stuck (no task ready, no timer pending)"),
         }
     }

@@ -83,6 +83,9 @@ mod tests {
             Timestamp::from_unix_nanos(u64::MAX) + Duration::from_secs(1),
             Timestamp::from_unix_nanos(u64::MAX)
         );
-        assert_eq!(t.saturating_since(Timestamp::from_unix_nanos(9)), Duration::ZERO);
+        assert_eq!(
+            t.saturating_since(Timestamp::from_unix_nanos(9)),
+            Duration::ZERO
+        );
     }
 }

@@ -30,7 +30,10 @@ impl Tracker {
 
     #[must_use]
     pub fn child(parent: &Arc<Tracker>) -> Arc<Self> {
-        Arc::new(Tracker { parent: Some(Arc::clone(parent)), ..Tracker::default() })
+        Arc::new(Tracker {
+            parent: Some(Arc::clone(parent)),
+            ..Tracker::default()
+        })
     }
 
     #[must_use]
@@ -64,7 +67,9 @@ impl Tracker {
     /// Completes once nothing is pending.
     #[must_use]
     pub fn idle(self: &Arc<Self>) -> Idle {
-        Idle { tracker: Arc::clone(self) }
+        Idle {
+            tracker: Arc::clone(self),
+        }
     }
 
     /// [`Idle`]'s poll, for futures that hold the tracker already (no `Arc` clone per

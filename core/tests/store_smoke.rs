@@ -26,7 +26,11 @@ fn counter() -> impl reprise_core::Reducer<State = Counter, Action = Action, Env
                 s.count += 1;
                 effects![]
             }
-            Action::IncrementLater => effects![Effect::timer("later", Duration::from_secs(5), Action::Increment)],
+            Action::IncrementLater => effects![Effect::timer(
+                "later",
+                Duration::from_secs(5),
+                Action::Increment
+            )],
             Action::CancelLater => effects![Effect::cancel("later")],
             Action::Fetch => effects![Effect::run("fetch", async { Some(Action::Fetched(41)) })],
             Action::Fetched(n) => {
@@ -73,7 +77,11 @@ fn shutdown_waits_then_reports_stragglers() {
     let store = Store::builder(counter(), Counter::default(), (), rt.clone()).build();
     drop(store.send(Action::IncrementLater));
     let s = store.clone();
-    let result = reprise_core::testing::block_on(&rt, async move { s.shutdown(Duration::from_secs(1)).await });
+    let result =
+        reprise_core::testing::block_on(
+            &rt,
+            async move { s.shutdown(Duration::from_secs(1)).await },
+        );
     assert_eq!(result.unwrap_err().still_running, 1);
     assert!(store.send(Action::Increment).was_refused());
 }

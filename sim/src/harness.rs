@@ -287,8 +287,13 @@ macro_rules! sim_test {
 /// `order-o012`), then the last [`TRACE_CONTEXT_LINES`] lines of the run. Without entities
 /// it is the plain tail.
 fn write_trace_excerpt(out: &mut String, report: &RunReport) {
-    let Some(trace) = report.trace.as_deref() else { return };
-    let entities = report.violation().map(|v| v.entities.as_slice()).unwrap_or_default();
+    let Some(trace) = report.trace.as_deref() else {
+        return;
+    };
+    let entities = report
+        .violation()
+        .map(|v| v.entities.as_slice())
+        .unwrap_or_default();
     if entities.is_empty() {
         let tail = report.trace_tail(TRACE_TAIL_LINES);
         let _ = writeln!(out, "  last {} trace lines:", tail.len());
@@ -299,7 +304,13 @@ fn write_trace_excerpt(out: &mut String, report: &RunReport) {
     }
     let touching = lines_touching(trace, entities);
     let skip = touching.len().saturating_sub(TRACE_TAIL_LINES);
-    let _ = writeln!(out, "  last {} of {} trace lines touching {}:", touching.len() - skip, touching.len(), entities.join(", "));
+    let _ = writeln!(
+        out,
+        "  last {} of {} trace lines touching {}:",
+        touching.len() - skip,
+        touching.len(),
+        entities.join(", ")
+    );
     for line in &touching[skip..] {
         let _ = writeln!(out, "    {line}");
     }
@@ -313,7 +324,10 @@ fn write_trace_excerpt(out: &mut String, report: &RunReport) {
 /// Trace lines mentioning any of `entities` as a whole word.
 #[must_use]
 pub fn lines_touching<'a>(trace: &'a [TraceLine], entities: &[String]) -> Vec<&'a TraceLine> {
-    trace.iter().filter(|line| entities.iter().any(|e| mentions(&line.text, e))).collect()
+    trace
+        .iter()
+        .filter(|line| entities.iter().any(|e| mentions(&line.text, e)))
+        .collect()
 }
 
 /// Whether `text` mentions `entity` as a whole word (`order-o01` must not match
@@ -324,7 +338,9 @@ pub fn mentions(text: &str, entity: &str) -> bool {
         && text.match_indices(entity).any(|(at, _)| {
             let before = text[..at].chars().next_back();
             let after = text[at + entity.len()..].chars().next();
-            let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            let word = |c: Option<char>| {
+                c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            };
             !word(before) && !word(after)
         })
 }

@@ -48,7 +48,11 @@ struct Args {
     page: usize,
     /// Scenarios to run, comma-separated: single, single-concurrent, batch,
     /// batch-concurrent, load, catch-up (catch-up reads what the others wrote).
-    #[arg(long, value_delimiter = ',', default_value = "single,single-concurrent,batch,batch-concurrent,load,catch-up")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "single,single-concurrent,batch,batch-concurrent,load,catch-up"
+    )]
     scenarios: Vec<String>,
     /// Append without `NOTIFY` (subscriptions then notice new events at their poll interval).
     #[arg(long)]
@@ -278,7 +282,15 @@ async fn main() {
         append_scenario(&store, &ids, "batch", 1, args.batch, duration).await;
     }
     if wanted("batch-concurrent") {
-        append_scenario(&store, &ids, "batch-concurrent", args.writers, args.batch, duration).await;
+        append_scenario(
+            &store,
+            &ids,
+            "batch-concurrent",
+            args.writers,
+            args.batch,
+            duration,
+        )
+        .await;
     }
     if wanted("load") {
         load_scenario(&store, &ids, args.stream_length, duration).await;
