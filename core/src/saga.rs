@@ -571,7 +571,7 @@ impl<S: Saga> Reducer for SagaReducer<S> {
                         ));
                     }
                     Some(p) if !recorded.is_empty() => {
-                        effects.extend(Self::handle(state, p.input, p.fired, p.decisions, env))
+                        effects.extend(Self::handle(state, p.input, p.fired, p.decisions, env));
                     }
                     // Nothing was written at all: the append failed transiently. Deciding
                     // again is a retry of the same step, not a lost race, so it does not

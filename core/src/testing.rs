@@ -704,7 +704,7 @@ pub fn block_on<T: Send + 'static>(
             .map(|(&(at, _), _)| at);
         match next {
             Some(at) => {
-                runtime.advance(Timestamp::from_unix_nanos(at).saturating_since(runtime.now()))
+                runtime.advance(Timestamp::from_unix_nanos(at).saturating_since(runtime.now()));
             }
             None => panic!("block_on: the future is stuck (no task ready, no timer pending)"),
         }

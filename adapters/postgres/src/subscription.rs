@@ -7,9 +7,6 @@
 //! makes progress at its poll interval; a notification that arrives early (the horizon has
 //! not moved yet) only costs one empty read.
 //!
-//! While catching up (full pages), the next page is read ahead on a second pooled connection
-//! while the consumer handles the current one.
-//!
 //! Delivery is at-least-once across restarts: the checkpoint is written when the consumer
 //! calls [`CatchUpSubscription::checkpoint`] after handling a batch, so a crash in between
 //! replays that batch. Handlers deduplicate on the event id.
@@ -59,17 +56,6 @@ pub struct CatchUpSubscription {
     /// Position last written to the checkpoint table.
     checkpointed: u64,
     listener: Option<PgListener>,
-    /// The next page, already being read while the consumer handles the current one.
-    prefetch: Option<Prefetch>,
-}
-
-type Page = (Vec<RecordedEvent>, bool);
-
-/// A page read started ahead of time, and the position it starts from.
-#[derive(Debug)]
-struct Prefetch {
-    from: u64,
-    page: tokio::task::JoinHandle<Result<Page, StoreError>>,
 }
 
 impl PgEventStore {
@@ -147,20 +133,11 @@ impl PgEventStore {
             delivered: checkpoint,
             checkpointed: checkpoint,
             listener: None,
-            prefetch: None,
         };
         // Listen before the first read, so a commit between that read and the first wait
         // still wakes us.
         subscription.ensure_listener().await;
         Ok(subscription)
-    }
-}
-
-impl Drop for CatchUpSubscription {
-    fn drop(&mut self) {
-        if let Some(prefetch) = self.prefetch.take() {
-            prefetch.page.abort();
-        }
     }
 }
 
@@ -207,40 +184,17 @@ impl CatchUpSubscription {
         }
     }
 
-    async fn read(&mut self) -> Result<Page, StoreError> {
-        let from = self.delivered + 1;
-        let batch_size = self.options.batch_size;
-        let (events, held_back) = match self.prefetch.take() {
-            Some(prefetch) if prefetch.from == from => prefetch
-                .page
-                .await
-                .map_err(|e| StoreError::Transient(format!("page read task failed: {e}")))??,
-            stale => {
-                if let Some(prefetch) = stale {
-                    prefetch.page.abort();
-                }
-                self.store.read_committed_page(from, batch_size).await?
-            }
-        };
+    async fn read(&mut self) -> Result<(Vec<RecordedEvent>, bool), StoreError> {
+        let (events, held_back) = self
+            .store
+            .read_committed_page(self.delivered + 1, self.options.batch_size)
+            .await?;
         if let Some(last) = events.last() {
             assert!(
                 events.first().is_some_and(|e| e.position > self.delivered),
                 "the read path returned an event at or before the position already delivered"
             );
             self.delivered = last.position;
-            // A full page means the subscription is catching up: read the next page while
-            // the consumer handles this one (server time and client decoding then overlap).
-            // A short page means it has caught up, and reading ahead would only poll.
-            if events.len() == batch_size {
-                let store = self.store.clone();
-                let next = self.delivered + 1;
-                self.prefetch = Some(Prefetch {
-                    from: next,
-                    page: tokio::spawn(
-                        async move { store.read_committed_page(next, batch_size).await },
-                    ),
-                });
-            }
         }
         Ok((events, held_back))
     }
