@@ -4,7 +4,8 @@
 //! so the format must survive schema evolution: JSON is self-describing (a new optional
 //! field deserializes old events through `#[serde(default)]`, a removed field is ignored),
 //! an upcaster can rewrite old shapes as plain `serde_json::Value` surgery, and the
-//! PostgreSQL adapter stores it as `jsonb` that an operator can query during an incident.
+//! PostgreSQL adapter stores it as `json` (byte for byte; `payload::jsonb` queries it) that an
+//! operator can read during an incident.
 //! Compact binary formats (bincode, postcard) are positional and break on the first field
 //! added in the middle; schema-registry formats (Avro, Protobuf) need a code generator and
 //! a registry for a gain that matters only at volumes where the bus compresses anyway.
@@ -210,7 +211,9 @@ pub struct RecordedEvent {
     pub stream: StreamId,
     /// 1-based position within the stream.
     pub version: u64,
-    /// 1-based position across all streams; gap-free for readers in commit order.
+    /// Position across all streams, in commit order. Strictly increasing, but not
+    /// necessarily contiguous (PostgreSQL derives it from transaction ids); "gap-free"
+    /// means a reader never skips a committed event, not that every number is used.
     pub position: u64,
     pub event_id: EventId,
     pub event_type: Arc<str>,

@@ -89,13 +89,23 @@ impl InMemoryEventStore {
             }
         }
         // Every check passed: nothing below can fail, so the batch lands whole.
+        let StoreState {
+            all, streams, ids, ..
+        } = &mut *state;
         let mut stream_versions = Vec::with_capacity(batch.streams.len());
         for append in &batch.streams {
-            let mut version = state.version_of(&append.stream);
+            if append.events.is_empty() {
+                let version = streams.get(&append.stream).map_or(0, |v| v.len() as u64);
+                stream_versions.push((append.stream.clone(), version));
+                continue;
+            }
+            // One lookup per stream, not one per event.
+            let indices = streams.entry(append.stream.clone()).or_default();
+            let mut version = indices.len() as u64;
             for event in &append.events {
                 version += 1;
-                let index = state.all.len();
-                state.all.push(RecordedEvent {
+                let index = all.len();
+                all.push(RecordedEvent {
                     stream: append.stream.clone(),
                     version,
                     position: index as u64 + 1,
@@ -106,18 +116,14 @@ impl InMemoryEventStore {
                     metadata: event.metadata.clone(),
                     recorded_at: now,
                 });
-                state
-                    .streams
-                    .entry(append.stream.clone())
-                    .or_default()
-                    .push(index);
-                state.ids.insert(event.event_id, index);
+                indices.push(index);
+                ids.insert(event.event_id, index);
             }
             stream_versions.push((append.stream.clone(), version));
         }
         Ok(AppendReceipt {
             stream_versions,
-            last_position: state.all.len() as u64,
+            last_position: all.len() as u64,
             was_duplicate: false,
         })
     }
@@ -147,8 +153,12 @@ impl InMemoryEventStore {
     #[must_use]
     pub fn read_all_now(&self, from_position: u64, limit: usize) -> Vec<RecordedEvent> {
         let state = self.state.lock();
-        let skip = usize::try_from(from_position.saturating_sub(1)).unwrap_or(usize::MAX);
-        state.all.iter().skip(skip).take(limit).cloned().collect()
+        // A slice of the log from the caller's position: no scan, exact capacity.
+        let skip = usize::try_from(from_position.saturating_sub(1))
+            .unwrap_or(usize::MAX)
+            .min(state.all.len());
+        let rest = &state.all[skip..];
+        rest[..limit.min(rest.len())].to_vec()
     }
 
     #[must_use]
@@ -193,6 +203,15 @@ impl StoreState {
 
     /// `Some(receipt)` if this exact batch committed before (a retry after a lost ack).
     fn already_committed(&self, batch: &AppendBatch) -> Result<Option<AppendReceipt>, StoreError> {
+        // The common case, a fresh batch, answers without allocating.
+        if !batch
+            .streams
+            .iter()
+            .flat_map(|a| &a.events)
+            .any(|e| self.ids.contains_key(&e.event_id))
+        {
+            return Ok(None);
+        }
         let mut seen = 0usize;
         let mut total = 0usize;
         let mut stream_versions = Vec::new();
@@ -425,10 +444,15 @@ impl InMemoryEventBus {
     #[must_use]
     pub fn committed(&self, group: &str, topic: &str, partition: u32) -> u64 {
         let state = self.state.lock();
+        // The key reuses the topic's own `Arc` (a reference count, not an allocation).
+        let Some((topic, _)) = state.topics.get_key_value(topic) else {
+            return 0;
+        };
+        let key = (Arc::clone(topic), partition);
         state
             .groups
             .get(group)
-            .and_then(|g| g.committed.get(&(Arc::from(topic), partition)).copied())
+            .and_then(|g| g.committed.get(&key).copied())
             .unwrap_or(0)
     }
 
@@ -436,19 +460,17 @@ impl InMemoryEventBus {
     #[must_use]
     pub fn messages(&self, topic: &str) -> Vec<Delivery> {
         let state = self.state.lock();
-        let Some(partitions) = state.topics.get(topic) else {
+        let Some((topic, partitions)) = state.topics.get_key_value(topic) else {
             return Vec::new();
         };
-        let topic: Arc<str> = Arc::from(topic);
         partitions
             .iter()
             .enumerate()
             .flat_map(|(p, messages)| {
-                let topic = Arc::clone(&topic);
                 messages
                     .iter()
                     .enumerate()
-                    .map(move |(o, m)| to_delivery(&topic, p as u32, o as u64, m))
+                    .map(move |(o, m)| to_delivery(topic, p as u32, o as u64, m))
             })
             .collect()
     }
@@ -474,22 +496,53 @@ impl InMemoryEventBus {
         limit: usize,
     ) -> Vec<Delivery> {
         let state = self.state.lock();
+        let Some((topic, partitions)) = state.topics.get_key_value(topic) else {
+            return Vec::new();
+        };
+        let Some(messages) = partitions.get(partition as usize) else {
+            return Vec::new();
+        };
+        let skip = usize::try_from(from_offset)
+            .unwrap_or(usize::MAX)
+            .min(messages.len());
+        messages[skip..]
+            .iter()
+            .take(limit)
+            .enumerate()
+            .map(|(i, m)| to_delivery(topic, partition, (skip + i) as u64, m))
+            .collect()
+    }
+
+    /// Like [`messages_from`](Self::messages_from), but lends each message's offset and
+    /// headers to `visit` instead of copying whole deliveries (checkers that read every
+    /// message's headers). Stops at the first `Err`, which it returns. `visit` runs under
+    /// the bus's lock: it must not call back into the bus.
+    ///
+    /// # Errors
+    /// The first error `visit` returns.
+    pub fn try_for_each_header<E>(
+        &self,
+        topic: &str,
+        partition: u32,
+        from_offset: u64,
+        limit: usize,
+        mut visit: impl FnMut(u64, &Headers) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let state = self.state.lock();
         let Some(messages) = state
             .topics
             .get(topic)
             .and_then(|p| p.get(partition as usize))
         else {
-            return Vec::new();
+            return Ok(());
         };
-        let topic: Arc<str> = Arc::from(topic);
-        let skip = usize::try_from(from_offset).unwrap_or(usize::MAX);
-        messages
-            .iter()
-            .enumerate()
-            .skip(skip)
-            .take(limit)
-            .map(|(o, m)| to_delivery(&topic, partition, o as u64, m))
-            .collect()
+        let skip = usize::try_from(from_offset)
+            .unwrap_or(usize::MAX)
+            .min(messages.len());
+        for (i, message) in messages[skip..].iter().take(limit).enumerate() {
+            visit((skip + i) as u64, &message.headers)?;
+        }
+        Ok(())
     }
 
     /// Joins a group synchronously.

@@ -148,13 +148,33 @@ impl LogAudit {
                     continue;
                 }
                 let limit = usize::try_from(committed - *verified).unwrap_or(usize::MAX);
-                for delivery in bus.messages_from(topic, partition, *verified, limit) {
-                    let Some(message) = inbox::message_id(&delivery) else {
-                        continue;
-                    };
-                    if !self.markers.contains(&inbox::marker_id(group, message)) {
-                        return Err(lost(group, &delivery, message));
-                    }
+                // Headers are lent, not copied: this reads every acknowledged message.
+                let markers = &self.markers;
+                let missing = bus.try_for_each_header(
+                    topic,
+                    partition,
+                    *verified,
+                    limit,
+                    |offset, headers| {
+                        let Some(message) = headers
+                            .get(reprise_core::event_bus::header::EVENT_ID)
+                            .and_then(inbox::parse_event_id)
+                        else {
+                            return Ok(());
+                        };
+                        if markers.contains(&inbox::marker_id(group, message)) {
+                            Ok(())
+                        } else {
+                            Err((offset, message))
+                        }
+                    },
+                );
+                if let Err((offset, message)) = missing {
+                    let delivery = bus
+                        .messages_from(topic, partition, offset, 1)
+                        .pop()
+                        .expect("the message was just read");
+                    return Err(lost(group, &delivery, message));
                 }
                 *verified = committed;
             }
@@ -179,30 +199,43 @@ impl LogAudit {
         for &topic in topics {
             for partition in 0..bus.partition_count(topic) {
                 let (next, highest) = self.published.entry((topic, partition)).or_default();
-                for delivery in bus.messages_from(topic, partition, *next, usize::MAX) {
-                    *next = delivery.offset + 1;
-                    let (Some(stream), Some(version)) = (
-                        delivery.headers.get(header::STREAM),
-                        delivery
-                            .headers
-                            .get(header::STREAM_VERSION)
-                            .and_then(|v| v.parse::<u64>().ok()),
-                    ) else {
-                        continue;
-                    };
-                    let seen = highest.entry(Arc::from(stream)).or_default();
-                    if version > *seen + 1 {
-                        return Err(Finding::new(
-                            invariant::BUS_ORDER,
-                            vec![stream.to_owned()],
-                            format!(
-                                "{} carries v{version} of {stream} before v{}",
-                                delivery.coordinates(),
-                                *seen + 1
-                            ),
-                        ));
-                    }
-                    *seen = (*seen).max(version);
+                // Headers are lent, not copied: this reads every published message once.
+                let skipped = bus.try_for_each_header(
+                    topic,
+                    partition,
+                    *next,
+                    usize::MAX,
+                    |offset, headers| {
+                        *next = offset + 1;
+                        let (Some(stream), Some(version)) = (
+                            headers.get(header::STREAM),
+                            headers
+                                .get(header::STREAM_VERSION)
+                                .and_then(|v| v.parse::<u64>().ok()),
+                        ) else {
+                            return Ok(());
+                        };
+                        let seen = if let Some(seen) = highest.get_mut(stream) {
+                            seen
+                        } else {
+                            highest.entry(Arc::from(stream)).or_default()
+                        };
+                        if version > *seen + 1 {
+                            return Err((offset, stream.to_owned(), version, *seen + 1));
+                        }
+                        *seen = (*seen).max(version);
+                        Ok(())
+                    },
+                );
+                if let Err((offset, stream, version, expected)) = skipped {
+                    // `Delivery::coordinates` format.
+                    return Err(Finding::new(
+                        invariant::BUS_ORDER,
+                        vec![stream.clone()],
+                        format!(
+                            "{topic}/{partition}@{offset} carries v{version} of {stream} before v{expected}"
+                        ),
+                    ));
                 }
             }
         }

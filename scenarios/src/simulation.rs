@@ -7,7 +7,7 @@
 //! simulator can refuse, fail, delay or lose them. Everything else is the same code a
 //! production deployment runs.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -41,7 +41,7 @@ pub const CARRIER: &str = "carrier";
 pub fn service_env(ctx: &NodeContext) -> ServiceEnv {
     let notes_ctx = ctx.clone();
     ServiceEnv::new(ctx.runtime(), ctx.event_store(), ctx.event_bus())
-        .with_notes(Arc::new(move |text| notes_ctx.note(&text.to_string())))
+        .with_notes(Arc::new(move |text| notes_ctx.note_fmt(text)))
 }
 
 fn external(error: DependencyError) -> ExternalError {
@@ -189,6 +189,9 @@ struct CheckoutRun {
     /// its final state is wrong): reported by the next safety check, without waiting for
     /// the liveness bound.
     latched: RefCell<Option<Violation>>,
+    /// (provider revision, audit dependency) at which the books last passed: the books
+    /// check is a pure function of both, so it is skipped until one of them moves.
+    books_passed: Cell<Option<(u64, usize)>>,
 }
 
 impl CheckoutRun {
@@ -201,9 +204,15 @@ impl CheckoutRun {
         let events = store.read_all_now(audit.next_position(), usize::MAX);
         audit.observe(&events).map_err(violation)?;
         audit.check_consumers(bus).map_err(violation)?;
+        let key = (self.provider.revision(), audit.books_dependency());
+        if self.books_passed.get() == Some(key) {
+            return Ok(());
+        }
         self.provider
             .with_books(|books| audit.check_books(books))
-            .map_err(violation)
+            .map_err(violation)?;
+        self.books_passed.set(Some(key));
+        Ok(())
     }
 
     fn settled(&self, store: &InMemoryEventStore, bus: &InMemoryEventBus) -> Result<(), Violation> {
@@ -310,6 +319,7 @@ impl Scenario for CheckoutScenario {
             provider,
             audit: RefCell::new(CheckoutAudit::new()),
             latched: RefCell::new(None),
+            books_passed: Cell::new(None),
         })
     }
 }

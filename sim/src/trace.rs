@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+use xxhash_rust::xxh3::{Xxh3, xxh3_64, xxh3_64_with_seed};
 
 /// How much of the trace a run keeps.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -109,6 +109,10 @@ impl Trace {
         }
     }
 
+    pub(crate) fn mode(&self) -> TraceMode {
+        self.mode
+    }
+
     pub(crate) fn events(&self) -> u64 {
         self.events
     }
@@ -156,6 +160,25 @@ pub(crate) fn hash_str(s: &str) -> u64 {
     xxh3_64(s.as_bytes())
 }
 
+/// [`hash_str`] of the text `args` renders to, without building the string: the pieces
+/// are streamed into the hasher as they are formatted (streaming xxh3 gives the one-shot
+/// result, so this equals `hash_str(&args.to_string())`).
+pub(crate) fn hash_fmt(args: fmt::Arguments<'_>) -> u64 {
+    if let Some(text) = args.as_str() {
+        return hash_str(text);
+    }
+    struct Hasher(Xxh3);
+    impl fmt::Write for Hasher {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            self.0.update(s.as_bytes());
+            Ok(())
+        }
+    }
+    let mut hasher = Hasher(Xxh3::new());
+    let _ = fmt::Write::write_fmt(&mut hasher, args);
+    hasher.0.digest()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +219,19 @@ mod tests {
         });
         assert_eq!(off.hash(), 0);
         assert!(off.take_lines().is_none());
+    }
+
+    #[test]
+    fn streamed_note_hash_equals_the_hash_of_the_rendered_text() {
+        let (n, name) = (17, "o-042");
+        let rendered = format!("order {name} has {n} lines, {:?}", Some(3));
+        assert_eq!(
+            hash_fmt(format_args!("order {name} has {n} lines, {:?}", Some(3))),
+            hash_str(&rendered)
+        );
+        assert_eq!(hash_fmt(format_args!("plain")), hash_str("plain"));
+        let long = "x".repeat(1000);
+        assert_eq!(hash_fmt(format_args!("{long}-{long}")), hash_str(&format!("{long}-{long}")));
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::clock::NodeRuntime;
 use crate::dependency::{self, DependencyError, DependencyOptions};
 use crate::executor::{NodeIndex, Shared, TaskKey};
 use crate::store::{SimEventStore, StoreOptions};
-use crate::trace::{Tag, hash_str};
+use crate::trace::{Tag, TraceMode, hash_fmt, hash_str};
 
 /// The boot function of a node. See the module docs.
 pub type BootFn = Arc<dyn Fn(NodeContext) + Send + Sync>;
@@ -350,6 +350,31 @@ impl NodeContext {
             0,
             || format!("note: {text}"),
         );
+    }
+
+    /// [`note`](Self::note) from format arguments: the same trace event (and hash) as
+    /// `note(&args.to_string())`, but the text is only built with
+    /// [`TraceMode::Full`](crate::TraceMode::Full); otherwise it is streamed into the hash
+    /// without allocating, and with [`TraceMode::Off`] not formatted at all.
+    pub fn note_fmt(&self, args: std::fmt::Arguments<'_>) {
+        // Formatting runs outside the kernel lock: a `Display` impl may reach the world.
+        let mode = {
+            let mut k = self.shared().kernel.lock();
+            k.stats.notes += 1;
+            k.trace.mode()
+        };
+        let (hash, text) = match mode {
+            TraceMode::Off => return,
+            TraceMode::Hash => (hash_fmt(args), None),
+            TraceMode::Full => {
+                let text = args.to_string();
+                (hash_str(&text), Some(text))
+            }
+        };
+        let mut k = self.shared().kernel.lock();
+        k.record(Tag::Note, Some(self.runtime.node), hash, 0, || {
+            format!("note: {}", text.unwrap_or_default())
+        });
     }
 
     /// Sleeps for `duration` of virtual time (shorthand for `runtime().sleep`).

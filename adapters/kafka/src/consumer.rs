@@ -16,6 +16,11 @@
 //! A message whose key, payload or headers are not UTF-8 (or whose payload is null) cannot
 //! become a [`Delivery`]; rather than stall its partition forever, the subscription sends
 //! it to the dead-letter topic as raw bytes and acknowledges it (see [`crate::dead_letter`]).
+//!
+//! `next()` is cancellation-safe (wrap it in a timeout freely), with one narrow exception:
+//! cancelled while such a message is being dead-lettered, that message stays unacknowledged,
+//! so the partition's commits stop before it until the next rebalance redelivers it —
+//! delayed, never lost.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -173,9 +178,9 @@ impl std::fmt::Debug for KafkaSubscription {
     }
 }
 
-/// What a raw message could not be turned into a [`Delivery`] for.
-enum Undecodable {
-    Ok(Delivery),
+/// A fetched message: a [`Delivery`], or the reason it cannot become one.
+enum Decoded {
+    Delivery(Delivery),
     Poison(String),
 }
 
@@ -232,7 +237,7 @@ impl KafkaSubscription {
         self.tracker.lock().uncommitted()
     }
 
-    fn decode(message: &BorrowedMessage<'_>) -> Result<Undecodable, BusError> {
+    fn decode(message: &BorrowedMessage<'_>) -> Result<Decoded, BusError> {
         let partition = u32::try_from(message.partition())
             .map_err(|_| BusError::Permanent("negative partition".into()))?;
         let offset = u64::try_from(message.offset())
@@ -240,12 +245,12 @@ impl KafkaSubscription {
         let key = match message.key().map(std::str::from_utf8) {
             None => "",
             Some(Ok(key)) => key,
-            Some(Err(e)) => return Ok(Undecodable::Poison(format!("key is not UTF-8: {e}"))),
+            Some(Err(e)) => return Ok(Decoded::Poison(format!("key is not UTF-8: {e}"))),
         };
         let payload = match message.payload().map(std::str::from_utf8) {
-            None => return Ok(Undecodable::Poison("null payload (tombstone)".into())),
+            None => return Ok(Decoded::Poison("null payload (tombstone)".into())),
             Some(Ok(payload)) => payload,
-            Some(Err(e)) => return Ok(Undecodable::Poison(format!("payload is not UTF-8: {e}"))),
+            Some(Err(e)) => return Ok(Decoded::Poison(format!("payload is not UTF-8: {e}"))),
         };
         let mut headers = Headers::default();
         if let Some(raw) = message.headers() {
@@ -254,7 +259,7 @@ impl KafkaSubscription {
                     None => "",
                     Some(Ok(v)) => v,
                     Some(Err(e)) => {
-                        return Ok(Undecodable::Poison(format!(
+                        return Ok(Decoded::Poison(format!(
                             "header {} is not UTF-8: {e}",
                             h.key
                         )));
@@ -264,7 +269,7 @@ impl KafkaSubscription {
                 headers.0.push((h.key.to_owned(), value.to_owned()));
             }
         }
-        Ok(Undecodable::Ok(Delivery {
+        Ok(Decoded::Delivery(Delivery {
             topic: Arc::from(message.topic()),
             partition,
             offset,
@@ -302,8 +307,8 @@ impl KafkaSubscription {
                 .or_insert_with(|| metrics::counter!(m::CONSUMED_TOTAL, "group" => self.group.to_string(), "topic" => topic.clone()))
                 .increment(1);
             match Self::decode(&message)? {
-                Undecodable::Ok(delivery) => return Ok(delivery),
-                Undecodable::Poison(reason) => {
+                Decoded::Delivery(delivery) => return Ok(delivery),
+                Decoded::Poison(reason) => {
                     let headers: Vec<(&str, Option<&[u8]>)> = message
                         .headers()
                         .map(|h| h.iter().map(|h| (h.key, h.value)).collect())

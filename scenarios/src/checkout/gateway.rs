@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -113,6 +114,9 @@ impl ProviderBooks {
 /// `decline_every` are declined.
 pub struct PaymentProvider {
     books: Mutex<ProviderBooks>,
+    /// Bumped by every change to the books: lets a checker skip books it has already
+    /// checked ([`revision`](Self::revision)).
+    revision: AtomicU64,
     decline_every: u32,
 }
 
@@ -133,6 +137,7 @@ impl PaymentProvider {
         );
         PaymentProvider {
             books: Mutex::default(),
+            revision: AtomicU64::new(0),
             decline_every,
         }
     }
@@ -149,11 +154,13 @@ impl PaymentProvider {
             };
         }
         if request.card % self.decline_every == 0 {
+            self.revision.fetch_add(1, Ordering::Relaxed);
             books.declines += 1;
             return ChargeOutcome::Declined {
                 reason: format!("card {} declined", request.card),
             };
         }
+        self.revision.fetch_add(1, Ordering::Relaxed);
         books.charges.insert(
             request.idempotency_key.clone(),
             ProviderCharge {
@@ -170,6 +177,7 @@ impl PaymentProvider {
     /// Handles a refund at the provider.
     pub fn refund_now(&self, idempotency_key: &str) -> RefundOutcome {
         let mut books = self.books.lock();
+        self.revision.fetch_add(1, Ordering::Relaxed);
         match books.charges.get_mut(idempotency_key) {
             Some(charge) => {
                 charge.refunded = true;
@@ -187,6 +195,12 @@ impl PaymentProvider {
     #[must_use]
     pub fn books(&self) -> ProviderBooks {
         self.books.lock().clone()
+    }
+
+    /// A number that changes whenever the books change (same number, same books).
+    #[must_use]
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Relaxed)
     }
 
     /// Reads the books without copying them.

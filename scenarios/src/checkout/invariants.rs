@@ -68,6 +68,9 @@ pub struct CheckoutAudit {
     orders: BTreeMap<String, OrderFacts>,
     stock: BTreeMap<String, StockFacts>,
     sagas: BTreeMap<String, CheckoutSaga>,
+    /// Orders seen delivered so far: with the provider's revision, what
+    /// [`check_books`](Self::check_books) depends on.
+    delivered: usize,
 }
 
 fn order_entity(order: &str) -> String {
@@ -191,6 +194,9 @@ impl CheckoutAudit {
             Shipment::CATEGORY => {
                 if let ShippingEvent::Delivered = decode::<ShippingEvent>(event)? {
                     let facts = self.orders.entry(entity.to_owned()).or_default();
+                    if !facts.delivered {
+                        self.delivered += 1;
+                    }
                     facts.delivered = true;
                     if facts.refunded {
                         return Err(shipped_and_refunded(entity, "delivered after a refund"));
@@ -207,6 +213,14 @@ impl CheckoutAudit {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Everything [`check_books`](Self::check_books) reads from the audit changes this
+    /// number: a caller that saw the books pass for (provider revision, this) need not
+    /// check them again until one of the two moves.
+    #[must_use]
+    pub fn books_dependency(&self) -> usize {
+        self.delivered
     }
 
     /// Safety at the provider.

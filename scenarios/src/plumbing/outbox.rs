@@ -34,9 +34,16 @@ pub struct RelayOptions {
     pub routes: Vec<Route>,
     /// Events read per `read_all`.
     pub batch_size: usize,
-    /// Pause after finding nothing new; doubled while idle, up to `max_idle_pause`.
+    /// Pause after finding nothing new; doubled while idle, up to `max_idle_pause`. Also
+    /// the pause after a batch shorter than `batch_size` (the relay has caught up: reading
+    /// again at once would almost always find nothing).
     pub min_idle_pause: Duration,
     pub max_idle_pause: Duration,
+    /// The checkpoint is saved when the relay catches up (a read finds nothing new), or
+    /// once this many positions were published since the last save, whichever is first.
+    /// Saving is an optimisation (a restart republishes from the last checkpoint, which
+    /// consumers deduplicate), so it need not follow every batch.
+    pub checkpoint_every: u64,
 }
 
 impl RelayOptions {
@@ -52,6 +59,7 @@ impl RelayOptions {
             batch_size: 256,
             min_idle_pause: Duration::from_millis(2),
             max_idle_pause: Duration::from_millis(100),
+            checkpoint_every: 256,
         }
     }
 }
@@ -121,6 +129,8 @@ pub async fn run(env: ServiceEnv, options: Arc<RelayOptions>) {
     ));
     let mut idle_pause = options.min_idle_pause;
     let mut read_attempt = 0;
+    // Last position the stored checkpoint covers (as far as this relay knows).
+    let mut saved = next - 1;
     loop {
         let Ok(events) = env.store.read_all(next, options.batch_size).await else {
             env.sleep(Backoff::SERVICE.delay(read_attempt, &env)).await;
@@ -129,6 +139,9 @@ pub async fn run(env: ServiceEnv, options: Arc<RelayOptions>) {
         };
         read_attempt = 0;
         let Some(last) = events.last() else {
+            if next - 1 > saved && save_checkpoint(&env, &checkpoint, next - 1).await {
+                saved = next - 1;
+            }
             env.sleep(idle_pause).await;
             idle_pause = (idle_pause * 2).min(options.max_idle_pause);
             continue;
@@ -159,13 +172,26 @@ pub async fn run(env: ServiceEnv, options: Arc<RelayOptions>) {
             }
         }
         next = last_position + 1;
-        let snapshot = Snapshot {
-            stream: checkpoint.clone(),
-            version: last_position,
-            schema_version: 1,
-            state: Payload::from_json_text("{}"),
-        };
-        // A lost checkpoint only means republishing from an older position.
-        let _ = env.store.save_snapshot(snapshot).await;
+        if last_position - saved >= options.checkpoint_every
+            && save_checkpoint(&env, &checkpoint, last_position).await
+        {
+            saved = last_position;
+        }
+        if events.len() < options.batch_size {
+            // Caught up: what is appended meanwhile is picked up after the pause.
+            env.sleep(options.min_idle_pause).await;
+        }
     }
+}
+
+/// Saves the relay's position; `false` if the store did not confirm it. A lost
+/// checkpoint only means republishing from an older position.
+async fn save_checkpoint(env: &ServiceEnv, checkpoint: &StreamId, position: u64) -> bool {
+    let snapshot = Snapshot {
+        stream: checkpoint.clone(),
+        version: position,
+        schema_version: 1,
+        state: Payload::from_json_text("{}"),
+    };
+    env.store.save_snapshot(snapshot).await.is_ok()
 }
