@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, services included: the README's second command and what CI runs
-# after formatting and lints. Starts PostgreSQL (idempotently), then runs every test of the
-# workspace and the simulator's determinism self-check.
+# after formatting and lints. Starts PostgreSQL and a Kafka-API broker (both idempotently),
+# then runs every test of the workspace and the simulator's determinism self-check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +10,10 @@ step() { printf '\n=== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
 step "services: PostgreSQL"
 eval "$(bash scripts/postgres.sh)"
 export DATABASE_URL
+
+step "services: Kafka-API broker (tansu)"
+eval "$(bash scripts/kafka.sh)"
+export KAFKA_BOOTSTRAP
 
 step "unit, integration and simulation tests (cargo nextest)"
 cargo nextest run --workspace --locked --profile ci

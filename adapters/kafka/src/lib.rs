@@ -15,7 +15,7 @@
 //! - **Poison messages** go to a dead-letter topic, can be listed, inspected and replayed
 //!   ([`dead_letter`]).
 //! - **Observability**: lag, throughput, commits, rebalances and errors as `metrics`
-//!   ([`metrics`](crate::metrics)), warnings through `tracing`.
+//!   ([`metrics`]), warnings through `tracing`.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
