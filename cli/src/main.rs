@@ -130,7 +130,7 @@ fn execute(command: Command) -> Result<ExitCode, String> {
             let scenario = registry::by_name(&scenario)?;
             let plan = reprise_chaos::by_name(&plan).map_err(|e| e.to_string())?;
             let config = SimConfig::new(start).with_plan(plan);
-            config.validate().map_err(|e| e.to_string())?;
+            preflight(scenario.as_ref(), &config)?;
             let outcome = sweep::sweep(
                 scenario.as_ref(),
                 &config,
@@ -155,7 +155,7 @@ fn execute(command: Command) -> Result<ExitCode, String> {
             let scenario = registry::by_name(&scenario)?;
             let plan = reprise_chaos::by_name(&plan).map_err(|e| e.to_string())?;
             let config = SimConfig::new(start).with_plan(plan);
-            config.validate().map_err(|e| e.to_string())?;
+            preflight(scenario.as_ref(), &config)?;
             let ok = sweep::check_determinism(
                 scenario.as_ref(),
                 &config,
@@ -182,6 +182,15 @@ fn execute(command: Command) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Refuses a plan the scenario cannot run (e.g. it targets a dependency the scenario does
+/// not have) with the simulator's typed error, before any worker starts: one run of the
+/// first seed, which the sweep would run anyway.
+fn preflight(scenario: &dyn reprise_sim::Scenario, config: &SimConfig) -> Result<(), String> {
+    reprise_sim::try_run(scenario, config)
+        .map(drop)
+        .map_err(|e| format!("{}: {e}", scenario.name()))
 }
 
 fn jobs_or_cores(jobs: Option<usize>) -> usize {

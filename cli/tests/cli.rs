@@ -166,6 +166,22 @@ fn bad_input_is_a_clear_error() {
     let out = reprise(&["sweep", "checkout", "--plan", "hurricane"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown plan"));
+    // A plan aimed at a dependency the scenario lacks is refused, not silently calm.
+    let out = reprise(&[
+        "sweep",
+        "transfers",
+        "--seeds",
+        "3",
+        "--plan",
+        "slow-payments",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("payment-provider"));
 }
 
 #[test]

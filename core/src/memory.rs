@@ -315,7 +315,10 @@ struct BusState {
     groups: BTreeMap<String, Group>,
     members: BTreeMap<u64, Member>,
     next_member: u64,
-    waiting: Vec<Waker>,
+    /// Members waiting for a message, with their wakers.
+    waiting: Vec<(u64, Waker)>,
+    /// Bumped by every change to topics, messages, groups or committed offsets.
+    revision: u64,
 }
 
 #[derive(Clone)]
@@ -374,6 +377,7 @@ impl InMemoryEventBus {
     pub fn create_topic(&self, topic: &str, partitions: u32) {
         assert!(partitions > 0);
         let mut state = self.state.lock();
+        state.revision += 1;
         state
             .topics
             .entry(topic.into())
@@ -382,7 +386,36 @@ impl InMemoryEventBus {
 
     /// [`EventBus::publish`], synchronously.
     pub fn publish_now(&self, messages: &[OutgoingMessage]) {
+        self.publish_from(messages, |m| StoredMessage {
+            key: Arc::clone(&m.key),
+            payload: m.payload.clone(),
+            headers: m.headers.clone(),
+        });
+    }
+
+    /// [`publish_now`](Self::publish_now), taking the messages by value: their headers
+    /// are moved into the log instead of copied.
+    pub fn publish_owned(&self, mut messages: Vec<OutgoingMessage>) {
+        let headers: Vec<Headers> = messages
+            .iter_mut()
+            .map(|m| std::mem::take(&mut m.headers))
+            .collect();
+        // `publish_from` stores each message once, in order.
+        let mut headers = headers.into_iter();
+        self.publish_from(&messages, |m| StoredMessage {
+            key: Arc::clone(&m.key),
+            payload: m.payload.clone(),
+            headers: headers.next().unwrap_or_default(),
+        });
+    }
+
+    fn publish_from(
+        &self,
+        messages: &[OutgoingMessage],
+        mut store: impl FnMut(&OutgoingMessage) -> StoredMessage,
+    ) {
         let mut state = self.state.lock();
+        state.revision += 1;
         let mut new_topic = false;
         for message in messages {
             let partitions = state
@@ -394,11 +427,7 @@ impl InMemoryEventBus {
                 });
             let count = u32::try_from(partitions.len()).unwrap_or(u32::MAX);
             let p = partition_for_key(message.key.as_bytes(), count) as usize;
-            partitions[p].push(StoredMessage {
-                key: Arc::clone(&message.key),
-                payload: message.payload.clone(),
-                headers: message.headers.clone(),
-            });
+            partitions[p].push(store(message));
         }
         if new_topic {
             let groups: Vec<String> = state.groups.keys().cloned().collect();
@@ -406,9 +435,32 @@ impl InMemoryEventBus {
                 state.rebalance(&group);
             }
         }
-        for waker in state.waiting.drain(..) {
-            waker.wake();
+        // Wake only the members subscribed to a topic that just received messages (and
+        // any that left, so they see `Closed`): a consumer of another topic would poll,
+        // find nothing and go back to sleep.
+        let waiting = std::mem::take(&mut state.waiting);
+        let mut still_waiting = Vec::with_capacity(waiting.len());
+        for (member, waker) in waiting {
+            let interested = state.members.get(&member).is_none_or(|m| {
+                messages
+                    .iter()
+                    .any(|message| m.topics.contains(&message.topic))
+            });
+            if interested {
+                waker.wake();
+            } else {
+                still_waiting.push((member, waker));
+            }
         }
+        state.waiting = still_waiting;
+    }
+
+    /// A number that changes whenever topics, messages, consumer groups or committed
+    /// offsets may have changed: a checker that has seen everything up to one revision
+    /// can skip the bus until it moves.
+    #[must_use]
+    pub fn revision(&self) -> u64 {
+        self.state.lock().revision
     }
 
     /// Messages not yet committed by `group`, over all partitions of its topics.
@@ -454,6 +506,27 @@ impl InMemoryEventBus {
             .get(group)
             .and_then(|g| g.committed.get(&key).copied())
             .unwrap_or(0)
+    }
+
+    /// Committed offsets of `group` on every partition of `topic`, indexed by partition
+    /// (0 where nothing is committed; empty if the topic does not exist): one lock and
+    /// one range scan instead of a [`committed`](Self::committed) call per partition.
+    #[must_use]
+    pub fn committed_offsets(&self, group: &str, topic: &str) -> Vec<u64> {
+        let state = self.state.lock();
+        let Some((topic, partitions)) = state.topics.get_key_value(topic) else {
+            return Vec::new();
+        };
+        let mut offsets = vec![0; partitions.len()];
+        if let Some(g) = state.groups.get(group) {
+            let range = (Arc::clone(topic), 0)..=(Arc::clone(topic), u32::MAX);
+            for ((_, partition), &offset) in g.committed.range(range) {
+                if let Some(slot) = offsets.get_mut(*partition as usize) {
+                    *slot = offset;
+                }
+            }
+        }
+        offsets
     }
 
     /// Every message of a topic, partition by partition (for checkers).
@@ -549,6 +622,7 @@ impl InMemoryEventBus {
     #[must_use]
     pub fn subscribe_now(&self, group: &str, topics: &[&str]) -> InMemorySubscription {
         let mut state = self.state.lock();
+        state.revision += 1;
         let id = state.next_member;
         state.next_member += 1;
         for topic in topics {
@@ -596,6 +670,7 @@ impl BusState {
     /// Partitions a member keeps keep their cursor; moved partitions restart at the
     /// group's committed offset, so uncommitted work is redelivered to the new owner.
     fn rebalance(&mut self, group: &str) {
+        self.revision += 1;
         let Some(g) = self.groups.get_mut(group) else {
             return;
         };
@@ -638,7 +713,7 @@ impl BusState {
                 });
             }
         }
-        for waker in self.waiting.drain(..) {
+        for (_, waker) in self.waiting.drain(..) {
             waker.wake();
         }
     }
@@ -722,6 +797,7 @@ impl InMemorySubscription {
     /// [`BusError::Closed`] if the member left the group.
     pub fn commit_now(&self) -> Result<(), BusError> {
         let mut state = self.state.lock();
+        state.revision += 1;
         let BusState {
             groups, members, ..
         } = &mut *state;
@@ -753,7 +829,7 @@ impl Subscription for InMemorySubscription {
             if !state.members.contains_key(&self.member) {
                 return Poll::Ready(Err(BusError::Closed));
             }
-            state.waiting.push(cx.waker().clone());
+            state.waiting.push((self.member, cx.waker().clone()));
             drop(state);
             // A publish may have slipped in between the check and the registration.
             match self.try_next() {

@@ -156,8 +156,8 @@ impl EventBus for SimEventBus {
                     "simulated: the broker refused the publish".into(),
                 ));
             }
-            shared.bus.publish_now(&messages);
             let count = messages.len() as u64;
+            shared.bus.publish_owned(messages);
             if ack_lost
                 || shared
                     .kernel

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use reprise_core::{BoxFuture, Clock, Entropy, Runtime, Spawner, Timestamp};
 
-use crate::executor::{NodeIndex, Shared};
+use crate::executor::{NodeIndex, Shared, TimerHandle};
 use crate::trace::{Tag, hash_str};
 use crate::world::NodeStatus;
 
@@ -27,7 +27,7 @@ use crate::world::NodeStatus;
 pub(crate) struct Sleep {
     shared: Arc<Shared>,
     deadline: u64,
-    timer: Option<u64>,
+    timer: Option<TimerHandle>,
 }
 
 impl Sleep {
@@ -59,9 +59,9 @@ impl Future for Sleep {
         let this = &mut *self;
         let mut k = this.shared.kernel.lock();
         if k.now >= this.deadline {
-            if let Some(seq) = this.timer.take() {
-                k.disarm_timer(this.deadline, seq);
-            }
+            let waker = this.timer.take().and_then(|handle| k.disarm_timer(handle));
+            drop(k);
+            drop(waker);
             return Poll::Ready(());
         }
         this.timer = Some(k.arm_timer(this.deadline, this.timer, cx.waker()));
@@ -71,8 +71,9 @@ impl Future for Sleep {
 
 impl Drop for Sleep {
     fn drop(&mut self) {
-        if let Some(seq) = self.timer.take() {
-            self.shared.kernel.lock().disarm_timer(self.deadline, seq);
+        if let Some(handle) = self.timer.take() {
+            let waker = self.shared.kernel.lock().disarm_timer(handle);
+            drop(waker);
         }
     }
 }

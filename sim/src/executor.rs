@@ -20,7 +20,8 @@
 //! Wakers only touch the ready list (its own small mutex), so waking from anywhere — a
 //! bus publish, a timer firing, another task — is always safe.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
@@ -81,6 +82,21 @@ struct TaskSlot {
     waker: Option<Arc<TaskWaker>>,
 }
 
+/// A registered timer: its slot and its sequence number (a stale handle — its timer
+/// fired or was disarmed, and the slot perhaps reused — matches nothing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TimerHandle {
+    slot: u32,
+    seq: u64,
+}
+
+/// A timer's slot: the sequence number of its current timer, and that timer's waker
+/// (`None` once it fired or was disarmed: the slot is free).
+struct TimerSlot {
+    seq: u64,
+    waker: Option<Waker>,
+}
+
 /// Things the run loop does at a point of virtual time (as opposed to task timers, which
 /// only wake tasks).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,7 +127,13 @@ pub(crate) struct Kernel {
     free: Vec<u32>,
     live_tasks: usize,
     next_serial: u64,
-    timers: BTreeMap<(u64, u64), Waker>,
+    /// Timers by (deadline, sequence): a min-heap of entries pointing at slots. A
+    /// disarmed timer frees its slot at once and leaves its heap entry behind, skipped
+    /// when it surfaces (its slot's sequence no longer matches).
+    timer_heap: BinaryHeap<Reverse<(u64, u64, u32)>>,
+    timer_slots: Vec<TimerSlot>,
+    timer_free: Vec<u32>,
+    live_timers: usize,
     timer_seq: u64,
     controls: BTreeMap<(u64, u64), Control>,
     control_seq: u64,
@@ -169,7 +191,10 @@ impl Kernel {
             free: Vec::new(),
             live_tasks: 0,
             next_serial: 0,
-            timers: BTreeMap::new(),
+            timer_heap: BinaryHeap::new(),
+            timer_slots: Vec::new(),
+            timer_free: Vec::new(),
+            live_timers: 0,
             timer_seq: 0,
             controls: BTreeMap::new(),
             control_seq: 0,
@@ -325,28 +350,73 @@ impl Kernel {
 
     // -- timers and controls ------------------------------------------------------------
 
-    /// Registers (or refreshes) a timer; returns its sequence number.
-    pub(crate) fn arm_timer(&mut self, deadline: u64, existing: Option<u64>, waker: &Waker) -> u64 {
-        if let Some(seq) = existing {
-            if let Some(stored) = self.timers.get_mut(&(deadline, seq)) {
+    /// The live timer `handle` names, if it has neither fired nor been disarmed.
+    fn timer_slot(&mut self, handle: TimerHandle) -> Option<&mut TimerSlot> {
+        self.timer_slots
+            .get_mut(handle.slot as usize)
+            .filter(|s| s.seq == handle.seq && s.waker.is_some())
+    }
+
+    /// Registers (or refreshes) a timer; returns its handle. Timers fire in (deadline,
+    /// registration order).
+    pub(crate) fn arm_timer(
+        &mut self,
+        deadline: u64,
+        existing: Option<TimerHandle>,
+        waker: &Waker,
+    ) -> TimerHandle {
+        if let Some(handle) = existing {
+            if let Some(stored) = self.timer_slot(handle).and_then(|s| s.waker.as_mut()) {
                 if !stored.will_wake(waker) {
                     stored.clone_from(waker);
                 }
-                return seq;
+                return handle;
             }
         }
         self.timer_seq += 1;
-        self.timers
-            .insert((deadline, self.timer_seq), waker.clone());
-        self.timer_seq
+        let seq = self.timer_seq;
+        let slot = if let Some(slot) = self.timer_free.pop() {
+            self.timer_slots[slot as usize] = TimerSlot {
+                seq,
+                waker: Some(waker.clone()),
+            };
+            slot
+        } else {
+            let slot = u32::try_from(self.timer_slots.len()).expect("fewer than 2^32 timers");
+            self.timer_slots.push(TimerSlot {
+                seq,
+                waker: Some(waker.clone()),
+            });
+            slot
+        };
+        self.timer_heap.push(Reverse((deadline, seq, slot)));
+        self.live_timers += 1;
+        TimerHandle { slot, seq }
     }
 
-    pub(crate) fn disarm_timer(&mut self, deadline: u64, seq: u64) {
-        self.timers.remove(&(deadline, seq));
+    /// Removes a timer (no-op if it fired already). Returns its waker, for the caller to
+    /// drop.
+    pub(crate) fn disarm_timer(&mut self, handle: TimerHandle) -> Option<Waker> {
+        let waker = self.timer_slot(handle)?.waker.take();
+        self.timer_free.push(handle.slot);
+        self.live_timers -= 1;
+        waker
     }
 
     pub(crate) fn pending_timers(&self) -> usize {
-        self.timers.len()
+        self.live_timers
+    }
+
+    /// The deadline of the earliest live timer, dropping stale heap entries on the way.
+    fn next_timer(&mut self) -> Option<u64> {
+        while let Some(&Reverse((deadline, seq, slot))) = self.timer_heap.peek() {
+            let slot = &self.timer_slots[slot as usize];
+            if slot.seq == seq && slot.waker.is_some() {
+                return Some(deadline);
+            }
+            self.timer_heap.pop();
+        }
+        None
     }
 
     pub(crate) fn schedule(&mut self, at: u64, control: Control) {
@@ -384,17 +454,24 @@ impl Kernel {
     /// Moves the clock to the next timer or control, collecting the wakers of every timer
     /// then due. Returns `false` if there is nothing to move to.
     pub(crate) fn advance(&mut self, due: &mut Vec<Waker>) -> bool {
-        let next_timer = self.timers.first_key_value().map(|(&(at, _), _)| at);
+        let next_timer = self.next_timer();
         let next_control = self.controls.first_key_value().map(|(&(at, _), _)| at);
         let Some(next) = [next_timer, next_control].into_iter().flatten().min() else {
             return false;
         };
         self.now = self.now.max(next);
-        while let Some(entry) = self.timers.first_entry() {
-            if entry.key().0 > self.now {
+        while let Some(at) = self.next_timer() {
+            if at > self.now {
                 break;
             }
-            due.push(entry.remove());
+            let Some(Reverse((_, _, slot))) = self.timer_heap.pop() else {
+                break;
+            };
+            if let Some(waker) = self.timer_slots[slot as usize].waker.take() {
+                due.push(waker);
+            }
+            self.timer_free.push(slot);
+            self.live_timers -= 1;
         }
         true
     }
@@ -504,7 +581,13 @@ impl Shared {
             (0..nodes).flat_map(|n| k.kill_tasks_of(n)).collect()
         };
         drop(futures);
-        let timers = std::mem::take(&mut self.kernel.lock().timers);
+        let timers = {
+            let mut k = self.kernel.lock();
+            k.timer_heap.clear();
+            k.timer_free.clear();
+            k.live_timers = 0;
+            std::mem::take(&mut k.timer_slots)
+        };
         drop(timers);
         self.ready.lock().clear();
     }

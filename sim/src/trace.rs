@@ -231,7 +231,10 @@ mod tests {
         );
         assert_eq!(hash_fmt(format_args!("plain")), hash_str("plain"));
         let long = "x".repeat(1000);
-        assert_eq!(hash_fmt(format_args!("{long}-{long}")), hash_str(&format!("{long}-{long}")));
+        assert_eq!(
+            hash_fmt(format_args!("{long}-{long}")),
+            hash_str(&format!("{long}-{long}"))
+        );
     }
 
     #[test]

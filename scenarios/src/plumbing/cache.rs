@@ -173,7 +173,7 @@ impl<A: Aggregate> AggregateCache<A> {
             ..Metadata::default()
         };
         for _ in 0..MAX_DECISIONS {
-            let (mut state, version) = self.load(env, id).await?;
+            let (state, version) = self.load(env, id).await?;
             let (events, rejection) = match state.decide(command) {
                 Ok(events) => (events, None),
                 Err(error) => (Vec::new(), Some(error)),
@@ -202,14 +202,21 @@ impl<A: Aggregate> AggregateCache<A> {
                     vec![inbox::marker(h.consumer, h.message)],
                 );
             }
-            let mut after = state.clone();
-            for event in &events {
-                after.apply(event);
-            }
             let new_version = version + events.len() as u64;
+            // The state after the events is built only when needed (one clone of the
+            // aggregate fewer per command on the usual path).
+            let applied = |mut state: A| {
+                for event in &events {
+                    state.apply(event);
+                }
+                state
+            };
+            let mut planted_after = None;
             if self.apply_before_append && !events.is_empty() {
                 // PLANTED BUG: the cache believes the decision before the store does.
+                let after = applied(state.clone());
                 self.remember(id, &after, new_version);
+                planted_after = Some(after);
             }
             match env.store.append(batch).await {
                 Ok(receipt) if receipt.was_duplicate => {
@@ -221,6 +228,10 @@ impl<A: Aggregate> AggregateCache<A> {
                     });
                 }
                 Ok(_) => {
+                    let after = match planted_after {
+                        Some(after) => after,
+                        None => applied(state),
+                    };
                     if !events.is_empty() {
                         self.remember(id, &after, new_version);
                         let types: Vec<&str> =
@@ -230,10 +241,9 @@ impl<A: Aggregate> AggregateCache<A> {
                             types.join(", ")
                         ));
                     }
-                    state = after;
                     return Ok(Handled {
                         events,
-                        state,
+                        state: after,
                         duplicate: false,
                         rejection,
                     });

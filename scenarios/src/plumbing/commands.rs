@@ -70,7 +70,7 @@ pub fn encode<C: CommandRoute + Serialize>(
         key: command.key().into(),
         payload: Payload::encode(command)?,
         headers: Headers::default()
-            .with(header::EVENT_ID, id.to_string())
+            .with(header::EVENT_ID, super::inbox::format_event_id(id))
             .with(header::EVENT_TYPE, command.name()),
     })
 }

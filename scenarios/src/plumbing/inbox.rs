@@ -53,7 +53,9 @@ pub fn marker(consumer: &str, message: EventId) -> NewEvent {
         event_type: MARKER_TYPE.into(),
         schema_version: 1,
         // The id is the content; the payload only helps a person reading the store.
-        payload: Payload::from_json_text(format!("{{\"message\":\"{message}\"}}")),
+        payload: Payload::from_json_text(
+            ["{\"message\":\"", &format_event_id(message), "\"}"].concat(),
+        ),
         metadata: Metadata {
             causation_id: Some(message.0),
             ..Metadata::default()
@@ -68,6 +70,24 @@ pub fn message_id(delivery: &Delivery) -> Option<EventId> {
         .headers
         .get(header::EVENT_ID)
         .and_then(parse_event_id)
+}
+
+/// `id.to_string()` (the UUID layout of [`EventId`]'s `Display`), built in one
+/// allocation: every relayed event and every command carries one in its headers.
+#[must_use]
+pub fn format_event_id(id: EventId) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [b'-'; 36];
+    let mut at = 0;
+    for digit in 0..32u32 {
+        if matches!(digit, 8 | 12 | 16 | 20) {
+            at += 1;
+        }
+        let nibble = (id.0 >> (124 - 4 * digit)) & 0xf;
+        text[at] = HEX[nibble as usize];
+        at += 1;
+    }
+    String::from_utf8_lossy(&text).into_owned()
 }
 
 /// Parses an [`EventId`] as formatted by its `Display` (UUID layout) or `Debug` (32 hex).
@@ -135,7 +155,31 @@ mod tests {
         // Same ids as the one-shot hash of the concatenation (ids are stored durably).
         let mut bytes = b"a\0".to_vec();
         bytes.extend_from_slice(&m.0.to_le_bytes());
-        assert_eq!(marker_id("a", m), EventId(xxhash_rust::xxh3::xxh3_128(&bytes)));
+        assert_eq!(
+            marker_id("a", m),
+            EventId(xxhash_rust::xxh3::xxh3_128(&bytes))
+        );
+    }
+
+    #[test]
+    fn event_ids_format_as_display_does() {
+        for id in [
+            EventId(0),
+            EventId(u128::MAX),
+            EventId(0x0123_4567_89ab_cdef_0011_2233_4455_6677),
+            EventId(0xf00d),
+        ] {
+            assert_eq!(format_event_id(id), id.to_string());
+        }
+    }
+
+    #[test]
+    fn marker_payload_names_the_message() {
+        let m = EventId(0xabc);
+        assert_eq!(
+            marker("c", m).payload,
+            Payload::from_json_text(format!("{{\"message\":\"{m}\"}}"))
+        );
     }
 
     #[test]
