@@ -127,10 +127,7 @@ fn execute(command: Command) -> Result<ExitCode, String> {
             jobs,
             json,
         } => {
-            let scenario = registry::by_name(&scenario)?;
-            let plan = reprise_chaos::by_name(&plan).map_err(|e| e.to_string())?;
-            let config = SimConfig::new(start).with_plan(plan);
-            preflight(scenario.as_ref(), &config)?;
+            let (scenario, config) = checked_setup(&scenario, &plan, start)?;
             let outcome = sweep::sweep(
                 scenario.as_ref(),
                 &config,
@@ -152,10 +149,7 @@ fn execute(command: Command) -> Result<ExitCode, String> {
             plan,
             jobs,
         } => {
-            let scenario = registry::by_name(&scenario)?;
-            let plan = reprise_chaos::by_name(&plan).map_err(|e| e.to_string())?;
-            let config = SimConfig::new(start).with_plan(plan);
-            preflight(scenario.as_ref(), &config)?;
+            let (scenario, config) = checked_setup(&scenario, &plan, start)?;
             let ok = sweep::check_determinism(
                 scenario.as_ref(),
                 &config,
@@ -184,13 +178,20 @@ fn execute(command: Command) -> Result<ExitCode, String> {
     }
 }
 
-/// Refuses a plan the scenario cannot run (e.g. it targets a dependency the scenario does
-/// not have) with the simulator's typed error, before any worker starts: one run of the
-/// first seed, which the sweep would run anyway.
-fn preflight(scenario: &dyn reprise_sim::Scenario, config: &SimConfig) -> Result<(), String> {
-    reprise_sim::try_run(scenario, config)
-        .map(drop)
-        .map_err(|e| format!("{}: {e}", scenario.name()))
+/// The scenario and configuration for a multi-seed command, refusing a plan the scenario
+/// cannot run (e.g. one aimed at a dependency it does not have) with the simulator's typed
+/// error before any worker starts: one run of the first seed, which runs anyway.
+fn checked_setup(
+    scenario: &str,
+    plan: &str,
+    start: u64,
+) -> Result<(Box<dyn reprise_sim::Scenario>, SimConfig), String> {
+    let scenario = registry::by_name(scenario)?;
+    let plan = reprise_chaos::by_name(plan).map_err(|e| e.to_string())?;
+    let config = SimConfig::new(start).with_plan(plan);
+    reprise_sim::try_run(scenario.as_ref(), &config)
+        .map_err(|e| format!("{}: {e}", scenario.name()))?;
+    Ok((scenario, config))
 }
 
 fn jobs_or_cores(jobs: Option<usize>) -> usize {
