@@ -503,10 +503,7 @@ pub fn explain_failure(report: &RunReport, lines: usize) -> String {
         );
         return out;
     };
-    let touching: Vec<_> = trace
-        .iter()
-        .filter(|line| found.entities.iter().any(|e| mentions(&line.text, e)))
-        .collect();
+    let touching = reprise_sim::harness::lines_touching(trace, &found.entities);
     let skip = touching.len().saturating_sub(lines);
     let _ = writeln!(
         out,
@@ -525,24 +522,9 @@ pub fn explain_failure(report: &RunReport, lines: usize) -> String {
     out
 }
 
-/// Whether `text` mentions `entity` as a whole word (`order-o01` must not match `order-o012`).
-fn mentions(text: &str, entity: &str) -> bool {
-    text.match_indices(entity).any(|(at, _)| {
-        let next = text[at + entity.len()..].chars().next();
-        !next.is_some_and(|c| c.is_ascii_alphanumeric())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mentions_matches_whole_entities_only() {
-        assert!(mentions("append order-o01 v2", "order-o01"));
-        assert!(mentions("order-o01: charge", "order-o01"));
-        assert!(!mentions("append order-o012 v2", "order-o01"));
-    }
 
     #[test]
     fn registry_names_are_unique_and_resolvable() {
