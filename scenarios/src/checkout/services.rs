@@ -822,18 +822,12 @@ pub fn start_saga_service(env: &ServiceEnv, bugs: Bugs) {
         compensate_on_timeout: !bugs.contains(PlantedBug::NoCompensationOnTimeout),
     });
     let options = consumer_options(groups::SAGA, topics::EVENTS, bugs);
-    let env2 = env.clone();
-    env.runtime.spawn(
+    crate::plumbing::saga_host::spawn_saga_service(
+        env,
         "checkout-saga",
-        Box::pin(async move {
-            // Recover first: re-armed deadlines must not wait for new traffic.
-            host.recover_all().await;
-            let supervised = Arc::clone(&host);
-            env2.runtime.spawn(
-                "saga-supervisor",
-                Box::pin(async move { supervised.supervise(SUPERVISE_EVERY).await }),
-            );
-            consumer::run(env2, options, worker).await;
-        }),
+        host,
+        SUPERVISE_EVERY,
+        options,
+        worker,
     );
 }

@@ -176,3 +176,30 @@ impl<S: Saga> SagaHost<S> {
         self.instances.lock().keys().cloned().collect()
     }
 }
+
+/// Runs a saga service's main task on `env`'s runtime: recover every saga instance first
+/// (re-armed deadlines must not wait for new traffic), start the supervisor that restarts
+/// failed instances every `supervise_every`, then feed the consumer's messages to `worker`.
+/// Shared by every domain so they boot their sagas the same way.
+pub fn spawn_saga_service<S: Saga>(
+    env: &ServiceEnv,
+    task: &'static str,
+    host: Arc<SagaHost<S>>,
+    supervise_every: Duration,
+    options: super::consumer::ConsumerOptions,
+    worker: Arc<dyn super::consumer::MessageHandler>,
+) {
+    let env2 = env.clone();
+    env.runtime.spawn(
+        task,
+        Box::pin(async move {
+            host.recover_all().await;
+            let supervised = Arc::clone(&host);
+            env2.runtime.spawn(
+                "saga-supervisor",
+                Box::pin(async move { supervised.supervise(supervise_every).await }),
+            );
+            super::consumer::run(env2, options, worker).await;
+        }),
+    );
+}
