@@ -144,39 +144,32 @@ impl WorldView<'_> {
         self.shared.kernel.lock().faults.len()
     }
 
-    /// A node's state, `None` if no node has that name.
-    #[must_use]
-    pub fn node_status(&self, node: &str) -> Option<NodeStatus> {
+    /// Reads one field of the node called `node`, if the scenario has it.
+    fn node<T>(&self, node: &str, read: impl FnOnce(&crate::world::Node) -> T) -> Option<T> {
         self.shared
             .kernel
             .lock()
             .nodes
             .iter()
             .find(|n| &*n.name == node)
-            .map(|n| n.status)
+            .map(read)
+    }
+
+    /// A node's state, `None` if no node has that name.
+    #[must_use]
+    pub fn node_status(&self, node: &str) -> Option<NodeStatus> {
+        self.node(node, |n| n.status)
     }
 
     /// How many times a node has booted.
     #[must_use]
     pub fn boots(&self, node: &str) -> Option<u32> {
-        self.shared
-            .kernel
-            .lock()
-            .nodes
-            .iter()
-            .find(|n| &*n.name == node)
-            .map(|n| n.boots)
+        self.node(node, |n| n.boots)
     }
 
     /// Live tasks of a node.
     #[must_use]
     pub fn live_tasks(&self, node: &str) -> Option<usize> {
-        self.shared
-            .kernel
-            .lock()
-            .nodes
-            .iter()
-            .find(|n| &*n.name == node)
-            .map(|n| n.live_tasks)
+        self.node(node, |n| n.live_tasks)
     }
 }
