@@ -511,3 +511,189 @@ async fn uncommitted_work_is_redelivered(bus: &dyn EventBus, ns: &str) -> Check 
         )
     })
 }
+
+/// Every dead-letter-queue check. Letters use topics `{ns}…`, so the suite can run against
+/// a shared database or broker; `now` stamps resolutions. The queue may hold other
+/// letters, but none on the suite's topics.
+///
+/// # Errors
+/// The name of the failed check and what went wrong.
+pub async fn dead_letter_queue_suite(
+    queue: &dyn crate::resilience::DeadLetterQueue,
+    ns: &str,
+    now: crate::Timestamp,
+) -> Check {
+    dead_letters_round_trip(queue, ns, now)
+        .await
+        .map_err(|e| format!("dead_letters_round_trip: {e}"))?;
+    dead_letters_resolve_once(queue, ns, now)
+        .await
+        .map_err(|e| format!("dead_letters_resolve_once: {e}"))?;
+    dead_letters_refuse_bad_letters(queue, ns, now)
+        .await
+        .map_err(|e| format!("dead_letters_refuse_bad_letters: {e}"))
+}
+
+fn letter(
+    ns: &str,
+    topic: &str,
+    n: u64,
+    now: crate::Timestamp,
+) -> crate::resilience::NewDeadLetter {
+    crate::resilience::NewDeadLetter {
+        topic: format!("{ns}{topic}"),
+        source_position: Some(format!("0/{n}")),
+        key: format!("key-{n}"),
+        payload: Payload::from_json_text(format!(r#"{{"n":{n}}}"#)),
+        headers: Headers::default()
+            .with("reprise-event-id", n.to_string())
+            .with("x-dup", "a"),
+        error: format!("handler failed on {n}: \"quoted\" ünïcode"),
+        error_class: crate::resilience::ErrorClass::Transient,
+        attempts: u32::try_from(n % 5 + 1).unwrap_or(1),
+        failed_at: now - std::time::Duration::from_secs(100 - n),
+    }
+}
+
+async fn dead_letters_round_trip(
+    queue: &dyn crate::resilience::DeadLetterQueue,
+    ns: &str,
+    now: crate::Timestamp,
+) -> Check {
+    use crate::resilience::{DeadLetterQuery, DeadLetterStatus};
+    let before = queue.stats().await.map_err(|e| e.to_string())?;
+    let written: Vec<_> = (0..3).map(|n| letter(ns, "payments", n, now)).collect();
+    let mut ids = Vec::new();
+    for l in &written {
+        ids.push(queue.put(l.clone()).await.map_err(|e| e.to_string())?);
+    }
+    ensure(ids.windows(2).all(|w| w[0] != w[1]), || {
+        format!("ids are distinct: {ids:?}")
+    })?;
+    let query = DeadLetterQuery {
+        topic: Some(format!("{ns}payments")),
+        ..DeadLetterQuery::default()
+    };
+    let listed = queue.list(query.clone()).await.map_err(|e| e.to_string())?;
+    ensure(listed.len() == 3, || {
+        format!("3 listed, got {}", listed.len())
+    })?;
+    for ((got, id), want) in listed.iter().zip(&ids).zip(&written) {
+        ensure(&got.id == id, || {
+            format!("oldest first: {:?} vs {id}", got.id)
+        })?;
+        ensure(&got.letter == want, || {
+            format!(
+                "letter round-trips exactly:\n got {:?}\nwant {want:?}",
+                got.letter
+            )
+        })?;
+        ensure(got.status == DeadLetterStatus::Pending, || {
+            "new letters are pending".into()
+        })?;
+    }
+    let limited = queue
+        .list(DeadLetterQuery { limit: 2, ..query })
+        .await
+        .map_err(|e| e.to_string())?;
+    ensure(limited.len() == 2 && limited[0].id == ids[0], || {
+        "limit keeps the oldest".into()
+    })?;
+    let fetched = queue.get(&ids[1]).await.map_err(|e| e.to_string())?;
+    ensure(
+        fetched.as_ref().map(|l| &l.letter) == Some(&written[1]),
+        || "get by id".into(),
+    )?;
+    let stats = queue.stats().await.map_err(|e| e.to_string())?;
+    ensure(stats.pending == before.pending + 3, || {
+        format!("pending grew by 3: {before:?} → {stats:?}")
+    })?;
+    ensure(
+        stats
+            .oldest_pending_failed_at
+            .is_some_and(|oldest| oldest <= written[0].failed_at),
+        || format!("oldest pending is at most the oldest written: {stats:?}"),
+    )
+}
+
+async fn dead_letters_resolve_once(
+    queue: &dyn crate::resilience::DeadLetterQueue,
+    ns: &str,
+    now: crate::Timestamp,
+) -> Check {
+    use crate::resilience::{DeadLetterError, DeadLetterQuery, DeadLetterStatus, Resolution};
+    let retried = queue
+        .put(letter(ns, "shipping", 10, now))
+        .await
+        .map_err(|e| e.to_string())?;
+    let discarded = queue
+        .put(letter(ns, "shipping", 11, now))
+        .await
+        .map_err(|e| e.to_string())?;
+    queue
+        .resolve(&retried, Resolution::Retried, now)
+        .await
+        .map_err(|e| e.to_string())?;
+    queue
+        .resolve(&discarded, Resolution::Discarded, now)
+        .await
+        .map_err(|e| e.to_string())?;
+    let again = queue.resolve(&retried, Resolution::Discarded, now).await;
+    ensure(
+        matches!(again, Err(DeadLetterError::AlreadyResolved { .. })),
+        || format!("a second resolution is refused, got {again:?}"),
+    )?;
+    let query = DeadLetterQuery {
+        topic: Some(format!("{ns}shipping")),
+        ..DeadLetterQuery::default()
+    };
+    let pending = queue.list(query.clone()).await.map_err(|e| e.to_string())?;
+    ensure(pending.is_empty(), || {
+        format!("resolved letters are not pending: {pending:?}")
+    })?;
+    let all = queue
+        .list(DeadLetterQuery {
+            include_resolved: true,
+            ..query
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let statuses: Vec<_> = all.iter().map(|l| l.status).collect();
+    ensure(
+        statuses
+            == vec![
+                DeadLetterStatus::Retried { at: now },
+                DeadLetterStatus::Discarded { at: now },
+            ],
+        || format!("resolutions are kept for the record: {statuses:?}"),
+    )?;
+    let unknown = crate::resilience::DeadLetterId(format!("{ns}no-such-letter"));
+    let missing = queue.resolve(&unknown, Resolution::Retried, now).await;
+    ensure(matches!(missing, Err(DeadLetterError::NotFound(_))), || {
+        format!("resolving an unknown id is NotFound, got {missing:?}")
+    })?;
+    let got = queue.get(&unknown).await;
+    ensure(matches!(got, Ok(None)), || {
+        format!("get of an unknown id is None, got {got:?}")
+    })
+}
+
+async fn dead_letters_refuse_bad_letters(
+    queue: &dyn crate::resilience::DeadLetterQueue,
+    ns: &str,
+    now: crate::Timestamp,
+) -> Check {
+    use crate::resilience::{DeadLetterError, ErrorClass};
+    let mut conflict = letter(ns, "orders", 20, now);
+    conflict.error_class = ErrorClass::Conflict;
+    let refused = queue.put(conflict).await;
+    ensure(matches!(refused, Err(DeadLetterError::Invalid(_))), || {
+        format!("a conflict is never dead-lettered, got {refused:?}")
+    })?;
+    let mut no_topic = letter(ns, "orders", 21, now);
+    no_topic.topic.clear();
+    let refused = queue.put(no_topic).await;
+    ensure(matches!(refused, Err(DeadLetterError::Invalid(_))), || {
+        format!("a letter without a topic cannot be redelivered, got {refused:?}")
+    })
+}

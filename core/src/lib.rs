@@ -20,6 +20,7 @@ pub mod instrument;
 mod interpret;
 pub mod memory;
 pub mod reducer;
+pub mod resilience;
 pub mod router;
 pub mod runtime;
 pub mod saga;
@@ -43,6 +44,10 @@ pub use event_store::{
 pub use interpret::Dependencies;
 pub use memory::{InMemoryEventBus, InMemoryEventStore};
 pub use reducer::{Combine, Reducer, Scope, combine, from_fn, scope};
+pub use resilience::{
+    CallError, ClassifiedError, Classify, DeadLetterQueue, DependencyPolicy, ErrorClass,
+    Resilience, RetryPolicy,
+};
 pub use router::{DispatchError, Dispatcher, Router};
 pub use runtime::{BoxFuture, Clock, Entropy, Runtime, SharedRuntime, Spawner};
 pub use saga::{Reaction, Saga, SagaAction, SagaReducer, SagaState};
