@@ -13,7 +13,8 @@ use smallvec::SmallVec;
 
 use crate::event_bus::{BusError, OutgoingMessage};
 use crate::event_store::{AppendBatch, AppendReceipt, StoreError};
-use crate::runtime::BoxFuture;
+use crate::resilience::{CallError, Classify, Resilience};
+use crate::runtime::{BoxFuture, SharedRuntime};
 
 /// What a reducer returns. Four inline slots: most actions cause zero to two effects, so
 /// the common case never allocates.
@@ -96,6 +97,86 @@ pub enum Effect<A> {
         messages: Vec<OutgoingMessage>,
         then: Continuation<Result<(), BusError>, A>,
     },
+    /// Calls an external dependency under its retry policy and circuit breaker (see
+    /// [`Resilience`]); after the last attempt the work may be parked in the dead-letter
+    /// queue.
+    Call(DependencyCall<A>),
+}
+
+/// What a [`DependencyCall`] runs against: handed in by the interpreter.
+pub(crate) struct CallPlatform {
+    pub(crate) runtime: SharedRuntime,
+    pub(crate) resilience: Arc<Resilience>,
+}
+
+type CallRunner<A> =
+    Box<dyn FnOnce(CallPlatform, Option<OutgoingMessage>) -> BoxFuture<'static, Option<A>> + Send>;
+
+/// A call to a named dependency, built with [`Effect::call`].
+///
+/// The dependency's name picks the retry policy and the breaker; the attempt closure is
+/// called once per attempt (so it must be safe to repeat — pass an idempotency key to
+/// services that take one); `then` turns the final outcome into an action.
+pub struct DependencyCall<A> {
+    pub id: Option<EffectId>,
+    pub dependency: &'static str,
+    pub operation: &'static str,
+    /// The message to park in the dead-letter queue if the call finally fails (anything
+    /// but a conflict): the unit of work as it arrived, so an operator can redeliver it.
+    pub dead_letter: Option<OutgoingMessage>,
+    run: CallRunner<A>,
+}
+
+impl<A: 'static> DependencyCall<A> {
+    /// Parks `message` in the dead-letter queue if the call finally fails.
+    #[must_use]
+    pub fn dead_letter(mut self, message: OutgoingMessage) -> Self {
+        self.dead_letter = Some(message);
+        self
+    }
+
+    /// Makes the call cancellable with [`Effect::Cancel`] under `id` (a cancelled call
+    /// stops between attempts or mid-attempt and produces no action).
+    #[must_use]
+    pub fn cancellable(mut self, id: impl Into<EffectId>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    pub(crate) fn start(self, platform: CallPlatform) -> BoxFuture<'static, Option<A>> {
+        (self.run)(platform, self.dead_letter)
+    }
+
+    fn map<B: 'static>(self, f: impl Fn(A) -> B + Send + Sync + 'static) -> DependencyCall<B> {
+        let run = self.run;
+        DependencyCall {
+            id: self.id,
+            dependency: self.dependency,
+            operation: self.operation,
+            dead_letter: self.dead_letter,
+            run: Box::new(move |platform, dead_letter| {
+                let work = run(platform, dead_letter);
+                Box::pin(async move { work.await.map(f) })
+            }),
+        }
+    }
+}
+
+impl<A> fmt::Debug for DependencyCall<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DependencyCall")
+            .field("id", &self.id)
+            .field("dependency", &self.dependency)
+            .field("operation", &self.operation)
+            .field("dead_letter", &self.dead_letter)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A> From<DependencyCall<A>> for Effect<A> {
+    fn from(call: DependencyCall<A>) -> Self {
+        Effect::Call(call)
+    }
 }
 
 impl<A> Effect<A> {
@@ -156,6 +237,50 @@ impl<A> Effect<A> {
         }
     }
 
+    /// A call to the dependency named `dependency` under its retry policy and breaker.
+    /// `attempt` makes one attempt; its error's [`Classify`] class decides whether
+    /// another follows. Turn the result into an [`Effect`] with `.into()` after optionally
+    /// adding [`DependencyCall::dead_letter`] or [`DependencyCall::cancellable`].
+    pub fn call<T, E, F, Fut>(
+        dependency: &'static str,
+        operation: &'static str,
+        attempt: F,
+        then: impl FnOnce(Result<T, CallError<E>>) -> Option<A> + Send + 'static,
+    ) -> DependencyCall<A>
+    where
+        A: 'static,
+        T: Send + 'static,
+        E: Classify + fmt::Display + Send + 'static,
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        DependencyCall {
+            id: None,
+            dependency,
+            operation,
+            dead_letter: None,
+            run: Box::new(
+                move |platform: CallPlatform, dead_letter: Option<OutgoingMessage>| {
+                    Box::pin(async move {
+                        let CallPlatform {
+                            runtime,
+                            resilience,
+                        } = platform;
+                        let mut result = resilience
+                            .call(&*runtime, dependency, operation, attempt)
+                            .await;
+                        if let (Err(error), Some(message)) = (&mut result, &dead_letter) {
+                            resilience
+                                .dead_letter(&*runtime, message, None, error)
+                                .await;
+                        }
+                        then(result)
+                    })
+                },
+            ),
+        }
+    }
+
     /// `true` for [`Effect::None`] and empty groups: nothing would run.
     #[must_use]
     pub fn is_none(&self) -> bool {
@@ -180,6 +305,7 @@ impl<A> Effect<A> {
             Effect::Sequential(_) => "sequential",
             Effect::Append { .. } => "append",
             Effect::Publish { .. } => "publish",
+            Effect::Call(_) => "call",
         }
     }
 
@@ -217,6 +343,7 @@ impl<A> Effect<A> {
                 messages,
                 then: Box::new(move |r| then(r).map(f)),
             },
+            Effect::Call(call) => Effect::Call(call.map(f)),
         }
     }
 }
@@ -245,6 +372,12 @@ impl<A: fmt::Debug> Effect<A> {
             }
             Effect::Append { batch, .. } => EffectDescription::Append(batch.clone()),
             Effect::Publish { messages, .. } => EffectDescription::Publish(messages.clone()),
+            Effect::Call(call) => EffectDescription::Call {
+                id: call.id.clone(),
+                dependency: call.dependency,
+                operation: call.operation,
+                dead_letter: call.dead_letter.clone(),
+            },
         }
     }
 }
@@ -275,6 +408,12 @@ pub enum EffectDescription {
     Sequential(Vec<EffectDescription>),
     Append(AppendBatch),
     Publish(Vec<OutgoingMessage>),
+    Call {
+        id: Option<EffectId>,
+        dependency: &'static str,
+        operation: &'static str,
+        dead_letter: Option<OutgoingMessage>,
+    },
 }
 
 /// Builds [`Effects`] from a list: `effects![Effect::cancel("t"), Effect::timer(..)]`.

@@ -12,10 +12,11 @@ use futures::future::{AbortHandle, Abortable};
 use parking_lot::Mutex;
 use tracing::Instrument;
 
-use crate::effect::{Effect, EffectId, Effects};
-use crate::event_bus::EventBus;
-use crate::event_store::EventStore;
+use crate::effect::{CallPlatform, Effect, EffectId, Effects};
+use crate::event_bus::{BusError, EventBus};
+use crate::event_store::{EventStore, StoreError};
 use crate::instrument::{self as names};
+use crate::resilience::{CallFailure, EVENT_BUS, EVENT_STORE, Resilience};
 use crate::runtime::{BoxFuture, SharedRuntime};
 use crate::tracker::{Tracker, Work};
 
@@ -25,6 +26,9 @@ pub struct Dependencies {
     pub runtime: SharedRuntime,
     pub event_store: Arc<dyn EventStore>,
     pub event_bus: Arc<dyn EventBus>,
+    /// Retry policies and breakers for [`Effect::Call`], appends and publishes. Share one
+    /// between the stores of a service so each dependency has one breaker.
+    pub resilience: Arc<Resilience>,
 }
 
 impl std::fmt::Debug for Dependencies {
@@ -245,8 +249,24 @@ fn prepare<H: EffectHost>(
             let store = Arc::clone(&host.dependencies().event_store);
             let name = host.store_name();
             let (host, cause) = (Arc::clone(host), Arc::clone(cause));
+            let runtime = Arc::clone(&host.dependencies().runtime);
+            let resilience = Arc::clone(&host.dependencies().resilience);
             Some(Box::pin(async move {
-                let result = store.append(batch).await;
+                let result = if resilience.policy(EVENT_STORE).is_passthrough() {
+                    store.append(batch).await
+                } else {
+                    resilience
+                        .call(&*runtime, EVENT_STORE, "append", || {
+                            store.append(batch.clone())
+                        })
+                        .await
+                        .map_err(|error| match error.failure {
+                            CallFailure::Failed(error) => error,
+                            CallFailure::CircuitOpen(open) => {
+                                StoreError::Transient(open.to_string())
+                            }
+                        })
+                };
                 if let Err(error) = &result {
                     metrics::counter!(names::EFFECT_ERRORS, "store" => name, "kind" => "append", "error" => error.kind())
                         .increment(1);
@@ -261,8 +281,22 @@ fn prepare<H: EffectHost>(
             let bus = Arc::clone(&host.dependencies().event_bus);
             let name = host.store_name();
             let (host, cause) = (Arc::clone(host), Arc::clone(cause));
+            let runtime = Arc::clone(&host.dependencies().runtime);
+            let resilience = Arc::clone(&host.dependencies().resilience);
             Some(Box::pin(async move {
-                let result = bus.publish(messages).await;
+                let result = if resilience.policy(EVENT_BUS).is_passthrough() {
+                    bus.publish(messages).await
+                } else {
+                    resilience
+                        .call(&*runtime, EVENT_BUS, "publish", || {
+                            bus.publish(messages.clone())
+                        })
+                        .await
+                        .map_err(|error| match error.failure {
+                            CallFailure::Failed(error) => error,
+                            CallFailure::CircuitOpen(open) => BusError::Transient(open.to_string()),
+                        })
+                };
                 if let Err(error) = &result {
                     metrics::counter!(names::EFFECT_ERRORS, "store" => name, "kind" => "publish", "error" => error.kind())
                         .increment(1);
@@ -272,6 +306,29 @@ fn prepare<H: EffectHost>(
                     host.feed(action, &cause);
                 }
             }))
+        }
+        Effect::Call(call) => {
+            let deps = host.dependencies();
+            tracing::trace!(
+                dependency = call.dependency,
+                operation = call.operation,
+                "call"
+            );
+            let id = call.id.clone();
+            let work = call.start(CallPlatform {
+                runtime: Arc::clone(&deps.runtime),
+                resilience: Arc::clone(&deps.resilience),
+            });
+            let (host2, cause) = (Arc::clone(host), Arc::clone(cause));
+            let fut: BoxFuture<'static, ()> = Box::pin(async move {
+                if let Some(action) = work.await {
+                    host2.feed(action, &cause);
+                }
+            });
+            Some(match id {
+                Some(id) => host.cancellables().register(id, fut),
+                None => fut,
+            })
         }
     }
 }

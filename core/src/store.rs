@@ -169,6 +169,7 @@ impl<R: Reducer> Store<R> {
             runtime,
             event_store: None,
             event_bus: None,
+            resilience: None,
         }
     }
 
@@ -292,6 +293,7 @@ pub struct StoreBuilder<R: Reducer> {
     runtime: SharedRuntime,
     event_store: Option<Arc<dyn crate::EventStore>>,
     event_bus: Option<Arc<dyn crate::EventBus>>,
+    resilience: Option<Arc<crate::Resilience>>,
 }
 
 impl<R: Reducer> std::fmt::Debug for StoreBuilder<R> {
@@ -322,6 +324,15 @@ impl<R: Reducer> StoreBuilder<R> {
         self
     }
 
+    /// Retry policies, breakers and dead-letter queue for this store's effects (default:
+    /// [`Resilience::new`](crate::Resilience::new), private to the store). Pass the same
+    /// `Arc` to every store of a service so each dependency has one breaker.
+    #[must_use]
+    pub fn resilience(mut self, resilience: Arc<crate::Resilience>) -> Self {
+        self.resilience = Some(resilience);
+        self
+    }
+
     #[must_use]
     pub fn build(self) -> Store<R> {
         let runtime = self.runtime;
@@ -346,6 +357,7 @@ impl<R: Reducer> StoreBuilder<R> {
                     runtime,
                     event_store,
                     event_bus,
+                    resilience: self.resilience.unwrap_or_default(),
                 },
                 cancellables: Arc::default(),
                 all_work: Tracker::root(),

@@ -372,6 +372,7 @@ where
                 runtime: shared,
                 event_store: event_store.clone(),
                 event_bus: event_bus.clone(),
+                resilience: Arc::default(),
             },
             cancellables: Arc::default(),
             received: Mutex::default(),
@@ -610,7 +611,9 @@ where
 
 fn record_domain_effects<A: Debug>(effect: &Effect<A>, out: &mut VecDeque<EffectDescription>) {
     match effect {
-        Effect::Append { .. } | Effect::Publish { .. } => out.push_back(effect.describe()),
+        Effect::Append { .. } | Effect::Publish { .. } | Effect::Call(_) => {
+            out.push_back(effect.describe());
+        }
         Effect::Parallel(effects) | Effect::Sequential(effects) => {
             for e in effects {
                 record_domain_effects(e, out);

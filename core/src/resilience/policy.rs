@@ -89,7 +89,9 @@ impl DependencyPolicy {
         Ok(())
     }
 
-    fn is_passthrough(&self) -> bool {
+    /// One attempt and no breaker: calls go straight through.
+    #[must_use]
+    pub fn is_passthrough(&self) -> bool {
         self.retry.max_attempts == 1 && self.breaker.is_none()
     }
 }
