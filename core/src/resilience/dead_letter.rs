@@ -276,6 +276,26 @@ pub async fn redeliver(
     queue.resolve(id, Resolution::Retried, now).await
 }
 
+/// Publishes the queue's gauges ([`DeadLetterStats::export`]) every `every` of `clock`'s
+/// time, forever: spawn it on the service's runtime. A storage failure skips one reading
+/// (logged) rather than ending the loop — the gauges going stale is itself visible.
+pub async fn export_stats_every(
+    queue: Arc<dyn DeadLetterQueue>,
+    clock: Arc<dyn crate::runtime::Clock>,
+    every: std::time::Duration,
+) {
+    assert!(!every.is_zero(), "a zero export interval spins");
+    loop {
+        match queue.stats().await {
+            Ok(stats) => stats.export(queue.name(), clock.now()),
+            Err(error) => {
+                tracing::warn!(queue = queue.name(), %error, "dead-letter stats unavailable")
+            }
+        }
+        clock.sleep(every).await;
+    }
+}
+
 /// Dead letters in memory: for tests and the simulator, where "durable" means "outlives
 /// the node that wrote it" (the simulator keeps it outside every node).
 #[derive(Clone, Default)]
