@@ -18,17 +18,27 @@
 //!
 //! A concurrency conflict or any error the caller can resolve by itself must not be sent
 //! here (DESIGN §4): classify it as transient, or handle it before returning.
+//!
+//! Two ways to work with what was parked: [`DeadLetterQueue`] (list, inspect and replay the
+//! raw records, byte for byte) and [`KafkaDeadLetterQueue`], the
+//! [`reprise_core::resilience::DeadLetterQueue`] on a dead-letter topic, which also records
+//! resolutions (retried, discarded) durably in `<dead-letter-topic>.resolutions`. Both read
+//! the one header encoding ([`header`]) that the handler, the subscription and
+//! [`KafkaDeadLetterQueue`]'s `put` write.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers as _, Message};
+use rdkafka::message::{Headers as _, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
-use reprise_core::BusError;
-use reprise_core::event_bus::{Delivery, Subscription};
+use reprise_core::event_bus::{Delivery, Headers, Subscription};
+use reprise_core::resilience::{self as contract, Classify, ErrorClass};
+use reprise_core::{BoxFuture, BusError, Payload, Timestamp};
 
 use crate::bus::{KafkaEventBus, RawMessage, Receipt, blocking};
-use crate::error::to_bus_error;
+use crate::config::KafkaConfig;
+use crate::error::{KafkaError, check_topic_name, to_bus_error};
 use crate::metrics as m;
 
 /// Headers a dead letter carries in addition to the original message's.
@@ -44,6 +54,19 @@ pub mod header {
     pub const GROUP: &str = "reprise-dlq-group";
     /// Wall-clock time of dead-lettering, milliseconds since the Unix epoch.
     pub const DEAD_LETTERED_AT_MS: &str = "reprise-dlq-at-ms";
+    /// The error's class: `transient` (retries exhausted) or `permanent`. Absent on letters
+    /// written before classes were recorded: read as `permanent`.
+    pub const ERROR_CLASS: &str = "reprise-dlq-error-class";
+    /// Wall-clock time of the failure, nanoseconds since the Unix epoch (the contract's
+    /// `failed_at`). Absent on older letters: [`DEAD_LETTERED_AT_MS`] is used instead.
+    pub const FAILED_AT_NANOS: &str = "reprise-dlq-failed-at-nanos";
+    /// Where the original was, when that is not a Kafka `partition/offset` (a global
+    /// position, written by [`KafkaDeadLetterQueue`](super::KafkaDeadLetterQueue)'s `put`).
+    pub const SOURCE_POSITION: &str = "reprise-dlq-source-position";
+    /// On a resolution record (`<dead-letter-topic>.resolutions`, keyed by letter id): when
+    /// it was resolved, nanoseconds since the Unix epoch. The payload is `retried` or
+    /// `discarded`.
+    pub const RESOLVED_AT_NANOS: &str = "reprise-dlq-resolved-at-nanos";
     /// On a replayed message: the dead letter it came from (`topic/partition@offset`).
     pub const REPLAYED_FROM: &str = "reprise-dlq-replayed-from";
     /// Every header this module writes starts with this.
@@ -75,6 +98,15 @@ impl HandlerError {
 impl From<reprise_core::DecodeError> for HandlerError {
     fn from(error: reprise_core::DecodeError) -> Self {
         HandlerError::Permanent(error.to_string())
+    }
+}
+
+impl Classify for HandlerError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            HandlerError::Transient(_) => ErrorClass::Transient,
+            HandlerError::Permanent(_) => ErrorClass::Permanent,
+        }
     }
 }
 
@@ -143,6 +175,17 @@ pub enum DeadLetterError {
     },
 }
 
+impl Classify for DeadLetterError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            DeadLetterError::Bus(e) => e.class(),
+            DeadLetterError::InvalidPolicy(_)
+            | DeadLetterError::NotFound { .. }
+            | DeadLetterError::Malformed { .. } => ErrorClass::Permanent,
+        }
+    }
+}
+
 /// Where and why a message failed, for [`send`].
 #[derive(Debug)]
 pub(crate) struct Failure<'a> {
@@ -153,43 +196,101 @@ pub(crate) struct Failure<'a> {
     pub group: Option<&'a str>,
 }
 
-/// Publishes `original` to its dead-letter topic and awaits the broker's acknowledgement.
-pub(crate) async fn send(
-    bus: &KafkaEventBus,
-    original: &RawMessage<'_>,
-    failure: &Failure<'_>,
-) -> Result<Receipt, BusError> {
-    let dlq = bus.config().dead_letter_topic(original.topic);
-    let (partition, offset, attempts) = (
-        failure.partition.to_string(),
-        failure.offset.to_string(),
-        failure.attempts.to_string(),
-    );
-    let at = SystemTime::now()
+/// Why and from where a message was dead-lettered: the `reprise-dlq-*` headers. The one
+/// encoding written by [`DeadLetterHandler`], by the subscription (undecodable messages) and
+/// by [`KafkaDeadLetterQueue`]'s `put`, and the one decoding read by [`DeadLetterQueue`] and
+/// [`KafkaDeadLetterQueue`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Envelope {
+    original_topic: String,
+    /// The original's partition and offset, when it came from a Kafka partition.
+    original: Option<(u32, u64)>,
+    /// Any other description of where the original was ([`header::SOURCE_POSITION`]).
+    source_position: Option<String>,
+    error: String,
+    error_class: ErrorClass,
+    attempts: u32,
+    group: Option<String>,
+    failed_at: Timestamp,
+}
+
+impl Envelope {
+    /// The headers, in the order they are written.
+    fn encode(&self) -> Vec<(&'static str, String)> {
+        let nanos = self.failed_at.as_unix_nanos();
+        let mut out = vec![(header::ORIGINAL_TOPIC, self.original_topic.clone())];
+        if let Some((partition, offset)) = self.original {
+            out.push((header::ORIGINAL_PARTITION, partition.to_string()));
+            out.push((header::ORIGINAL_OFFSET, offset.to_string()));
+        }
+        if let Some(position) = &self.source_position {
+            out.push((header::SOURCE_POSITION, position.clone()));
+        }
+        out.extend([
+            (header::ERROR, self.error.clone()),
+            (header::ERROR_CLASS, self.error_class.as_str().to_owned()),
+            (header::ATTEMPTS, self.attempts.to_string()),
+            (header::DEAD_LETTERED_AT_MS, (nanos / 1_000_000).to_string()),
+            (header::FAILED_AT_NANOS, nanos.to_string()),
+        ]);
+        if let Some(group) = &self.group {
+            out.push((header::GROUP, group.clone()));
+        }
+        out
+    }
+
+    /// The contract's `source_position`: Kafka coordinates are written as `partition/offset`.
+    fn source_position(&self) -> Option<String> {
+        self.source_position.clone().or_else(|| {
+            self.original
+                .map(|(partition, offset)| format!("{partition}/{offset}"))
+        })
+    }
+
+    /// Splits the contract's `source_position` into Kafka coordinates when it is exactly
+    /// `partition/offset`, so that the raw tools see them; anything else is kept as text.
+    fn split_source_position(position: Option<&str>) -> (Option<(u32, u64)>, Option<String>) {
+        let Some(position) = position else {
+            return (None, None);
+        };
+        let coordinates = position.split_once('/').and_then(|(p, o)| {
+            let parsed = (p.parse::<u32>().ok()?, o.parse::<u64>().ok()?);
+            (format!("{}/{}", parsed.0, parsed.1) == position).then_some(parsed)
+        });
+        match coordinates {
+            Some(coordinates) => (Some(coordinates), None),
+            None => (None, Some(position.to_owned())),
+        }
+    }
+}
+
+fn wall_clock_now() -> Timestamp {
+    let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or_default()
-        .to_string();
-    // A replayed message that fails again gets fresh dead-letter headers, not two sets.
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    Timestamp::from_unix_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
+
+/// Publishes a dead letter to `dead_letter_topic` — the original's key, payload and headers
+/// (earlier `reprise-dlq-*` headers dropped: a replayed message that fails again gets fresh
+/// ones, not two sets) plus `envelope` — and awaits the broker's acknowledgement.
+async fn publish_letter(
+    bus: &KafkaEventBus,
+    dead_letter_topic: &str,
+    original: &RawMessage<'_>,
+    envelope: &Envelope,
+) -> Result<Receipt, BusError> {
+    let encoded = envelope.encode();
     let mut headers: Vec<(&str, Option<&[u8]>)> = original
         .headers
         .iter()
         .filter(|(k, _)| !k.starts_with(header::PREFIX))
         .copied()
         .collect();
-    headers.extend([
-        (header::ORIGINAL_TOPIC, Some(original.topic.as_bytes())),
-        (header::ORIGINAL_PARTITION, Some(partition.as_bytes())),
-        (header::ORIGINAL_OFFSET, Some(offset.as_bytes())),
-        (header::ERROR, Some(failure.error.as_bytes())),
-        (header::ATTEMPTS, Some(attempts.as_bytes())),
-        (header::DEAD_LETTERED_AT_MS, Some(at.as_bytes())),
-    ]);
-    if let Some(group) = failure.group {
-        headers.push((header::GROUP, Some(group.as_bytes())));
-    }
+    headers.extend(encoded.iter().map(|(k, v)| (*k, Some(v.as_bytes()))));
     let message = RawMessage {
-        topic: &dlq,
+        topic: dead_letter_topic,
         key: original.key,
         payload: original.payload,
         headers,
@@ -199,8 +300,39 @@ pub(crate) async fn send(
         .await?
         .pop()
         .ok_or(BusError::Closed)?;
-    metrics::counter!(m::DEAD_LETTERS_TOTAL, "topic" => original.topic.to_owned()).increment(1);
+    metrics::counter!(m::DEAD_LETTERS_TOTAL, "topic" => envelope.original_topic.clone())
+        .increment(1);
     Ok(receipt)
+}
+
+/// Publishes `original` to its dead-letter topic and awaits the broker's acknowledgement.
+/// For failures that are permanent by nature (a message that cannot be decoded).
+pub(crate) async fn send(
+    bus: &KafkaEventBus,
+    original: &RawMessage<'_>,
+    failure: &Failure<'_>,
+) -> Result<Receipt, BusError> {
+    send_classified(bus, original, failure, ErrorClass::Permanent).await
+}
+
+async fn send_classified(
+    bus: &KafkaEventBus,
+    original: &RawMessage<'_>,
+    failure: &Failure<'_>,
+    error_class: ErrorClass,
+) -> Result<Receipt, BusError> {
+    let envelope = Envelope {
+        original_topic: original.topic.to_owned(),
+        original: Some((failure.partition, failure.offset)),
+        source_position: None,
+        error: failure.error.to_owned(),
+        error_class,
+        attempts: failure.attempts,
+        group: failure.group.map(str::to_owned),
+        failed_at: wall_clock_now(),
+    };
+    let dead_letter_topic = bus.config().dead_letter_topic(original.topic);
+    publish_letter(bus, &dead_letter_topic, original, &envelope).await
 }
 
 /// Runs handlers with retries and sends poison messages to the dead-letter topic.
@@ -303,7 +435,7 @@ impl DeadLetterHandler {
             attempts: attempt,
             group: self.group.as_deref(),
         };
-        let receipt = send(&self.bus, &original, &failure).await?;
+        let receipt = send_classified(&self.bus, &original, &failure, error.class()).await?;
         subscription.ack(delivery);
         Ok(Outcome::DeadLettered {
             attempts: attempt,
@@ -368,6 +500,57 @@ impl DeadLetter {
     }
 
     fn parse(message: &impl Message) -> Result<Self, DeadLetterError> {
+        let decoded = Decoded::from_message(message)?;
+        let (original_partition, original_offset) =
+            decoded
+                .envelope
+                .original
+                .ok_or_else(|| DeadLetterError::Malformed {
+                    coordinates: decoded.coordinates(),
+                    problem: format!(
+                        "no original partition/offset (source position {:?}): read it through \
+                     KafkaDeadLetterQueue",
+                        decoded.envelope.source_position
+                    ),
+                })?;
+        Ok(DeadLetter {
+            topic: decoded.topic,
+            partition: decoded.partition,
+            offset: decoded.offset,
+            original_topic: decoded.envelope.original_topic,
+            original_partition,
+            original_offset,
+            error: decoded.envelope.error,
+            attempts: decoded.envelope.attempts,
+            group: decoded.envelope.group,
+            dead_lettered_at_ms: decoded.dead_lettered_at_ms,
+            key: decoded.key,
+            payload: decoded.payload,
+            headers: decoded.headers,
+        })
+    }
+}
+
+/// A record of a dead-letter topic, decoded: where it is, its [`Envelope`], and the
+/// original key, payload and headers byte for byte (`reprise-dlq-*` removed).
+#[derive(Clone, Debug)]
+struct Decoded {
+    topic: String,
+    partition: u32,
+    offset: u64,
+    envelope: Envelope,
+    dead_lettered_at_ms: Option<u64>,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl Decoded {
+    fn coordinates(&self) -> String {
+        format!("{}/{}@{}", self.topic, self.partition, self.offset)
+    }
+
+    fn from_message(message: &impl Message) -> Result<Self, DeadLetterError> {
         let coordinates = format!(
             "{}/{}@{}",
             message.topic(),
@@ -379,7 +562,7 @@ impl DeadLetter {
             problem,
         };
         let mut headers = Vec::new();
-        let mut dlq = std::collections::BTreeMap::new();
+        let mut dlq = BTreeMap::new();
         if let Some(raw) = message.headers() {
             for h in raw.iter() {
                 if h.key.starts_with(header::PREFIX) {
@@ -399,29 +582,110 @@ impl DeadLetter {
                 .cloned()
                 .ok_or_else(|| malformed(format!("missing header {name}")))
         };
-        let number = |name: &str| -> Result<u64, DeadLetterError> {
-            get(name)?
-                .parse::<u64>()
+        let number = |name: &str| -> Result<Option<u64>, DeadLetterError> {
+            dlq.get(name)
+                .map(|v| v.parse::<u64>())
+                .transpose()
                 .map_err(|e| malformed(format!("header {name}: {e}")))
         };
-        Ok(DeadLetter {
+        let narrow = |n: u64| u32::try_from(n).map_err(|e| malformed(e.to_string()));
+        let original = match (
+            number(header::ORIGINAL_PARTITION)?,
+            number(header::ORIGINAL_OFFSET)?,
+        ) {
+            (Some(partition), Some(offset)) => Some((narrow(partition)?, offset)),
+            (None, None) => None,
+            _ => {
+                return Err(malformed(format!(
+                    "{} and {} come together",
+                    header::ORIGINAL_PARTITION,
+                    header::ORIGINAL_OFFSET
+                )));
+            }
+        };
+        let error_class = match dlq.get(header::ERROR_CLASS).map(String::as_str) {
+            // Written before classes were recorded: the handler had given up on it.
+            None | Some("permanent") => ErrorClass::Permanent,
+            Some("transient") => ErrorClass::Transient,
+            Some("conflict") => ErrorClass::Conflict,
+            Some(other) => {
+                return Err(malformed(format!(
+                    "header {}: unknown class {other:?}",
+                    header::ERROR_CLASS
+                )));
+            }
+        };
+        let dead_lettered_at_ms = dlq
+            .get(header::DEAD_LETTERED_AT_MS)
+            .and_then(|v| v.parse::<u64>().ok());
+        // Nanoseconds when written, else the millisecond header, else the record's own
+        // timestamp (set by the producer when the letter was written).
+        let failed_at_nanos = number(header::FAILED_AT_NANOS)?
+            .or_else(|| dead_lettered_at_ms.map(|ms| ms.saturating_mul(1_000_000)))
+            .or_else(|| {
+                message
+                    .timestamp()
+                    .to_millis()
+                    .and_then(|ms| u64::try_from(ms).ok())
+                    .map(|ms| ms.saturating_mul(1_000_000))
+            })
+            .unwrap_or_default();
+        let attempts = number(header::ATTEMPTS)?
+            .ok_or_else(|| malformed(format!("missing header {}", header::ATTEMPTS)))?;
+        Ok(Decoded {
             topic: message.topic().to_owned(),
             partition: u32::try_from(message.partition()).map_err(|e| malformed(e.to_string()))?,
             offset: u64::try_from(message.offset()).map_err(|e| malformed(e.to_string()))?,
-            original_topic: get(header::ORIGINAL_TOPIC)?,
-            original_partition: u32::try_from(number(header::ORIGINAL_PARTITION)?)
-                .map_err(|e| malformed(e.to_string()))?,
-            original_offset: number(header::ORIGINAL_OFFSET)?,
-            error: get(header::ERROR)?,
-            attempts: u32::try_from(number(header::ATTEMPTS)?)
-                .map_err(|e| malformed(e.to_string()))?,
-            group: dlq.get(header::GROUP).cloned(),
-            dead_lettered_at_ms: dlq
-                .get(header::DEAD_LETTERED_AT_MS)
-                .and_then(|v| v.parse().ok()),
+            envelope: Envelope {
+                original_topic: get(header::ORIGINAL_TOPIC)?,
+                original,
+                source_position: dlq.get(header::SOURCE_POSITION).cloned(),
+                error: get(header::ERROR)?,
+                error_class,
+                attempts: narrow(attempts)?,
+                group: dlq.get(header::GROUP).cloned(),
+                failed_at: Timestamp::from_unix_nanos(failed_at_nanos),
+            },
+            dead_lettered_at_ms,
             key: message.key().map(<[u8]>::to_vec),
             payload: message.payload().map(<[u8]>::to_vec),
             headers,
+        })
+    }
+
+    /// The letter as the contract sees it: key, payload and header values must be present
+    /// and UTF-8 (the contract's types are text). `Err` says why not; such a letter is
+    /// still a dead letter, reachable byte for byte through [`DeadLetterQueue`].
+    fn into_contract(
+        self,
+        status: contract::DeadLetterStatus,
+    ) -> Result<contract::DeadLetter, String> {
+        let text = |what: &str, bytes: Option<Vec<u8>>| -> Result<String, String> {
+            let bytes = bytes.ok_or_else(|| format!("{what} is null"))?;
+            String::from_utf8(bytes).map_err(|e| format!("{what} is not UTF-8: {e}"))
+        };
+        let key = text("the key", self.key)?;
+        let payload = text("the payload", self.payload)?;
+        let mut headers = Headers::default();
+        for (name, value) in self.headers {
+            let value = text(&format!("header {name}"), value)?;
+            headers.0.push((name, value));
+        }
+        let source_position = self.envelope.source_position();
+        Ok(contract::DeadLetter {
+            id: contract::DeadLetterId(letter_id(self.partition, self.offset)),
+            letter: contract::NewDeadLetter {
+                topic: self.envelope.original_topic,
+                source_position,
+                key,
+                payload: Payload::from_json_text(payload),
+                headers,
+                error: self.envelope.error,
+                error_class: self.envelope.error_class,
+                attempts: self.envelope.attempts,
+                failed_at: self.envelope.failed_at,
+            },
+            status,
         })
     }
 }
@@ -454,34 +718,15 @@ impl DeadLetterQueue {
     /// # Errors
     /// [`BusError::UnknownTopic`] if nothing was ever dead-lettered for this topic (the
     /// topic does not exist), [`DeadLetterError::Malformed`] for a record this module did
-    /// not write, [`BusError::Timeout`] past the operation timeout.
+    /// not write (or a letter [`KafkaDeadLetterQueue`] stored without Kafka coordinates),
+    /// [`BusError::Timeout`] past the operation timeout.
     pub async fn list(&self, limit: usize) -> Result<Vec<DeadLetter>, DeadLetterError> {
         let partitions = self.bus.partition_count(&self.topic).await?;
-        let (config, topic) = (self.bus.config().clone(), self.topic.clone());
-        let result = blocking(move || {
-            let reader: BaseConsumer = config
-                .reader_config()
-                .create()
-                .map_err(|e| to_bus_error(&e, &topic))?;
-            let mut out = Vec::new();
-            for partition in 0..partitions {
-                if out.len() >= limit {
-                    break;
-                }
-                read_partition(
-                    &reader,
-                    &topic,
-                    partition,
-                    None,
-                    limit - out.len(),
-                    config.operation_timeout,
-                    &mut out,
-                )?;
-            }
-            Ok(out)
-        })
-        .await?;
-        result.into_iter().map(|m| DeadLetter::parse(&m)).collect()
+        read_topic(self.bus.config(), &self.topic, partitions, limit)
+            .await?
+            .iter()
+            .map(DeadLetter::parse)
+            .collect()
     }
 
     /// The dead letter at `partition@offset` of the dead-letter topic.
@@ -493,28 +738,9 @@ impl DeadLetterQueue {
         partition: u32,
         offset: u64,
     ) -> Result<DeadLetter, DeadLetterError> {
-        let (config, topic) = (self.bus.config().clone(), self.topic.clone());
-        let found = blocking(move || {
-            let reader: BaseConsumer = config
-                .reader_config()
-                .create()
-                .map_err(|e| to_bus_error(&e, &topic))?;
-            let mut out = Vec::new();
-            read_partition(
-                &reader,
-                &topic,
-                partition,
-                Some(offset),
-                1,
-                config.operation_timeout,
-                &mut out,
-            )?;
-            Ok(out.pop())
-        })
-        .await?;
-        match found {
-            Some(m) if u64::try_from(m.offset()).ok() == Some(offset) => DeadLetter::parse(&m),
-            _ => Err(DeadLetterError::NotFound {
+        match read_at(self.bus.config(), &self.topic, partition, offset).await? {
+            Some(message) => DeadLetter::parse(&message),
+            None => Err(DeadLetterError::NotFound {
                 topic: self.topic.clone(),
                 partition,
                 offset,
@@ -552,6 +778,494 @@ impl DeadLetterQueue {
         tracing::info!(dead_letter = from, to = ?receipt, "replayed dead letter");
         Ok(receipt)
     }
+}
+
+/// The suffix of the topic where [`KafkaDeadLetterQueue`] records resolutions.
+pub const RESOLUTIONS_SUFFIX: &str = ".resolutions";
+
+/// Partitions and replication factor for the topics [`KafkaDeadLetterQueue`] creates when
+/// they are missing (existing topics are left alone). The default, one partition and one
+/// replica, suits development; production clusters should pass their replication factor
+/// or create the topics beforehand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TopicLayout {
+    /// Partitions of the dead-letter topic (the resolutions topic always gets one).
+    pub partitions: u32,
+    pub replication_factor: u32,
+}
+
+impl Default for TopicLayout {
+    fn default() -> Self {
+        TopicLayout {
+            partitions: 1,
+            replication_factor: 1,
+        }
+    }
+}
+
+/// The [`reprise_core::resilience::DeadLetterQueue`] on a Kafka dead-letter topic.
+///
+/// - A letter is a record of the dead-letter topic, in the [`header`] encoding
+///   that [`DeadLetterHandler`] writes, so letters the handler (or a subscription, for
+///   undecodable messages) parked are listed, resolved and redelivered here too. Its id is
+///   `partition:offset` in the dead-letter topic.
+/// - Topics are append-only, so a resolution is a record of
+///   `<dead-letter-topic>.resolutions` ([`RESOLUTIONS_SUFFIX`]), keyed by letter id, with
+///   payload `retried` or `discarded` and [`header::RESOLVED_AT_NANOS`]. `list`, `get` and
+///   `stats` fold over it; the first resolution recorded for an id is the one that counts.
+/// - `resolve` refuses a second resolution ([`contract::DeadLetterError::AlreadyResolved`]),
+///   but checking and recording are two steps with no compare-and-set on a topic: two
+///   operators racing can both pass the check. Redelivering twice is harmless (handlers are
+///   idempotent); where it matters, use the PostgreSQL queue.
+/// - Every read is a scan from the start of both topics to their high watermarks by a
+///   group-less reader (nothing committed, no group disturbed). Dead-letter topics are
+///   small; `list` orders letters by `failed_at` (then partition and offset).
+/// - The contract's types are text: a letter whose key, payload or header values are null
+///   or not UTF-8 (a message that could not be decoded) is counted by `stats`, can be
+///   resolved, but is left out of `list` and makes `get` fail with
+///   [`contract::DeadLetterError::Invalid`]; read and replay it with [`DeadLetterQueue`].
+#[derive(Clone, Debug)]
+pub struct KafkaDeadLetterQueue {
+    bus: KafkaEventBus,
+    topic: String,
+    resolutions: String,
+    name: String,
+}
+
+impl KafkaDeadLetterQueue {
+    /// Connects to the dead-letter topic `dead_letter_topic` (`orders.dlq`), creating it and
+    /// its resolutions topic if missing with [`TopicLayout::default`].
+    ///
+    /// # Errors
+    /// [`KafkaError::InvalidTopic`] for a name Kafka refuses, [`KafkaError::Config`] for a
+    /// refused configuration, [`KafkaError::Bus`] if the broker cannot create or show the
+    /// topics within the operation timeout.
+    pub async fn connect(
+        config: KafkaConfig,
+        dead_letter_topic: &str,
+    ) -> Result<KafkaDeadLetterQueue, KafkaError> {
+        Self::connect_with_layout(config, dead_letter_topic, TopicLayout::default()).await
+    }
+
+    /// [`KafkaDeadLetterQueue::connect`], creating missing topics with `layout`.
+    ///
+    /// # Errors
+    /// As [`KafkaDeadLetterQueue::connect`].
+    pub async fn connect_with_layout(
+        config: KafkaConfig,
+        dead_letter_topic: &str,
+        layout: TopicLayout,
+    ) -> Result<KafkaDeadLetterQueue, KafkaError> {
+        check_topic_name(dead_letter_topic)?;
+        let resolutions = format!("{dead_letter_topic}{RESOLUTIONS_SUFFIX}");
+        check_topic_name(&resolutions)?;
+        let bus = KafkaEventBus::new(config)?;
+        bus.create_topic(
+            dead_letter_topic,
+            layout.partitions,
+            layout.replication_factor,
+        )
+        .await?;
+        bus.create_topic(&resolutions, 1, layout.replication_factor)
+            .await?;
+        for topic in [dead_letter_topic, resolutions.as_str()] {
+            await_topic(&bus, topic).await?;
+        }
+        Ok(KafkaDeadLetterQueue {
+            name: format!("kafka:{dead_letter_topic}"),
+            bus,
+            topic: dead_letter_topic.to_owned(),
+            resolutions,
+        })
+    }
+
+    /// The dead-letter topic.
+    #[must_use]
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The topic resolutions are recorded in.
+    #[must_use]
+    pub fn resolutions_topic(&self) -> &str {
+        &self.resolutions
+    }
+
+    /// The bus this queue writes with; hand it to [`contract::redeliver`].
+    #[must_use]
+    pub fn bus(&self) -> &KafkaEventBus {
+        &self.bus
+    }
+
+    /// Every dead letter of the topic, oldest failure first. Records that are not dead
+    /// letters are skipped with a warning.
+    async fn letters(&self) -> Result<Vec<Decoded>, contract::DeadLetterError> {
+        let partitions = self
+            .bus
+            .partition_count(&self.topic)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let records = read_topic(self.bus.config(), &self.topic, partitions, usize::MAX)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let mut letters: Vec<Decoded> = records
+            .iter()
+            .filter_map(|record| match Decoded::from_message(record) {
+                Ok(letter) => Some(letter),
+                Err(error) => {
+                    tracing::warn!(queue = self.name, %error, "skipping a record that is not a dead letter");
+                    None
+                }
+            })
+            .collect();
+        letters.sort_by_key(|l| (l.envelope.failed_at, l.partition, l.offset));
+        Ok(letters)
+    }
+
+    /// The letter `id` names, if there is a record there.
+    async fn letter(
+        &self,
+        id: &contract::DeadLetterId,
+    ) -> Result<Option<Decoded>, contract::DeadLetterError> {
+        let Some((partition, offset)) = parse_letter_id(&id.0) else {
+            return Ok(None);
+        };
+        let Some(record) = read_at(self.bus.config(), &self.topic, partition, offset)
+            .await
+            .map_err(|e| unavailable(&e))?
+        else {
+            return Ok(None);
+        };
+        Decoded::from_message(&record)
+            .map(Some)
+            .map_err(|e| contract::DeadLetterError::Invalid(e.to_string()))
+    }
+
+    /// Resolutions by letter id; the first recorded for an id wins.
+    async fn resolutions(
+        &self,
+    ) -> Result<BTreeMap<String, contract::DeadLetterStatus>, contract::DeadLetterError> {
+        let partitions = self
+            .bus
+            .partition_count(&self.resolutions)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let records = read_topic(self.bus.config(), &self.resolutions, partitions, usize::MAX)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let mut statuses = BTreeMap::new();
+        for record in &records {
+            match decode_resolution(record) {
+                Ok((id, status)) => {
+                    statuses.entry(id).or_insert(status);
+                }
+                Err(problem) => tracing::warn!(
+                    queue = self.name,
+                    partition = record.partition(),
+                    offset = record.offset(),
+                    problem,
+                    "skipping a record that is not a resolution"
+                ),
+            }
+        }
+        Ok(statuses)
+    }
+}
+
+impl contract::DeadLetterQueue for KafkaDeadLetterQueue {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn put(
+        &self,
+        letter: contract::NewDeadLetter,
+    ) -> BoxFuture<'_, Result<contract::DeadLetterId, contract::DeadLetterError>> {
+        Box::pin(async move {
+            contract::dead_letter::validate(&letter)?;
+            let (original, source_position) =
+                Envelope::split_source_position(letter.source_position.as_deref());
+            let envelope = Envelope {
+                original_topic: letter.topic.clone(),
+                original,
+                source_position,
+                error: letter.error.clone(),
+                error_class: letter.error_class,
+                attempts: letter.attempts,
+                group: None,
+                failed_at: letter.failed_at,
+            };
+            let message = RawMessage {
+                topic: &letter.topic,
+                key: Some(letter.key.as_bytes()),
+                payload: Some(letter.payload.as_str().as_bytes()),
+                headers: letter
+                    .headers
+                    .0
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), Some(v.as_bytes())))
+                    .collect(),
+            };
+            let receipt = publish_letter(&self.bus, &self.topic, &message, &envelope)
+                .await
+                .map_err(|e| unavailable(&e))?;
+            metrics::counter!(reprise_core::instrument::DEAD_LETTERS, "topic" => letter.topic.clone())
+                .increment(1);
+            Ok(contract::DeadLetterId(letter_id(
+                receipt.partition,
+                receipt.offset,
+            )))
+        })
+    }
+
+    fn list(
+        &self,
+        query: contract::DeadLetterQuery,
+    ) -> BoxFuture<'_, Result<Vec<contract::DeadLetter>, contract::DeadLetterError>> {
+        Box::pin(async move {
+            let letters = self.letters().await?;
+            let statuses = self.resolutions().await?;
+            Ok(letters
+                .into_iter()
+                .filter(|l| {
+                    query
+                        .topic
+                        .as_ref()
+                        .is_none_or(|t| *t == l.envelope.original_topic)
+                })
+                .filter_map(|l| {
+                    let id = letter_id(l.partition, l.offset);
+                    let status = statuses
+                        .get(&id)
+                        .copied()
+                        .unwrap_or(contract::DeadLetterStatus::Pending);
+                    if !query.include_resolved && status != contract::DeadLetterStatus::Pending {
+                        return None;
+                    }
+                    l.into_contract(status)
+                        .inspect_err(|problem| {
+                            tracing::warn!(
+                                queue = self.name,
+                                id,
+                                problem,
+                                "dead letter not listed: not text"
+                            );
+                        })
+                        .ok()
+                })
+                .take(query.limit)
+                .collect())
+        })
+    }
+
+    fn get<'a>(
+        &'a self,
+        id: &'a contract::DeadLetterId,
+    ) -> BoxFuture<'a, Result<Option<contract::DeadLetter>, contract::DeadLetterError>> {
+        Box::pin(async move {
+            let Some(letter) = self.letter(id).await? else {
+                return Ok(None);
+            };
+            let status = self
+                .resolutions()
+                .await?
+                .remove(&id.0)
+                .unwrap_or(contract::DeadLetterStatus::Pending);
+            letter.into_contract(status).map(Some).map_err(|problem| {
+                contract::DeadLetterError::Invalid(format!(
+                    "dead letter {id} is not text ({problem}): use DeadLetterQueue::inspect"
+                ))
+            })
+        })
+    }
+
+    fn resolve<'a>(
+        &'a self,
+        id: &'a contract::DeadLetterId,
+        resolution: contract::Resolution,
+        at: Timestamp,
+    ) -> BoxFuture<'a, Result<(), contract::DeadLetterError>> {
+        Box::pin(async move {
+            if self.letter(id).await?.is_none() {
+                return Err(contract::DeadLetterError::NotFound(id.clone()));
+            }
+            if let Some(status) = self.resolutions().await?.remove(&id.0) {
+                return Err(contract::DeadLetterError::AlreadyResolved {
+                    id: id.clone(),
+                    status,
+                });
+            }
+            // Check-then-append: see the type's docs for racing operators.
+            let at_nanos = at.as_unix_nanos().to_string();
+            let record = RawMessage {
+                topic: &self.resolutions,
+                key: Some(id.0.as_bytes()),
+                payload: Some(resolution_word(resolution).as_bytes()),
+                headers: vec![(header::RESOLVED_AT_NANOS, Some(at_nanos.as_bytes()))],
+            };
+            self.bus
+                .publish_raw(std::slice::from_ref(&record))
+                .await
+                .map_err(|e| unavailable(&e))?;
+            tracing::info!(queue = self.name, %id, resolution = resolution_word(resolution), "dead letter resolved");
+            Ok(())
+        })
+    }
+
+    fn stats(&self) -> BoxFuture<'_, Result<contract::DeadLetterStats, contract::DeadLetterError>> {
+        Box::pin(async move {
+            let letters = self.letters().await?;
+            let statuses = self.resolutions().await?;
+            let mut stats = contract::DeadLetterStats::default();
+            for letter in letters
+                .iter()
+                .filter(|l| !statuses.contains_key(&letter_id(l.partition, l.offset)))
+            {
+                stats.pending += 1;
+                let failed_at = letter.envelope.failed_at;
+                stats.oldest_pending_failed_at = Some(
+                    stats
+                        .oldest_pending_failed_at
+                        .map_or(failed_at, |oldest| oldest.min(failed_at)),
+                );
+            }
+            Ok(stats)
+        })
+    }
+}
+
+fn unavailable(error: &BusError) -> contract::DeadLetterError {
+    contract::DeadLetterError::Unavailable(error.to_string())
+}
+
+/// `partition:offset` of a letter in its dead-letter topic.
+fn letter_id(partition: u32, offset: u64) -> String {
+    format!("{partition}:{offset}")
+}
+
+/// The inverse of [`letter_id`]; `None` for anything it did not write.
+fn parse_letter_id(id: &str) -> Option<(u32, u64)> {
+    let (partition, offset) = id.split_once(':')?;
+    let parsed = (partition.parse().ok()?, offset.parse().ok()?);
+    (letter_id(parsed.0, parsed.1) == id).then_some(parsed)
+}
+
+fn resolution_word(resolution: contract::Resolution) -> &'static str {
+    match resolution {
+        contract::Resolution::Retried => "retried",
+        contract::Resolution::Discarded => "discarded",
+    }
+}
+
+/// A resolution record: the letter id and what became of it.
+fn decode_resolution(
+    record: &OwnedMessage,
+) -> Result<(String, contract::DeadLetterStatus), String> {
+    let id = record
+        .key()
+        .map(std::str::from_utf8)
+        .ok_or("no key")?
+        .map_err(|e| format!("key: {e}"))?;
+    let at = record
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key == header::RESOLVED_AT_NANOS))
+        .and_then(|h| h.value)
+        .ok_or_else(|| format!("missing header {}", header::RESOLVED_AT_NANOS))?;
+    let at = std::str::from_utf8(at)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Timestamp::from_unix_nanos)
+        .ok_or_else(|| format!("header {}: not a number", header::RESOLVED_AT_NANOS))?;
+    let status = match record.payload() {
+        Some(b"retried") => contract::Resolution::Retried.status(at),
+        Some(b"discarded") => contract::Resolution::Discarded.status(at),
+        other => {
+            return Err(format!(
+                "unknown resolution {:?}",
+                other.map(String::from_utf8_lossy)
+            ));
+        }
+    };
+    Ok((id.to_owned(), status))
+}
+
+/// Waits until `topic` shows in cluster metadata (creation propagates asynchronously),
+/// for at most the operation timeout.
+async fn await_topic(bus: &KafkaEventBus, topic: &str) -> Result<(), BusError> {
+    let deadline = std::time::Instant::now() + bus.config().operation_timeout;
+    loop {
+        match bus.partition_count(topic).await {
+            Ok(_) => return Ok(()),
+            Err(BusError::UnknownTopic(_)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Up to `limit` records of `topic`, partition by partition, oldest first, up to the high
+/// watermarks read at the start. A group-less reader: nothing is committed anywhere.
+async fn read_topic(
+    config: &KafkaConfig,
+    topic: &str,
+    partitions: u32,
+    limit: usize,
+) -> Result<Vec<OwnedMessage>, BusError> {
+    let (config, topic) = (config.clone(), topic.to_owned());
+    blocking(move || {
+        let reader: BaseConsumer = config
+            .reader_config()
+            .create()
+            .map_err(|e| to_bus_error(&e, &topic))?;
+        let mut out = Vec::new();
+        for partition in 0..partitions {
+            if out.len() >= limit {
+                break;
+            }
+            read_partition(
+                &reader,
+                &topic,
+                partition,
+                None,
+                limit - out.len(),
+                config.operation_timeout,
+                &mut out,
+            )?;
+        }
+        Ok(out)
+    })
+    .await
+}
+
+/// The record at exactly `partition@offset` of `topic`, if there is one.
+async fn read_at(
+    config: &KafkaConfig,
+    topic: &str,
+    partition: u32,
+    offset: u64,
+) -> Result<Option<OwnedMessage>, BusError> {
+    let (config, name) = (config.clone(), topic.to_owned());
+    let found = blocking(move || {
+        let reader: BaseConsumer = config
+            .reader_config()
+            .create()
+            .map_err(|e| to_bus_error(&e, &name))?;
+        let mut out = Vec::new();
+        read_partition(
+            &reader,
+            &name,
+            partition,
+            Some(offset),
+            1,
+            config.operation_timeout,
+            &mut out,
+        )?;
+        Ok(out.pop())
+    })
+    .await?;
+    // Reading from a missing offset (compacted, or a gap) starts at the next record.
+    Ok(found.filter(|m| u64::try_from(m.offset()).ok() == Some(offset)))
 }
 
 /// Reads `partition` from `from` (or its low watermark) up to the high watermark as of now,

@@ -14,6 +14,9 @@
 //!   ([`offsets`]); rebalances commit the handled prefix before giving partitions away.
 //! - **Poison messages** go to a dead-letter topic, can be listed, inspected and replayed
 //!   ([`dead_letter`]).
+//!   [`KafkaDeadLetterQueue`] serves them through the core
+//!   [`DeadLetterQueue`](reprise_core::resilience::DeadLetterQueue) contract, with durable
+//!   resolutions; errors classify as transient or permanent ([`classify`], [`KafkaError`]).
 //! - **Observability**: lag, throughput, commits, rebalances and errors as `metrics`
 //!   ([`metrics`]), warnings through `tracing`.
 //!
@@ -59,3 +62,5 @@ pub use dead_letter::{
     DeadLetter, DeadLetterError, DeadLetterHandler, DeadLetterPolicy, DeadLetterQueue,
     HandlerError, Outcome,
 };
+pub use dead_letter::{KafkaDeadLetterQueue, RESOLUTIONS_SUFFIX, TopicLayout};
+pub use error::{KafkaError, classify};

@@ -289,7 +289,7 @@ pub async fn export_stats_every(
         match queue.stats().await {
             Ok(stats) => stats.export(queue.name(), clock.now()),
             Err(error) => {
-                tracing::warn!(queue = queue.name(), %error, "dead-letter stats unavailable")
+                tracing::warn!(queue = queue.name(), %error, "dead-letter stats unavailable");
             }
         }
         clock.sleep(every).await;
