@@ -18,6 +18,9 @@ export KAFKA_BOOTSTRAP
 step "unit, integration and simulation tests (cargo nextest)"
 cargo nextest run --workspace --locked --profile ci
 
+step "checkout on real infrastructure (tokio + PostgreSQL + broker, simulator's invariants)"
+cargo run --locked -q -p reprise-cli -- real checkout --orders 50
+
 step "doc tests"
 cargo test --doc --workspace --locked
 

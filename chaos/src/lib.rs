@@ -10,8 +10,13 @@
 //! at timeout handling, a failure under `duplicate-storm` at idempotency. `swarm` mixes them,
 //! drawing a different mix for every seed (swarm testing), and is the default for sweeps.
 //!
-//! Dependency names used here (`payment-provider`) follow the checkout scenario in
-//! `reprise-scenarios`. The simulator refuses, with a typed error, a plan that targets a
+//! The outage plans (`payment-outage`, `carrier-outage`) take one external service down for
+//! seconds at a time — longer than a caller's whole retry ladder, so its circuit breaker
+//! has to open — and are stored as JSON under `src/plans/`, so that the scenarios' tests
+//! (which do not depend on this crate) run the very same plan the CLI names.
+//!
+//! Dependency names used here (`payment-provider`, `carrier`) follow the checkout scenario
+//! in `reprise-scenarios`. The simulator refuses, with a typed error, a plan that targets a
 //! node or dependency the scenario does not have, so a misspelt target cannot silently
 //! turn a chaos run into a calm one.
 
@@ -56,6 +61,16 @@ pub fn all() -> Vec<NamedPlan> {
             name: "slow-payments",
             description: "the payment gateway is slow, flaky, loses responses and goes down for whole windows",
             plan: slow_payments(),
+        },
+        NamedPlan {
+            name: "payment-outage",
+            description: "the payment provider goes down for 3-6 s at a time (longer than the retry ladder): breakers open, commands are dead-lettered, an operator redelivers them after the heal",
+            plan: payment_outage(),
+        },
+        NamedPlan {
+            name: "carrier-outage",
+            description: "the carrier goes down for 3-6 s at a time: shipments cannot be registered, sagas compensate, dead letters are redelivered after the heal",
+            plan: carrier_outage(),
         },
         NamedPlan {
             name: "flaky-store",
@@ -149,6 +164,23 @@ fn slow_payments() -> FaultPlan {
         }))
 }
 
+/// The JSON of the `payment-outage` plan (see the crate docs for why JSON).
+pub const PAYMENT_OUTAGE_JSON: &str = include_str!("plans/payment-outage.json");
+/// The JSON of the `carrier-outage` plan.
+pub const CARRIER_OUTAGE_JSON: &str = include_str!("plans/carrier-outage.json");
+
+fn stored(json: &str) -> FaultPlan {
+    FaultPlan::from_json(json).expect("the stored plans are valid (tested)")
+}
+
+fn payment_outage() -> FaultPlan {
+    stored(PAYMENT_OUTAGE_JSON)
+}
+
+fn carrier_outage() -> FaultPlan {
+    stored(CARRIER_OUTAGE_JSON)
+}
+
 fn flaky_store() -> FaultPlan {
     FaultPlan::named("flaky-store").with(FaultSpec::new(Fault::Store(StoreFaults {
         extra_latency_max_ms: 100,
@@ -188,6 +220,31 @@ mod tests {
                 named.plan.name, named.name,
                 "a plan's name must be the name that reproduces it"
             );
+        }
+    }
+
+    #[test]
+    fn outage_plans_take_one_service_down_for_longer_than_a_retry_ladder() {
+        for (plan, service) in [
+            (payment_outage(), "payment-provider"),
+            (carrier_outage(), "carrier"),
+        ] {
+            plan.validate().unwrap();
+            let [spec] = plan.specs.as_slice() else {
+                panic!("{}: one outage spec", plan.name);
+            };
+            let Fault::DependencyOutage {
+                dependency,
+                min_duration_ms,
+                ..
+            } = &spec.fault
+            else {
+                panic!("{}: {:?}", plan.name, spec.fault);
+            };
+            assert_eq!(dependency.as_deref(), Some(service));
+            // The checkout's retry ladder ends within 1.5 s (reprise-scenarios,
+            // `checkout::resilience`): an outage must outlast it for the breaker to open.
+            assert!(*min_duration_ms >= 3_000, "{}", plan.name);
         }
     }
 

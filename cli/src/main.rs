@@ -7,6 +7,8 @@
 //! reprise check-determinism <scenario> --seeds N [--start S] [--plan P] [--jobs J]
 //! reprise shrink <scenario> --seed N [--plan P] [--max-runs R] [--out FILE]
 //! reprise plan <name>
+//! reprise real checkout --orders N [--seed S] [--timeout-secs T]
+//! reprise dlq [--backend postgres|kafka] list|show|retry|discard ...
 //! ```
 //!
 //! Every run ends with `seed=<n> hash=<16 hex digits>`; every failure says how to replay it.
@@ -17,6 +19,8 @@
 // deterministic; nothing here feeds into a run.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+mod dlq;
+mod real;
 mod registry;
 mod sweep;
 
@@ -94,6 +98,11 @@ enum Command {
     },
     /// Print a fault plan as JSON (a starting point for a custom `--plan file.json`).
     Plan { name: String },
+    /// Run a scenario on real infrastructure (tokio, PostgreSQL from `DATABASE_URL`, a
+    /// Kafka-API broker from `KAFKA_BOOTSTRAP`) and check the simulator's invariants.
+    Real(real::RealArgs),
+    /// Inspect, retry or discard dead letters (PostgreSQL table or Kafka topic).
+    Dlq(dlq::DlqArgs),
 }
 
 fn main() -> ExitCode {
@@ -175,6 +184,8 @@ fn execute(command: Command) -> Result<ExitCode, String> {
             println!("{}", plan.to_json());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Dlq(args) => dlq::run(args),
+        Command::Real(args) => real::run(&args),
     }
 }
 

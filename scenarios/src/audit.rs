@@ -88,6 +88,12 @@ impl LogAudit {
         }
     }
 
+    /// Whether the inbox marker `marker` ([`inbox::marker_id`]) is in the log folded so far.
+    #[must_use]
+    pub fn has_marker(&self, marker: EventId) -> bool {
+        self.markers.contains(&marker)
+    }
+
     /// Folds one event; called in global order.
     ///
     /// # Errors
@@ -169,10 +175,7 @@ impl LogAudit {
                     *verified,
                     limit,
                     |offset, headers| {
-                        let Some(message) = headers
-                            .get(reprise_core::event_bus::header::EVENT_ID)
-                            .and_then(inbox::parse_event_id)
-                        else {
+                        let Some(message) = inbox::message_id_in(headers) else {
                             return Ok(());
                         };
                         if markers.contains(&inbox::marker_id(group, message)) {

@@ -31,15 +31,21 @@ pub enum PlantedBug {
     /// appends without an expected version, instead of deciding on the stream itself
     /// (the read-your-projection mistake): stock gets oversold.
     DecideFromProjection,
+    /// The payment handler retries the provider until it answers — a short fixed pause, no
+    /// attempt limit, no circuit breaker — instead of calling it through its resilience
+    /// policy: during an outage every stuck command hammers the provider (a retry storm
+    /// that keeps a recovering service down).
+    RetryStorm,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 5] = [
+    pub const ALL: [PlantedBug; 6] = [
         PlantedBug::AckBeforeProcess,
         PlantedBug::PaymentNotIdempotent,
         PlantedBug::NoCompensationOnTimeout,
         PlantedBug::ApplyBeforeAppend,
         PlantedBug::DecideFromProjection,
+        PlantedBug::RetryStorm,
     ];
 
     /// Kebab-case name used in scenario names (`checkout-bug-<slug>`).
@@ -51,6 +57,7 @@ impl PlantedBug {
             PlantedBug::NoCompensationOnTimeout => "no-compensation-on-timeout",
             PlantedBug::ApplyBeforeAppend => "apply-before-append",
             PlantedBug::DecideFromProjection => "decide-from-projection",
+            PlantedBug::RetryStorm => "retry-storm",
         }
     }
 

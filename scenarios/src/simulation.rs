@@ -10,11 +10,18 @@
 use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use reprise_core::{BoxFuture, InMemoryEventBus, InMemoryEventStore};
+use parking_lot::Mutex;
+use reprise_core::resilience::InMemoryDeadLetterQueue;
+use reprise_core::{
+    BoxFuture, BusError, Delivery, EventBus, InMemoryEventBus, InMemoryEventStore, OutgoingMessage,
+    Resilience, Subscription,
+};
 use reprise_sim::{
-    DependencyError, DependencyOptions, NodeContext, NodeOptions, RunReport, Scenario, ScenarioRun,
-    Violation, World, WorldView,
+    DependencyError, DependencyOptions, NodeContext, NodeOptions, Phase, RunReport, Scenario,
+    ScenarioRun, Violation, World, WorldView,
 };
 
 use crate::audit::Finding;
@@ -22,19 +29,23 @@ use crate::bugs::{Bugs, PlantedBug};
 use crate::checkout::gateway::{
     CarrierStatus, ChargeOutcome, ChargeRequest, ExternalError, RefundOutcome,
 };
-use crate::checkout::invariants::{CheckoutAudit, invariant as checkout_invariant};
+use crate::checkout::invariants::{CallLedger, CheckoutAudit, invariant as checkout_invariant};
+use crate::checkout::saga::topics;
 use crate::checkout::workload::{CheckoutOptions, CheckoutWorkload, run_client};
 use crate::checkout::{
-    Carrier, CarrierModel, CarrierOptions, PaymentGateway, PaymentProvider, services,
+    Carrier, CarrierModel, CarrierOptions, PaymentGateway, PaymentProvider, resilience, services,
 };
 use crate::plumbing::ServiceEnv;
 use crate::transfers;
 use crate::transfers::invariants::{TransfersAudit, invariant as transfers_invariant};
 use crate::transfers::services::{TransfersOptions, TransfersWorkload};
 
-/// Dependency names.
-pub const PAYMENT_PROVIDER: &str = "payment-provider";
-pub const CARRIER: &str = "carrier";
+/// Dependency names (the same names the services' resilience policies use).
+pub const PAYMENT_PROVIDER: &str = resilience::PAYMENT_PROVIDER;
+pub const CARRIER: &str = resilience::CARRIER;
+
+/// How often the operator looks for dead letters to send back.
+const OPERATOR_POLL: Duration = Duration::from_millis(250);
 
 /// A service environment on a simulated node.
 #[must_use]
@@ -51,10 +62,20 @@ fn external(error: DependencyError) -> ExternalError {
     }
 }
 
-/// The payment provider as a simulated node reaches it.
+/// The key of the checkout commands about `order` ([`CommandRoute::key`]), under which a
+/// [`CallLedger`] counts deliveries and calls.
+///
+/// [`CommandRoute::key`]: crate::plumbing::commands::CommandRoute::key
+fn command_key(order: &str) -> String {
+    format!("order-{order}")
+}
+
+/// The payment provider as a simulated node reaches it. Every call that leaves for the
+/// provider is counted in `calls` (which outlives the node).
 struct SimulatedProvider {
     ctx: NodeContext,
     provider: Arc<PaymentProvider>,
+    calls: Arc<Mutex<CallLedger>>,
 }
 
 impl PaymentGateway for SimulatedProvider {
@@ -62,6 +83,7 @@ impl PaymentGateway for SimulatedProvider {
         &self,
         request: ChargeRequest,
     ) -> BoxFuture<'static, Result<ChargeOutcome, ExternalError>> {
+        self.calls.lock().called(&command_key(&request.order));
         let provider = Arc::clone(&self.provider);
         let call = self
             .ctx
@@ -73,6 +95,7 @@ impl PaymentGateway for SimulatedProvider {
         &self,
         idempotency_key: String,
     ) -> BoxFuture<'static, Result<RefundOutcome, ExternalError>> {
+        self.calls.lock().called(&command_key(&idempotency_key));
         let provider = Arc::clone(&self.provider);
         let call = self.ctx.call(PAYMENT_PROVIDER, move || {
             provider.refund_now(&idempotency_key)
@@ -82,14 +105,17 @@ impl PaymentGateway for SimulatedProvider {
 }
 
 /// The carrier as a simulated node reaches it. The model reads the node's clock when the
-/// request arrives.
+/// request arrives. Registrations (the calls commands cause) are counted in
+/// `registrations`; tracking is the tracker's polling, bounded by its period instead.
 struct SimulatedCarrier {
     ctx: NodeContext,
     model: Arc<CarrierModel>,
+    registrations: Arc<Mutex<CallLedger>>,
 }
 
 impl Carrier for SimulatedCarrier {
     fn register(&self, order: String) -> BoxFuture<'static, Result<String, ExternalError>> {
+        self.registrations.lock().called(&command_key(&order));
         let (model, runtime) = (Arc::clone(&self.model), self.ctx.runtime());
         let call = self
             .ctx
@@ -112,6 +138,96 @@ impl Carrier for SimulatedCarrier {
     }
 }
 
+/// A node's bus, counting the deliveries of one topic in a [`CallLedger`] as they are
+/// handed to the node's consumer: the other side of the retry bound.
+struct CountingBus {
+    inner: Arc<dyn EventBus>,
+    topic: &'static str,
+    ledger: Arc<Mutex<CallLedger>>,
+}
+
+impl EventBus for CountingBus {
+    fn publish(&self, messages: Vec<OutgoingMessage>) -> BoxFuture<'static, Result<(), BusError>> {
+        self.inner.publish(messages)
+    }
+
+    fn subscribe(
+        &self,
+        group: &str,
+        topics: &[&str],
+    ) -> BoxFuture<'static, Result<Box<dyn Subscription>, BusError>> {
+        let subscribing = self.inner.subscribe(group, topics);
+        let (topic, ledger) = (self.topic, Arc::clone(&self.ledger));
+        Box::pin(async move {
+            let inner = subscribing.await?;
+            Ok(Box::new(CountingSubscription {
+                inner,
+                topic,
+                ledger,
+            }) as Box<dyn Subscription>)
+        })
+    }
+}
+
+struct CountingSubscription {
+    inner: Box<dyn Subscription>,
+    topic: &'static str,
+    ledger: Arc<Mutex<CallLedger>>,
+}
+
+impl Subscription for CountingSubscription {
+    fn next(&mut self) -> BoxFuture<'_, Result<Delivery, BusError>> {
+        Box::pin(async move {
+            let delivery = self.inner.next().await?;
+            if &*delivery.topic == self.topic {
+                self.ledger.lock().delivered(&delivery.key);
+            }
+            Ok(delivery)
+        })
+    }
+
+    fn ack(&mut self, delivery: &Delivery) {
+        self.inner.ack(delivery);
+    }
+
+    fn commit(&mut self) -> BoxFuture<'_, Result<(), BusError>> {
+        self.inner.commit()
+    }
+}
+
+/// The environment of a service that calls an external dependency: its own resilience
+/// (fresh breakers on every boot, the shared dead-letter queue), registered in
+/// `instances` for the checker, and a bus that counts the deliveries of `topic`.
+fn guarded_env(
+    ctx: &NodeContext,
+    dead_letters: &InMemoryDeadLetterQueue,
+    instances: &Mutex<Vec<Arc<Resilience>>>,
+    topic: &'static str,
+    deliveries: &Arc<Mutex<CallLedger>>,
+) -> ServiceEnv {
+    let resilience =
+        Arc::new(resilience::resilience().with_dead_letters(Arc::new(dead_letters.clone())));
+    instances.lock().push(Arc::clone(&resilience));
+    let mut env = service_env(ctx).with_resilience(resilience);
+    env.bus = Arc::new(CountingBus {
+        inner: env.bus,
+        topic,
+        ledger: Arc::clone(deliveries),
+    });
+    env
+}
+
+/// The operator: polls until the incident is declared over (`released`), then sends back
+/// every pending dead letter, again on every poll (a redelivered command can fail anew).
+async fn run_operator(env: ServiceEnv, queue: InMemoryDeadLetterQueue, released: Arc<AtomicBool>) {
+    loop {
+        env.sleep(OPERATOR_POLL).await;
+        if released.load(Ordering::Relaxed) {
+            services::redeliver_dead_letters(&env, &queue).await;
+        }
+    }
+}
+
 fn violation(finding: Finding) -> Violation {
     let mut violation = Violation::new(finding.invariant, finding.message);
     violation.entities = finding.entities;
@@ -126,6 +242,39 @@ fn crashable() -> NodeOptions {
 // Checkout
 // ---------------------------------------------------------------------------------------
 
+/// What one checkout run saw of its external services, for tests and coverage reports
+/// ([`CheckoutScenario::with_reports`]). Updated at every check, so it describes the run
+/// up to its last check.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DependencyReport {
+    pub seed: u64,
+    /// Some payment-service instance's breaker for the provider left `closed`.
+    pub payment_breaker_opened: bool,
+    /// Some shipping-service instance's breaker for the carrier left `closed`.
+    pub carrier_breaker_opened: bool,
+    /// Calls that left for the provider (charges and refunds).
+    pub provider_calls: u64,
+    /// Payment commands handed to the payment service's consumer.
+    pub payment_deliveries: u64,
+    /// Attempts through the payment instances' resilience policies, breaker refusals
+    /// included (summed over every boot).
+    pub payment_attempts: u64,
+    /// Registrations that left for the carrier.
+    pub carrier_registrations: u64,
+    /// Shipping commands handed to the shipping service's consumer.
+    pub shipping_deliveries: u64,
+    /// Commands parked in the dead-letter queue.
+    pub dead_letters: usize,
+    /// Dead letters an operator sent back.
+    pub redelivered: usize,
+    /// This seed's operator waited until every saga had settled before redelivering
+    /// (otherwise it started as soon as the faults healed).
+    pub operator_waited_for_settlement: bool,
+}
+
+/// Where [`CheckoutScenario::with_reports`] appends one [`DependencyReport`] per run.
+pub type DependencyReports = Arc<Mutex<Vec<DependencyReport>>>;
+
 /// The checkout scenario, correct or with one planted bug.
 #[derive(Clone, Debug)]
 pub struct CheckoutScenario {
@@ -133,6 +282,7 @@ pub struct CheckoutScenario {
     pub bugs: Bugs,
     name: &'static str,
     description: &'static str,
+    reports: Option<DependencyReports>,
 }
 
 impl CheckoutScenario {
@@ -143,8 +293,16 @@ impl CheckoutScenario {
             options: CheckoutOptions::default(),
             bugs: Bugs::NONE,
             name: "checkout",
-            description: "~50 checkouts: order → inventory → payment → shipping saga with compensation, six nodes",
+            description: "~50 checkouts: order → inventory → payment → shipping saga with compensation, six nodes and an operator",
+            reports: None,
         }
+    }
+
+    /// Appends a [`DependencyReport`] per run to `reports` (for coverage tests).
+    #[must_use]
+    pub fn with_reports(mut self, reports: DependencyReports) -> Self {
+        self.reports = Some(reports);
+        self
     }
 
     /// The checkout with `bug` planted, registered as `checkout-bug-<slug>`.
@@ -171,6 +329,10 @@ impl CheckoutScenario {
                 "checkout-bug-decide-from-projection",
                 "checkout whose inventory reserves against a lagging projection",
             ),
+            PlantedBug::RetryStorm => (
+                "checkout-bug-retry-storm",
+                "checkout whose payment handler retries the provider until it answers, without a breaker",
+            ),
         };
         CheckoutScenario {
             bugs: Bugs::only(bug),
@@ -192,14 +354,98 @@ struct CheckoutRun {
     /// (provider revision, audit dependency) at which the books last passed: the books
     /// check is a pure function of both, so it is skipped until one of them moves.
     books_passed: Cell<Option<(u64, usize)>>,
+    /// The dead-letter queue: outside every node, durable across crashes.
+    dead_letters: InMemoryDeadLetterQueue,
+    /// Calls to the provider and payment commands delivered, per order.
+    payment_calls: Arc<Mutex<CallLedger>>,
+    /// Registrations at the carrier and shipping commands delivered, per order.
+    carrier_calls: Arc<Mutex<CallLedger>>,
+    /// Ledger changes at which the retry bound last passed (payments, carrier).
+    bound_passed: Cell<(u64, u64)>,
+    /// The resilience of every payment and shipping instance booted so far.
+    payment_instances: Arc<Mutex<Vec<Arc<Resilience>>>>,
+    shipping_instances: Arc<Mutex<Vec<Arc<Resilience>>>>,
+    /// Set when the operator may start sending dead letters back.
+    operator_released: Arc<AtomicBool>,
+    /// This seed's operator waits until every saga has settled (proving settlement does
+    /// not need the dead letters) instead of starting as soon as faults heal (racing the
+    /// sagas' compensations).
+    operator_waits_for_settlement: bool,
+    report: Option<(DependencyReports, usize)>,
+}
+
+fn breaker_opened(instances: &Mutex<Vec<Arc<Resilience>>>, dependency: &str) -> bool {
+    instances.lock().iter().any(|resilience| {
+        resilience
+            .breaker(dependency)
+            .is_some_and(|breaker| breaker.transitions() > 0)
+    })
 }
 
 impl CheckoutRun {
+    /// Retries stay bounded (see [`CallLedger::check_bounded`]).
+    fn check_bounded(&self) -> Result<(), Violation> {
+        let payments = self.payment_calls.lock();
+        let carrier = self.carrier_calls.lock();
+        let key = (payments.changes(), carrier.changes());
+        if self.bound_passed.get() == key {
+            return Ok(());
+        }
+        payments
+            .check_bounded(PAYMENT_PROVIDER)
+            .map_err(violation)?;
+        carrier.check_bounded(CARRIER).map_err(violation)?;
+        self.bound_passed.set(key);
+        Ok(())
+    }
+
+    /// Lets the operator start once the incident is over: faults healed and — if this
+    /// seed's operator waits for it — every saga settled correctly without its help.
+    fn release_operator(&self, world: &WorldView<'_>, settled: bool) {
+        if world.phase() == Phase::Liveness && (settled || !self.operator_waits_for_settlement) {
+            self.operator_released.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn update_report(&self) {
+        let Some((reports, index)) = &self.report else {
+            return;
+        };
+        let letters = self.dead_letters.snapshot();
+        let payments = self.payment_calls.lock();
+        let carrier = self.carrier_calls.lock();
+        let mut reports = reports.lock();
+        let report = &mut reports[*index];
+        report.payment_breaker_opened = breaker_opened(&self.payment_instances, PAYMENT_PROVIDER);
+        report.carrier_breaker_opened = breaker_opened(&self.shipping_instances, CARRIER);
+        report.provider_calls = payments.total_calls();
+        report.payment_deliveries = payments.total_delivered();
+        report.payment_attempts = self
+            .payment_instances
+            .lock()
+            .iter()
+            .map(|r| r.attempts_made())
+            .sum();
+        report.carrier_registrations = carrier.total_calls();
+        report.shipping_deliveries = carrier.total_delivered();
+        report.dead_letters = letters.len();
+        report.redelivered = letters
+            .iter()
+            .filter(|l| {
+                matches!(
+                    l.status,
+                    reprise_core::resilience::DeadLetterStatus::Retried { .. }
+                )
+            })
+            .count();
+    }
+
     fn catch_up(
         &self,
         store: &InMemoryEventStore,
         bus: &InMemoryEventBus,
     ) -> Result<(), Violation> {
+        self.check_bounded()?;
         let mut audit = self.audit.borrow_mut();
         let events = store.read_all_now(audit.next_position(), usize::MAX);
         audit.observe(&events).map_err(violation)?;
@@ -215,24 +461,32 @@ impl CheckoutRun {
         Ok(())
     }
 
-    fn settled(&self, store: &InMemoryEventStore, bus: &InMemoryEventBus) -> Result<(), Violation> {
+    /// Every saga settled correctly, then (once the operator has been at work) no dead
+    /// letter pending and every redelivered one handled. The sagas must settle without
+    /// the dead letters: their deadlines compensate whatever was parked.
+    fn settled(&self, world: &WorldView<'_>) -> Result<(), Violation> {
+        let (store, bus) = (world.event_store(), world.event_bus());
         self.catch_up(store, bus)?;
-        let audit = self.audit.borrow();
+        let mut audit = self.audit.borrow_mut();
         match self
             .provider
             .with_books(|books| audit.check_settled(&self.workload, books))
         {
-            Ok(()) => Ok(()),
+            Ok(()) => {}
             Err(finding) if finding.invariant == checkout_invariant::SAGAS_TERMINAL => {
-                Err(violation(finding))
+                return Err(violation(finding));
             }
             Err(finding) => {
                 // Every saga is terminal: nothing will change this state any more.
                 let found = violation(finding);
                 *self.latched.borrow_mut() = Some(found.clone());
-                Err(found)
+                return Err(found);
             }
         }
+        self.release_operator(world, true);
+        audit
+            .check_dead_letters(bus, &self.dead_letters.snapshot())
+            .map_err(violation)
     }
 }
 
@@ -241,11 +495,16 @@ impl ScenarioRun for CheckoutRun {
         if let Some(found) = self.latched.borrow().clone() {
             return Err(found);
         }
-        self.catch_up(world.event_store(), world.event_bus())
+        self.release_operator(world, false);
+        let result = self.catch_up(world.event_store(), world.event_bus());
+        self.update_report();
+        result
     }
 
     fn check_liveness(&self, world: &WorldView<'_>) -> Result<(), Violation> {
-        self.settled(world.event_store(), world.event_bus())
+        let result = self.settled(world);
+        self.update_report();
+        result
     }
 }
 
@@ -264,6 +523,14 @@ impl Scenario for CheckoutScenario {
         }));
         let provider = Arc::new(PaymentProvider::new(self.options.decline_every));
         let carrier = Arc::new(CarrierModel::new(CarrierOptions::new(world.random_u64())));
+        // Drawn after everything else, so the workload and the carrier stay as they were.
+        let operator_waits_for_settlement = world.random_u64() % 2 == 0;
+        let dead_letters = InMemoryDeadLetterQueue::new();
+        let payment_calls = Arc::new(Mutex::new(CallLedger::default()));
+        let carrier_calls = Arc::new(Mutex::new(CallLedger::default()));
+        let payment_instances: Arc<Mutex<Vec<Arc<Resilience>>>> = Arc::default();
+        let shipping_instances: Arc<Mutex<Vec<Arc<Resilience>>>> = Arc::default();
+        let operator_released = Arc::new(AtomicBool::new(false));
         // Real services fail now and then in every phase; liveness must hold regardless.
         world.add_dependency(
             PAYMENT_PROVIDER,
@@ -300,19 +567,57 @@ impl Scenario for CheckoutScenario {
             services::start_inventory_service(&service_env(&ctx), bugs);
         });
         let payment_provider = Arc::clone(&provider);
+        let (queue, instances, calls) = (
+            dead_letters.clone(),
+            Arc::clone(&payment_instances),
+            Arc::clone(&payment_calls),
+        );
         world.add_node("payments", crashable(), move |ctx| {
+            let env = guarded_env(&ctx, &queue, &instances, topics::PAYMENTS, &calls);
             let gateway = Arc::new(SimulatedProvider {
                 ctx: ctx.clone(),
                 provider: Arc::clone(&payment_provider),
+                calls: Arc::clone(&calls),
             });
-            services::start_payment_service(&service_env(&ctx), gateway, bugs);
+            services::start_payment_service(&env, gateway, bugs);
         });
+        let (queue, instances, calls) = (
+            dead_letters.clone(),
+            Arc::clone(&shipping_instances),
+            Arc::clone(&carrier_calls),
+        );
         world.add_node("shipping", crashable(), move |ctx| {
+            let env = guarded_env(&ctx, &queue, &instances, topics::SHIPPING, &calls);
             let carrier = Arc::new(SimulatedCarrier {
                 ctx: ctx.clone(),
                 model: Arc::clone(&carrier),
+                registrations: Arc::clone(&calls),
             });
-            services::start_shipping_service(&service_env(&ctx), carrier, bugs);
+            services::start_shipping_service(&env, carrier, bugs);
+        });
+        // The operator is a person with a console, not a service: never crashed, paused
+        // or skewed, and idle until the incident is over.
+        let (queue, released) = (dead_letters.clone(), Arc::clone(&operator_released));
+        let steady = NodeOptions {
+            crashable: false,
+            pausable: false,
+            clock_skew: false,
+        };
+        world.add_node("operator", steady, move |ctx| {
+            let env = service_env(&ctx);
+            ctx.spawn(
+                "operator",
+                run_operator(env, queue.clone(), Arc::clone(&released)),
+            );
+        });
+        let report = self.reports.as_ref().map(|reports| {
+            let mut list = reports.lock();
+            list.push(DependencyReport {
+                seed: world.seed(),
+                operator_waited_for_settlement: operator_waits_for_settlement,
+                ..DependencyReport::default()
+            });
+            (Arc::clone(reports), list.len() - 1)
         });
         Box::new(CheckoutRun {
             workload,
@@ -320,6 +625,15 @@ impl Scenario for CheckoutScenario {
             audit: RefCell::new(CheckoutAudit::new()),
             latched: RefCell::new(None),
             books_passed: Cell::new(None),
+            dead_letters,
+            payment_calls,
+            carrier_calls,
+            bound_passed: Cell::new((0, 0)),
+            payment_instances,
+            shipping_instances,
+            operator_released,
+            operator_waits_for_settlement,
+            report,
         })
     }
 }

@@ -13,10 +13,21 @@ use reprise_scenarios::transfers::invariants::invariant as transfers;
 use reprise_sim::harness::find_failure;
 use reprise_sim::{FaultPlan, Scenario, SimConfig, run};
 
-/// Sweeps seeds `1..=budget`; asserts a failure breaking one of `expected`, that it
-/// replays identically, and that the readable report names the entities.
+/// Sweeps seeds `1..=budget` of the swarm plan; asserts a failure breaking one of
+/// `expected`, that it replays identically, and that the readable report names the
+/// entities.
 fn found_and_replayed(scenario: &dyn Scenario, budget: u64, expected: &[&str]) {
-    let config = SimConfig::new(0).with_plan(FaultPlan::swarm());
+    found_and_replayed_under(FaultPlan::swarm(), scenario, budget, expected);
+}
+
+/// [`found_and_replayed`] under `plan`.
+fn found_and_replayed_under(
+    plan: FaultPlan,
+    scenario: &dyn Scenario,
+    budget: u64,
+    expected: &[&str],
+) {
+    let config = SimConfig::new(0).with_plan(plan);
     let Some(report) = find_failure(scenario, &config, 1..=budget) else {
         panic!("{}: no failure within {budget} seeds", scenario.name());
     };
@@ -117,5 +128,20 @@ fn deciding_from_a_projection_is_found_and_replays() {
         &CheckoutScenario::with_bug(PlantedBug::DecideFromProjection),
         60,
         &[checkout::OVERSOLD],
+    );
+}
+
+#[test]
+fn a_retry_storm_during_a_payment_outage_is_found_and_replays() {
+    // The `payment-outage` plan of reprise-chaos, as stored. Measured: first failure at
+    // seed 1, 99/100 seeds fail (under swarm, which draws an outage only sometimes:
+    // first failure at seed 3, 12/100).
+    let plan = FaultPlan::from_json(include_str!("../../chaos/src/plans/payment-outage.json"))
+        .expect("the stored plan parses");
+    found_and_replayed_under(
+        plan,
+        &CheckoutScenario::with_bug(PlantedBug::RetryStorm),
+        5,
+        &[checkout::ATTEMPTS_BOUNDED],
     );
 }

@@ -56,12 +56,16 @@
 //! - [`schema`]: embedded migrations; refuses to run against an unknown newer schema.
 //! - [`store`]: [`PgEventStore`], the `EventStore` implementation and snapshots.
 //! - [`error`]: how PostgreSQL errors map onto [`StoreError`](reprise_core::StoreError).
+//! - [`dead_letter`]: [`PgDeadLetterQueue`], the core's dead-letter queue on the
+//!   `dead_letters` table (race-safe resolution, exact round trip).
 //! - `append` (private): the append statement and the diagnosis of its failures.
 //! - `read` (private): stream reads and global reads below the visibility horizon.
 //! - [`pool`]: pool statistics and metrics (size, idle, acquire wait).
 //! - [`subscription`]: checkpointed catch-up subscriptions woken by `LISTEN/NOTIFY`
 //!   (notifications are sent after commit, coalesced, by a background task: `notifier.rs`).
 //! - [`outbox`]: the transactional outbox written in the append's transaction.
+//! - [`relay`]: [`OutboxRelay`], which drains the outbox to an event bus (one leader per
+//!   schema through an advisory lock, at-least-once, in order per key).
 
 // This crate is a production adapter: it talks to a real database on tokio, measures real
 // elapsed time for pool metrics and timeouts, and sleeps between polls. The determinism lints
@@ -69,9 +73,11 @@
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 pub mod config;
+pub mod dead_letter;
 pub mod error;
 pub mod outbox;
 pub mod pool;
+pub mod relay;
 pub mod schema;
 pub mod store;
 pub mod subscription;
@@ -82,9 +88,12 @@ mod read;
 mod rows;
 
 pub use config::{MigrationMode, PgConfig};
+pub use dead_letter::PgDeadLetterQueue;
+pub use error::PgError;
 pub use error::SetupError;
 pub use outbox::OutboxEntry;
 pub use pool::PoolStats;
+pub use relay::{OutboxRelay, RelayError, RelayHandle, RelayOptions, RelayStats};
 pub use store::PgEventStore;
 pub use subscription::{CatchUpSubscription, SubscriptionOptions};
 

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use reprise_core::{BoxFuture, Clock, Timestamp};
+use reprise_core::{BoxFuture, Classify, Clock, ErrorClass, Timestamp};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
@@ -28,6 +28,18 @@ pub enum ExternalError {
     /// No answer in time: the call may or may not have taken effect.
     #[error("no answer in time; outcome unknown")]
     Timeout,
+}
+
+/// Both are transient: the service may answer the next attempt, and every call is
+/// idempotent by key, so retrying a call whose outcome is unknown is safe. A declined card
+/// or a refused charge is not an error at all but an answer ([`ChargeOutcome`]): it is
+/// never retried and counts as a healthy call for the breaker.
+impl Classify for ExternalError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            ExternalError::Unavailable(_) | ExternalError::Timeout => ErrorClass::Transient,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -15,20 +15,31 @@
 //!   shipped or refunded order);
 //!
 //! And at the consumers (safety): every message a consumer acknowledged took effect.
+//!
+//! External calls and dead letters:
+//! - retries stay bounded (safety): per order, the calls that reached an external service
+//!   number at most [`MAX_ATTEMPTS`] × the command deliveries that could cause them
+//!   ([`CallLedger::check_bounded`] derives the bound);
+//! - after the liveness phase no dead letter is pending, and every redelivered letter's
+//!   copy on the bus was handled by its consumer ([`CheckoutAudit::check_dead_letters`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use reprise_core::resilience::dead_letter::REDELIVERED_FROM_HEADER;
+use reprise_core::resilience::{DeadLetter, DeadLetterStatus};
 use reprise_core::{Aggregate, InMemoryEventBus, RecordedEvent, Saga};
 
 use super::gateway::ProviderBooks;
 use super::inventory::{Inventory, InventoryEvent};
 use super::order::{Order, OrderEvent, OrderLine};
 use super::payment::{Payment, PaymentEvent};
+use super::resilience::MAX_ATTEMPTS;
 use super::saga::{CheckoutEvent, CheckoutSaga, Step};
 use super::services::groups;
 use super::shipping::{Shipment, ShippingEvent};
 use super::workload::CheckoutWorkload;
 use crate::audit::{Finding, LogAudit};
+use crate::plumbing::inbox;
 
 /// Invariant names.
 pub mod invariant {
@@ -43,6 +54,76 @@ pub mod invariant {
         "every captured payment belongs to a shipped or refunded order";
     pub const STOCK_RETURNED: &str = "a cancelled order holds no stock";
     pub const UNDECODABLE: &str = "every stored event decodes";
+    pub const ATTEMPTS_BOUNDED: &str =
+        "retries stay bounded: at most MAX_ATTEMPTS calls to a service per command delivered";
+    pub const DEAD_LETTERS_DRAINED: &str = "after the liveness phase no dead letter is pending";
+    pub const REDELIVERED_HANDLED: &str = "every redelivered dead letter was handled";
+}
+
+/// The calls made to one external service and the command deliveries that may cause
+/// them, per command key (`order-<id>`), counted outside the services: deliveries where
+/// the bus hands them to the consumer, calls where they enter the dependency channel.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallLedger {
+    delivered: BTreeMap<String, u64>,
+    calls: BTreeMap<String, u64>,
+    changes: u64,
+}
+
+impl CallLedger {
+    /// A command about `key` was handed to the service's consumer.
+    pub fn delivered(&mut self, key: &str) {
+        *self.delivered.entry(key.to_owned()).or_default() += 1;
+        self.changes += 1;
+    }
+
+    /// A call about `key` left for the service.
+    pub fn called(&mut self, key: &str) {
+        *self.calls.entry(key.to_owned()).or_default() += 1;
+        self.changes += 1;
+    }
+
+    #[must_use]
+    pub fn total_delivered(&self) -> u64 {
+        self.delivered.values().sum()
+    }
+
+    #[must_use]
+    pub fn total_calls(&self) -> u64 {
+        self.calls.values().sum()
+    }
+
+    /// Bumped by every record: a ledger that passed at this number still passes.
+    #[must_use]
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// Retries stay bounded. The bound, derived: a handler makes at most one guarded
+    /// call per delivery (charge *or* refund; register), and a guarded call makes at most
+    /// [`MAX_ATTEMPTS`] attempts — the breaker's half-open probe is one of them, and an
+    /// attempt the open breaker refuses never reaches the service. So for every key,
+    /// `calls ≤ MAX_ATTEMPTS × deliveries`. Redeliveries (crash, rebalance, duplicate, an
+    /// operator's redelivery) are deliveries too, each with its own budget.
+    ///
+    /// # Errors
+    /// The first key whose calls exceed its budget.
+    pub fn check_bounded(&self, service: &str) -> Result<(), Finding> {
+        for (key, &calls) in &self.calls {
+            let delivered = self.delivered.get(key).copied().unwrap_or(0);
+            let budget = u64::from(MAX_ATTEMPTS) * delivered;
+            if calls > budget {
+                return Err(Finding::new(
+                    invariant::ATTEMPTS_BOUNDED,
+                    vec![key.clone()],
+                    format!(
+                        "{calls} calls to {service} for {delivered} command deliveries (budget {budget} = {MAX_ATTEMPTS} attempts each)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -71,6 +152,8 @@ pub struct CheckoutAudit {
     /// Orders seen delivered so far: with the provider's revision, what
     /// [`check_books`](Self::check_books) depends on.
     delivered: usize,
+    /// Dead letters whose redelivered copy was seen handled (handled stays handled).
+    redelivered_handled: BTreeSet<String>,
 }
 
 fn order_entity(order: &str) -> String {
@@ -315,6 +398,77 @@ impl CheckoutAudit {
                     format!("cancelled order still holds {quantity} units"),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// Dead letters after an operator's pass: none pending, and each letter marked
+    /// retried has its copy on the bus (tagged with the letter's id) handled by the
+    /// topic's consumer — recorded in its inbox under the copy's own id
+    /// ([`inbox::message_id_in`]). Call after [`observe`](Self::observe) has seen the log.
+    ///
+    /// # Errors
+    /// A pending letter, or a redelivered copy not (yet) handled.
+    pub fn check_dead_letters(
+        &mut self,
+        bus: &InMemoryEventBus,
+        letters: &[DeadLetter],
+    ) -> Result<(), Finding> {
+        for letter in letters {
+            let id = &letter.id.0;
+            let entities = || vec![letter.letter.key.clone(), format!("dead-letter-{id}")];
+            match letter.status {
+                DeadLetterStatus::Pending => {
+                    return Err(Finding::new(
+                        invariant::DEAD_LETTERS_DRAINED,
+                        entities(),
+                        format!(
+                            "dead letter {id} ({} from {}) is still pending: {}",
+                            letter.letter.key, letter.letter.topic, letter.letter.error
+                        ),
+                    ));
+                }
+                DeadLetterStatus::Discarded { .. } => continue,
+                DeadLetterStatus::Retried { .. } => {}
+            }
+            if self.redelivered_handled.contains(id) {
+                continue;
+            }
+            let topic = letter.letter.topic.as_str();
+            let Some(&(group, _)) = groups::ALL.iter().find(|(_, t)| *t == topic) else {
+                return Err(Finding::new(
+                    invariant::REDELIVERED_HANDLED,
+                    entities(),
+                    format!("dead letter {id} was redelivered to {topic}, which no consumer reads"),
+                ));
+            };
+            let mut copies = 0;
+            let mut handled = 0;
+            for partition in 0..bus.partition_count(topic) {
+                let _ = bus.try_for_each_header(topic, partition, 0, usize::MAX, |_, headers| {
+                    if headers.get(REDELIVERED_FROM_HEADER) == Some(id.as_str()) {
+                        copies += 1;
+                        if inbox::message_id_in(headers).is_some_and(|message| {
+                            self.log.has_marker(inbox::marker_id(group, message))
+                        }) {
+                            handled += 1;
+                        }
+                    }
+                    Ok::<(), ()>(())
+                });
+            }
+            if handled == 0 {
+                return Err(Finding::new(
+                    invariant::REDELIVERED_HANDLED,
+                    entities(),
+                    format!(
+                        "dead letter {id} ({} on {topic}) was redelivered ({copies} cop{} on the bus) but {group} has not handled it",
+                        letter.letter.key,
+                        if copies == 1 { "y" } else { "ies" }
+                    ),
+                ));
+            }
+            self.redelivered_handled.insert(id.clone());
         }
         Ok(())
     }

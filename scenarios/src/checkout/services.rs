@@ -7,6 +7,15 @@
 //! outside world (payment provider, carrier) happen before the append and are made
 //! idempotent by key, because no batch can include them.
 //!
+//! Those calls go through the instance's [`Resilience`](reprise_core::Resilience)
+//! ([`ServiceEnv::resilience`]): retried under the dependency's policy, refused at once
+//! while its breaker is open ([`super::resilience`] has the numbers and why). A command
+//! that still cannot be handled is parked in the dead-letter queue — the command message
+//! as it arrived — and recorded handled, so it does not block its partition; the saga's
+//! deadline covers the step meanwhile, and an operator may send the letter back later
+//! (the handlers are idempotent by key, and the provider refuses a charge whose key was
+//! voided by a refund).
+//!
 //! `start_*` functions spawn a service's long-running tasks on the environment's runtime;
 //! a node calls them from its boot function, so after a crash they start afresh with
 //! empty volatile state and resume from durable state (store, committed offsets).
@@ -17,8 +26,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use reprise_core::resilience::{DeadLetterQuery, redeliver};
 use reprise_core::{
-    Aggregate, AppendBatch, BoxFuture, Delivery, EventId, ExpectedVersion, Metadata, NewEvent,
+    Aggregate, AppendBatch, BoxFuture, CallError, Classify, DeadLetterQueue, Delivery, EventId,
+    ExpectedVersion, Metadata, NewEvent, OutgoingMessage,
 };
 
 use super::gateway::{
@@ -28,6 +39,7 @@ use super::gateway::{
 use super::inventory::{Inventory, InventoryCommand, InventoryEvent};
 use super::order::{Order, OrderCommand, OrderEvent};
 use super::payment::{Payment, PaymentCommand, PaymentEvent, PaymentStatus};
+use super::resilience::{CARRIER, PAYMENT_PROVIDER};
 use super::saga::{CheckoutCommand, CheckoutInput, CheckoutSaga, topics};
 use super::shipping::{Shipment, ShipmentStatus, ShippingCommand, ShippingEvent};
 use crate::bugs::{Bugs, PlantedBug};
@@ -55,9 +67,8 @@ pub mod groups {
     ];
 }
 
-/// Calls to an external service tried before a handler gives up and leaves the rest to
-/// the saga's deadline.
-const EXTERNAL_ATTEMPTS: u32 = 4;
+/// Pause between the attempts of [`PlantedBug::RetryStorm`]'s hand-rolled retry loop.
+const STORM_PAUSE: Duration = Duration::from_millis(20);
 /// How often the shipping tracker asks the carrier about open shipments.
 const TRACK_EVERY: Duration = Duration::from_millis(300);
 /// How often the (planted-bug) stock projection catches up.
@@ -100,22 +111,62 @@ async fn decode_command(
     }
 }
 
-/// Calls an external service up to [`EXTERNAL_ATTEMPTS`] times.
+/// Calls `dependency` under the instance's resilience policy (retries, breaker).
 async fn call_external<T>(
     env: &ServiceEnv,
+    dependency: &str,
+    operation: &'static str,
     call: impl Fn() -> BoxFuture<'static, Result<T, ExternalError>>,
-) -> Result<T, ExternalError> {
-    let mut attempt = 0;
+) -> Result<T, CallError<ExternalError>> {
+    env.resilience
+        .call(&*env.runtime, dependency, operation, call)
+        .await
+}
+
+/// PLANTED BUG ([`PlantedBug::RetryStorm`]): "the provider will be back in a moment" —
+/// retries until it answers, with a short fixed pause, no attempt limit and no breaker.
+/// During an outage every stuck handler hammers the provider several times a second.
+async fn call_until_answered<T>(
+    env: &ServiceEnv,
+    call: impl Fn() -> BoxFuture<'static, Result<T, ExternalError>>,
+) -> Result<T, CallError<ExternalError>> {
     loop {
-        match call().await {
-            Ok(value) => return Ok(value),
-            Err(error) if attempt + 1 >= EXTERNAL_ATTEMPTS => return Err(error),
-            Err(_) => {
-                env.sleep(Backoff::SERVICE.delay(attempt, env)).await;
-                attempt += 1;
-            }
+        if let Ok(value) = call().await {
+            return Ok(value);
         }
+        env.sleep(STORM_PAUSE).await;
     }
+}
+
+/// Parks a command that could not be handled: the message as it arrived goes to the
+/// dead-letter queue (if the instance has one), then it is recorded handled so it does
+/// not block its partition.
+async fn park<E: Classify + fmt::Display>(
+    env: &ServiceEnv,
+    group: &Arc<str>,
+    delivery: &Delivery,
+    message: EventId,
+    error: &mut CallError<E>,
+) {
+    let command = OutgoingMessage {
+        topic: Arc::clone(&delivery.topic),
+        key: Arc::clone(&delivery.key),
+        payload: delivery.payload.clone(),
+        headers: delivery.headers.clone(),
+    };
+    env.resilience
+        .dead_letter(&*env.runtime, &command, Some(delivery.coordinates()), error)
+        .await;
+    env.note(format_args!(
+        "{}: {} parked as dead letter {}: {error}",
+        delivery.key,
+        delivery.coordinates(),
+        error
+            .dead_lettered
+            .as_ref()
+            .map_or_else(|| "(no queue)".to_owned(), ToString::to_string),
+    ));
+    inbox::record_alone(env, group, message).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -391,6 +442,7 @@ struct PaymentHandler {
     payments: AggregateCache<Payment>,
     gateway: Arc<dyn PaymentGateway>,
     not_idempotent: bool,
+    retry_storm: bool,
 }
 
 impl PaymentHandler {
@@ -409,7 +461,27 @@ impl PaymentHandler {
         }
     }
 
-    async fn charge(&self, order: String, amount: u64, card: u32, message: EventId) {
+    /// Calls the provider: through the resilience policy, or (planted bug) until it answers.
+    async fn call_provider<T>(
+        &self,
+        operation: &'static str,
+        call: impl Fn() -> BoxFuture<'static, Result<T, ExternalError>>,
+    ) -> Result<T, CallError<ExternalError>> {
+        if self.retry_storm {
+            call_until_answered(&self.env, call).await
+        } else {
+            call_external(&self.env, PAYMENT_PROVIDER, operation, call).await
+        }
+    }
+
+    async fn charge(
+        &self,
+        delivery: &Delivery,
+        order: String,
+        amount: u64,
+        card: u32,
+        message: EventId,
+    ) {
         let handling = Some(Handling {
             consumer: &self.group,
             message,
@@ -431,7 +503,9 @@ impl PaymentHandler {
             card,
         };
         let gateway = Arc::clone(&self.gateway);
-        let outcome = call_external(&self.env, || gateway.charge(request.clone())).await;
+        let outcome = self
+            .call_provider("charge", || gateway.charge(request.clone()))
+            .await;
         self.env.note(format_args!(
             "payment-{order}: charge {amount} -> {outcome:?}"
         ));
@@ -440,10 +514,15 @@ impl PaymentHandler {
                 PaymentCommand::RecordCapture { amount, charge }
             }
             Ok(ChargeOutcome::Declined { reason }) => PaymentCommand::RecordDecline { reason },
-            // Refused (voided meanwhile) or no answer: the saga's deadline and the void
-            // it triggers settle the payment; nothing to record here.
-            Ok(ChargeOutcome::Refused) | Err(_) => {
+            // Refused: voided meanwhile, the void settles the payment; nothing to record.
+            Ok(ChargeOutcome::Refused) => {
                 inbox::record_alone(&self.env, &self.group, message).await;
+                return;
+            }
+            // No answer: the saga's deadline and the void it triggers settle the payment;
+            // the command waits in the dead-letter queue for an operator.
+            Err(mut error) => {
+                park(&self.env, &self.group, delivery, message, &mut error).await;
                 return;
             }
         };
@@ -452,7 +531,7 @@ impl PaymentHandler {
             .await;
     }
 
-    async fn refund(&self, order: String, message: EventId) {
+    async fn refund(&self, delivery: &Delivery, order: String, message: EventId) {
         let handling = Some(Handling {
             consumer: &self.group,
             message,
@@ -462,15 +541,17 @@ impl PaymentHandler {
             return;
         }
         let gateway = Arc::clone(&self.gateway);
-        let outcome = call_external(&self.env, || gateway.refund(order.clone())).await;
+        let outcome = self
+            .call_provider("refund", || gateway.refund(order.clone()))
+            .await;
         self.env
             .note(format_args!("payment-{order}: refund -> {outcome:?}"));
         let command = match outcome {
             Ok(RefundOutcome::Refunded { amount }) => PaymentCommand::RecordRefund { amount },
             Ok(RefundOutcome::Voided) => PaymentCommand::RecordVoid,
             // No answer: the saga re-issues the refund on its compensation deadline.
-            Err(_) => {
-                inbox::record_alone(&self.env, &self.group, message).await;
+            Err(mut error) => {
+                park(&self.env, &self.group, delivery, message, &mut error).await;
                 return;
             }
         };
@@ -492,8 +573,10 @@ impl MessageHandler for PaymentHandler {
                     order,
                     amount,
                     card,
-                } => self.charge(order, amount, card, message).await,
-                CheckoutCommand::RefundPayment { order } => self.refund(order, message).await,
+                } => self.charge(delivery, order, amount, card, message).await,
+                CheckoutCommand::RefundPayment { order } => {
+                    self.refund(delivery, order, message).await;
+                }
                 _ => inbox::record_alone(&self.env, &self.group, message).await,
             }
         })
@@ -509,6 +592,7 @@ pub fn start_payment_service(env: &ServiceEnv, gateway: Arc<dyn PaymentGateway>,
             .with_apply_before_append(bugs.contains(PlantedBug::ApplyBeforeAppend)),
         gateway,
         not_idempotent: bugs.contains(PlantedBug::PaymentNotIdempotent),
+        retry_storm: bugs.contains(PlantedBug::RetryStorm),
     });
     spawn_consumer(
         env,
@@ -533,20 +617,34 @@ struct ShippingHandler {
 }
 
 impl ShippingHandler {
-    async fn create(&self, order: String, message: EventId) {
+    async fn create(&self, delivery: &Delivery, order: String, message: EventId) {
         let handling = Some(Handling {
             consumer: &self.group,
             message,
         });
+        if let Ok((shipment, _)) = self.shipments.load(&self.env, &order).await
+            && !matches!(shipment.status, ShipmentStatus::NotCreated)
+            && !shipment.status.is_open()
+        {
+            // Delivered, failed or cancelled (a cancellation leaves a tombstone): a late
+            // or redelivered create has nothing to ask the carrier.
+            inbox::record_alone(&self.env, &self.group, message).await;
+            return;
+        }
         let carrier = Arc::clone(&self.carrier);
-        let tracking = match call_external(&self.env, || carrier.register(order.clone())).await {
+        let registered = call_external(&self.env, CARRIER, "register", || {
+            carrier.register(order.clone())
+        })
+        .await;
+        let tracking = match registered {
             Ok(tracking) => tracking,
-            Err(error) => {
-                // The saga's shipment deadline cancels; a later retry of ours would race it.
+            Err(mut error) => {
+                // The saga's shipment deadline cancels; a later retry of ours would race
+                // it, so the command waits for an operator.
                 self.env.note(format_args!(
                     "shipping-{order}: carrier refused registration: {error}"
                 ));
-                inbox::record_alone(&self.env, &self.group, message).await;
+                park(&self.env, &self.group, delivery, message, &mut error).await;
                 return;
             }
         };
@@ -573,7 +671,9 @@ impl MessageHandler for ShippingHandler {
                 return;
             };
             match command {
-                CheckoutCommand::CreateShipment { order } => self.create(order, message).await,
+                CheckoutCommand::CreateShipment { order } => {
+                    self.create(delivery, order, message).await;
+                }
                 CheckoutCommand::CancelShipment { order } => {
                     let handling = Some(Handling {
                         consumer: &self.group,
@@ -697,6 +797,51 @@ pub fn start_shipping_service(env: &ServiceEnv, carrier: Arc<dyn Carrier>, bugs:
         consumer_options(groups::SHIPPING, topics::SHIPPING, bugs),
         handler,
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Operator
+// ---------------------------------------------------------------------------------------
+
+/// One pass of the operator's chore after an incident: sends every pending dead letter
+/// back to its topic ([`redeliver`]: publish first, then mark retried). The handlers
+/// meet the copy as a new message and decide on current state — a charge whose payment
+/// was voided meanwhile is refused by the provider, a create for a cancelled shipment is
+/// ignored. Returns how many letters were sent back; a letter that could not be stays
+/// pending for the next pass.
+pub async fn redeliver_dead_letters(env: &ServiceEnv, queue: &dyn DeadLetterQueue) -> usize {
+    let query = DeadLetterQuery {
+        limit: usize::MAX,
+        ..DeadLetterQuery::default()
+    };
+    let pending = match queue.list(query).await {
+        Ok(pending) => pending,
+        Err(error) => {
+            env.note(format_args!("operator: cannot list dead letters: {error}"));
+            return 0;
+        }
+    };
+    let mut sent = 0;
+    for letter in pending {
+        match redeliver(queue, &*env.bus, &letter.id, env.runtime.now()).await {
+            Ok(()) => {
+                sent += 1;
+                env.note(format_args!(
+                    "operator: dead letter {} ({} on {}, {} attempt(s): {}) redelivered",
+                    letter.id,
+                    letter.letter.key,
+                    letter.letter.topic,
+                    letter.letter.attempts,
+                    letter.letter.error
+                ));
+            }
+            Err(error) => env.note(format_args!(
+                "operator: dead letter {} not redelivered: {error}",
+                letter.id
+            )),
+        }
+    }
+    sent
 }
 
 // ---------------------------------------------------------------------------------------

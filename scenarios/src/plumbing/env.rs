@@ -8,7 +8,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use reprise_core::{EventBus, EventStore, SharedRuntime};
+use reprise_core::{EventBus, EventStore, Resilience, SharedRuntime};
 
 /// Writes a line into the run's trace (the simulator) or a log (production). The
 /// arguments are formatted only if the sink wants text, so notes cost nothing in bulk
@@ -22,17 +22,25 @@ pub struct ServiceEnv {
     pub store: Arc<dyn EventStore>,
     pub bus: Arc<dyn EventBus>,
     pub notes: Notes,
+    /// Retry policies, circuit breakers and dead-letter queue for calls to external
+    /// services. One per service *instance*: breaker state is volatile, so a restarted
+    /// process starts with closed breakers, as a real one would.
+    pub resilience: Arc<Resilience>,
 }
 
 impl fmt::Debug for ServiceEnv {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServiceEnv")
             .field("runtime", &self.runtime)
+            .field("resilience", &self.resilience)
             .finish_non_exhaustive()
     }
 }
 
 impl ServiceEnv {
+    /// An environment with the checkout's dependency policies
+    /// ([`checkout::resilience`](crate::checkout::resilience), fresh breakers) and no
+    /// dead-letter queue: a call that gives up is reported to the handler only.
     #[must_use]
     pub fn new(runtime: SharedRuntime, store: Arc<dyn EventStore>, bus: Arc<dyn EventBus>) -> Self {
         ServiceEnv {
@@ -40,7 +48,16 @@ impl ServiceEnv {
             store,
             bus,
             notes: Arc::new(|_| {}),
+            resilience: Arc::new(crate::checkout::resilience::resilience()),
         }
+    }
+
+    /// Replaces the resilience policies (and with them the breakers and the dead-letter
+    /// queue).
+    #[must_use]
+    pub fn with_resilience(mut self, resilience: Arc<Resilience>) -> Self {
+        self.resilience = resilience;
+        self
     }
 
     #[must_use]
@@ -69,7 +86,8 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// Retry pauses for calls to stores, buses and external services.
+    /// Retry pauses for calls to the event store and the bus (external services go
+    /// through [`ServiceEnv::resilience`] instead).
     pub const SERVICE: Backoff = Backoff {
         initial: Duration::from_millis(20),
         max: Duration::from_millis(1_000),

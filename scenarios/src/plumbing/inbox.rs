@@ -14,8 +14,9 @@
 use std::sync::Arc;
 
 use reprise_core::event_bus::header;
+use reprise_core::resilience::dead_letter::REDELIVERED_FROM_HEADER;
 use reprise_core::{
-    Delivery, EventId, ExpectedVersion, Metadata, NewEvent, Payload, StoreError, StreamId,
+    Delivery, EventId, ExpectedVersion, Headers, Metadata, NewEvent, Payload, StoreError, StreamId,
 };
 use xxhash_rust::xxh3::Xxh3;
 
@@ -63,13 +64,37 @@ pub fn marker(consumer: &str, message: EventId) -> NewEvent {
     }
 }
 
-/// The message id a producer put in the `reprise-event-id` header.
+/// The id the inbox knows a delivery by: see [`message_id_in`].
 #[must_use]
 pub fn message_id(delivery: &Delivery) -> Option<EventId> {
-    delivery
-        .headers
-        .get(header::EVENT_ID)
-        .and_then(parse_event_id)
+    message_id_in(&delivery.headers)
+}
+
+/// The id the inbox knows a message by: the one its producer put in the
+/// `reprise-event-id` header — unless the message is a dead letter sent back by an
+/// operator ([`redeliver`](reprise_core::resilience::redeliver) keeps the original
+/// headers and adds [`REDELIVERED_FROM_HEADER`]). The consumer recorded the original as
+/// handled when it parked it (so it would not block its partition), so the redelivered
+/// copy must count as a new message or its marker would make it a silent no-op. Its id
+/// is derived from the original id and the dead letter's id: a duplicate delivery of one
+/// redelivery is still recognised, and two redeliveries of one message are two messages.
+#[must_use]
+pub fn message_id_in(headers: &Headers) -> Option<EventId> {
+    let original = headers.get(header::EVENT_ID).and_then(parse_event_id)?;
+    Some(match headers.get(REDELIVERED_FROM_HEADER) {
+        None => original,
+        Some(letter) => redelivered_id(original, letter),
+    })
+}
+
+/// The id of a redelivered copy of `original`, sent back from dead letter `letter`.
+#[must_use]
+pub fn redelivered_id(original: EventId, letter: &str) -> EventId {
+    let mut hasher = Xxh3::new();
+    hasher.update(b"redelivered\0");
+    hasher.update(&original.0.to_le_bytes());
+    hasher.update(letter.as_bytes());
+    EventId(hasher.digest128())
 }
 
 /// `id.to_string()` (the UUID layout of [`EventId`]'s `Display`), built in one
@@ -180,6 +205,21 @@ mod tests {
             marker("c", m).payload,
             Payload::from_json_text(format!("{{\"message\":\"{m}\"}}"))
         );
+    }
+
+    #[test]
+    fn a_redelivered_copy_is_a_new_message_and_its_duplicates_are_not() {
+        let original = EventId(0x0123_4567_89ab_cdef_0011_2233_4455_6677);
+        let headers = Headers::default().with(header::EVENT_ID, format_event_id(original));
+        assert_eq!(message_id_in(&headers), Some(original));
+        let first = headers.clone().with(REDELIVERED_FROM_HEADER, "7");
+        let again = headers.clone().with(REDELIVERED_FROM_HEADER, "7");
+        let second = first.clone().with(REDELIVERED_FROM_HEADER, "9");
+        let first_id = message_id_in(&first).unwrap();
+        assert_ne!(first_id, original);
+        assert_eq!(message_id_in(&again), Some(first_id));
+        assert_ne!(message_id_in(&second), Some(first_id));
+        assert_eq!(message_id_in(&Headers::default()), None);
     }
 
     #[test]

@@ -10,9 +10,11 @@
 
 mod aggregates;
 mod conformance;
+mod dead_letter;
 mod errors;
 mod gap_free;
 mod migrations;
 mod outbox;
+mod relay;
 mod subscription;
 mod support;

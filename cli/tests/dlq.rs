@@ -1,0 +1,399 @@
+//! `reprise dlq` against a real PostgreSQL (and Kafka for `retry`): letters are seeded with
+//! `PgDeadLetterQueue` in a fresh schema, then the binary is run as an operator would
+//! (`--schema` selects the schema) and the resulting statuses are read back.
+//!
+//! Needs `DATABASE_URL` (`eval "$(bash scripts/postgres.sh)"`); without it the test is
+//! skipped, except under `CI`, where it fails. The `retry` part also needs `KAFKA_BOOTSTRAP`
+//! (`eval "$(bash scripts/kafka.sh)"`), with the same rule.
+
+// Tests use the wall clock and tokio directly, like the adapters they drive.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use reprise_core::event_bus::{EventBus, Headers};
+use reprise_core::resilience::dead_letter::REDELIVERED_FROM_HEADER;
+use reprise_core::resilience::{
+    DeadLetterId, DeadLetterQueue, DeadLetterStatus, ErrorClass, NewDeadLetter,
+};
+use reprise_core::{Payload, Timestamp};
+use reprise_kafka::{KafkaConfig, KafkaEventBus};
+use reprise_postgres::{PgConfig, PgDeadLetterQueue};
+use serde_json::Value;
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// The variable's value; `None` (after saying why) when it is unset outside CI.
+fn required_env(name: &str, purpose: &str) -> Option<String> {
+    match std::env::var(name) {
+        Ok(value) if !value.is_empty() => Some(value),
+        _ if in_ci() => panic!("{name} is not set but CI is: {purpose} must run in CI"),
+        _ => {
+            eprintln!("SKIPPED {purpose}: {name} is not set (and CI is not)");
+            None
+        }
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{prefix}_{:x}_{}",
+        (nanos ^ u128::from(std::process::id())) as u32,
+        std::process::id()
+    )
+}
+
+fn now() -> Timestamp {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    Timestamp::from_unix_nanos(nanos)
+}
+
+struct Cli {
+    database_url: String,
+    schema: String,
+    kafka: Option<String>,
+}
+
+impl Cli {
+    /// `reprise dlq --schema <schema> <args>`, with `DATABASE_URL` (and `KAFKA_BOOTSTRAP`
+    /// only when `kafka`) in its environment.
+    fn dlq(&self, args: &[&str]) -> Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_reprise"));
+        command
+            .args(["dlq", "--schema", &self.schema])
+            .args(args)
+            .env("DATABASE_URL", &self.database_url)
+            .env_remove("KAFKA_BOOTSTRAP");
+        if let Some(bootstrap) = &self.kafka {
+            command.env("KAFKA_BOOTSTRAP", bootstrap);
+        }
+        command.output().expect("the reprise binary runs")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.dlq(args);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "reprise dlq {args:?}: {}",
+            describe(&output)
+        );
+        stdout(&output)
+    }
+
+    fn json(&self, args: &[&str]) -> Vec<Value> {
+        let text = self.ok(args);
+        match serde_json::from_str(&text) {
+            Ok(Value::Array(rows)) => rows,
+            other => panic!("reprise dlq {args:?} printed no JSON array: {other:?}\n{text}"),
+        }
+    }
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn describe(output: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        stdout(output),
+        stderr(output)
+    )
+}
+
+fn letter(topic: &str, key: &str, payload: &str, failed_at: Timestamp) -> NewDeadLetter {
+    NewDeadLetter {
+        topic: topic.into(),
+        source_position: Some(format!("0/{key}")),
+        key: key.into(),
+        payload: Payload::from_json_text(payload),
+        headers: Headers::default()
+            .with("reprise-event-id", format!("event-{key}"))
+            .with("x-tenant", "acme"),
+        error: format!("handler failed on {key}"),
+        error_class: ErrorClass::Permanent,
+        attempts: 4,
+        failed_at,
+    }
+}
+
+fn ids(rows: &[Value]) -> Vec<&str> {
+    rows.iter()
+        .map(|r| r["id"].as_str().expect("id is a string"))
+        .collect()
+}
+
+async fn status(queue: &PgDeadLetterQueue, id: &DeadLetterId) -> DeadLetterStatus {
+    queue
+        .get(id)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("letter {id} exists"))
+        .status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_lists_shows_discards_and_retries_letters_in_postgres() {
+    let Some(database_url) = required_env("DATABASE_URL", "the `reprise dlq` PostgreSQL test")
+    else {
+        return;
+    };
+    let schema = unique("cli_dlq");
+    let queue = PgDeadLetterQueue::connect(
+        PgConfig::new(database_url.clone())
+            .with_schema(schema.clone())
+            .with_notify(false),
+    )
+    .await
+    .expect("PostgreSQL at DATABASE_URL is reachable (scripts/postgres.sh)");
+    let topic = unique("reprise-cli-dlq").replace('_', "-");
+    let failed_at = now() - Duration::from_secs(7_300);
+    let a = queue
+        .put(letter(
+            &topic,
+            "order-1",
+            r#"{"z":1,"a":[true,null]}"#,
+            failed_at,
+        ))
+        .await
+        .unwrap();
+    let b = queue
+        .put(letter(&topic, "order-2", r#"{"n":2}"#, failed_at))
+        .await
+        .unwrap();
+    let c = queue
+        .put(letter("other", "order-3", "not json", failed_at))
+        .await
+        .unwrap();
+    let cli = Cli {
+        database_url: database_url.clone(),
+        schema: schema.clone(),
+        kafka: None,
+    };
+
+    // list --json: all three, oldest first, with what the table shows.
+    let rows = cli.json(&["list", "--json"]);
+    assert_eq!(ids(&rows), [a.0.as_str(), &b.0, &c.0]);
+    assert_eq!(rows[0]["topic"], topic.as_str());
+    assert_eq!(rows[0]["key"], "order-1");
+    assert_eq!(rows[0]["attempts"], 4);
+    assert_eq!(rows[0]["error_class"], "permanent");
+    assert_eq!(rows[0]["status"], "pending");
+    assert_eq!(rows[0]["failed_at_unix_nanos"], failed_at.as_unix_nanos());
+    let age = rows[0]["age_seconds"].as_u64().unwrap();
+    assert!((7_300..7_400).contains(&age), "age {age}");
+    assert_eq!(
+        ids(&cli.json(&["list", "--topic", "other", "--json"])),
+        [c.0.as_str()]
+    );
+    assert_eq!(
+        ids(&cli.json(&["list", "--limit", "1", "--json"])),
+        [a.0.as_str()]
+    );
+    // The table.
+    let table = cli.ok(&["list"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 4, "{table}");
+    for column in [
+        "ID",
+        "TOPIC",
+        "KEY",
+        "ATTEMPTS",
+        "CLASS",
+        "FAILED AT",
+        "AGE",
+        "STATUS",
+    ] {
+        assert!(lines[0].contains(column), "{table}");
+    }
+    assert!(
+        lines[1].starts_with(&a.0) && lines[1].contains("order-1") && lines[1].contains("2h01m"),
+        "{table}"
+    );
+
+    // show: every field, headers, pretty payload in stored key order.
+    let shown = cli.ok(&["show", &a.0]);
+    for expected in [
+        format!("topic:           {topic}"),
+        "key:             order-1".into(),
+        "source position: 0/order-1".into(),
+        "error:           handler failed on order-1".into(),
+        "error class:     permanent".into(),
+        "  reprise-event-id: event-order-1".into(),
+        "  x-tenant: acme".into(),
+        "payload:\n{\n  \"z\": 1,\n  \"a\": [\n    true,\n    null\n  ]\n}".into(),
+    ] {
+        assert!(
+            shown.contains(&expected),
+            "{expected:?} missing in:\n{shown}"
+        );
+    }
+    let shown: Value =
+        serde_json::from_str(&cli.ok(&["show", &c.0, "--json"])).expect("show --json is JSON");
+    assert_eq!(
+        shown["payload"], "not json",
+        "the exact text, even when not JSON"
+    );
+    assert_eq!(
+        shown["headers"],
+        serde_json::json!([["reprise-event-id", "event-order-3"], ["x-tenant", "acme"]])
+    );
+    let missing = cli.dlq(&["show", "999999999"]);
+    assert_eq!(missing.status.code(), Some(1), "{}", describe(&missing));
+    assert!(
+        stderr(&missing).contains("no dead letter 999999999"),
+        "{}",
+        describe(&missing)
+    );
+
+    // discard, then again: the second is refused and says why.
+    let out = cli.ok(&["discard", &c.0, "--reason", "duplicate of order-2"]);
+    assert_eq!(
+        out.trim(),
+        format!("discarded {}: duplicate of order-2", c.0)
+    );
+    assert!(matches!(
+        status(&queue, &c).await,
+        DeadLetterStatus::Discarded { .. }
+    ));
+    let again = cli.dlq(&["discard", &c.0, "no-such-id"]);
+    assert_eq!(again.status.code(), Some(1), "{}", describe(&again));
+    let err = stderr(&again);
+    assert!(
+        err.contains(&format!("dead letter {} was already discarded", c.0))
+            && err.contains("no dead letter no-such-id"),
+        "{}",
+        describe(&again)
+    );
+    assert_eq!(ids(&cli.json(&["list", "--json"])), [a.0.as_str(), &b.0]);
+    let everything = cli.json(&["list", "--all", "--json"]);
+    assert_eq!(everything.len(), 3);
+    assert_eq!(everything[2]["status"], "discarded");
+    assert!(everything[2]["resolved_at"].is_string());
+
+    // Usage errors exit 2 and say what is missing.
+    let no_bus = cli.dlq(&["retry", &a.0]);
+    assert_eq!(no_bus.status.code(), Some(2), "{}", describe(&no_bus));
+    assert!(
+        stderr(&no_bus).contains("KAFKA_BOOTSTRAP"),
+        "{}",
+        describe(&no_bus)
+    );
+    let no_db = Command::new(env!("CARGO_BIN_EXE_reprise"))
+        .args(["dlq", "list"])
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert_eq!(no_db.status.code(), Some(2), "{}", describe(&no_db));
+    assert!(
+        stderr(&no_db).contains("DATABASE_URL"),
+        "{}",
+        describe(&no_db)
+    );
+    let bad = cli.dlq(&["retry", &a.0, "--all"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", describe(&bad));
+    assert_eq!(status(&queue, &a).await, DeadLetterStatus::Pending);
+
+    if let Some(bootstrap) = required_env("KAFKA_BOOTSTRAP", "the `reprise dlq retry` part") {
+        retry_through_kafka(&queue, cli, bootstrap, &topic, [&a, &b]).await;
+    }
+
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(queue.store().pool())
+        .await
+        .expect("drop the test schema");
+    queue.store().close().await;
+}
+
+async fn retry_through_kafka(
+    queue: &PgDeadLetterQueue,
+    cli: Cli,
+    bootstrap: String,
+    topic: &str,
+    [a, b]: [&DeadLetterId; 2],
+) {
+    let bus = KafkaEventBus::new(KafkaConfig::new(bootstrap.clone())).unwrap();
+    bus.create_topic(topic, 1, 1).await.unwrap();
+    let mut subscription = bus.subscribe(&unique("cli-dlq"), &[topic]).await.unwrap();
+    let cli = Cli {
+        kafka: Some(bootstrap),
+        ..cli
+    };
+
+    let out = cli.ok(&["retry", &a.0]);
+    assert_eq!(
+        out.trim(),
+        format!("retried {a}: republished to {topic} (key order-1)")
+    );
+    assert!(matches!(
+        status(queue, a).await,
+        DeadLetterStatus::Retried { .. }
+    ));
+    let again = cli.dlq(&["retry", &a.0]);
+    assert_eq!(again.status.code(), Some(1), "{}", describe(&again));
+    assert!(
+        stderr(&again).contains(&format!("dead letter {a} was already retried")),
+        "{}",
+        describe(&again)
+    );
+
+    let out = cli.ok(&["retry", "--all", "--topic", topic]);
+    assert!(
+        out.contains(&format!(
+            "retried {b}: republished to {topic} (key order-2)"
+        )) && out.contains("1 letter(s) to retry"),
+        "{out}"
+    );
+    assert!(matches!(
+        status(queue, b).await,
+        DeadLetterStatus::Retried { .. }
+    ));
+    assert!(cli.json(&["list", "--json"]).is_empty());
+
+    // Both letters arrived on their topic, each once, marked with where they came from.
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let delivery = tokio::time::timeout(Duration::from_secs(30), subscription.next())
+            .await
+            .expect("the redelivered message arrives")
+            .unwrap();
+        seen.push((
+            delivery.key.to_string(),
+            delivery.payload.as_str().to_owned(),
+            delivery
+                .headers
+                .get(REDELIVERED_FROM_HEADER)
+                .map(str::to_owned),
+        ));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            (
+                "order-1".to_owned(),
+                r#"{"z":1,"a":[true,null]}"#.to_owned(),
+                Some(a.0.clone())
+            ),
+            (
+                "order-2".to_owned(),
+                r#"{"n":2}"#.to_owned(),
+                Some(b.0.clone())
+            ),
+        ]
+    );
+}

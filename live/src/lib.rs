@@ -1,0 +1,400 @@
+//! # reprise-live
+//!
+//! Runs the scenarios on real infrastructure — tokio, PostgreSQL, a Kafka-API broker — and
+//! checks the simulator's invariants on what actually happened. The analogue of
+//! TigerBeetle's `vortex`: the same workload and the same checkers as the simulator, a
+//! different world underneath.
+//!
+//! ## Why it exists
+//!
+//! The simulator proves the scenario code correct against *models* of the store and the
+//! bus (`reprise-sim`'s faulty in-memory versions). The conformance suites prove each
+//! adapter meets the trait contracts one operation at a time. Neither shows that the
+//! whole system — six services, outbox relay, consumer groups, sagas with real timers —
+//! holds together on the production adapters: that a real rebalance, a real
+//! `pg_snapshot_xmin` hold-back, real concurrency on a multi-threaded runtime, or a
+//! broker's group-join delay do not break an invariant the models never exercised. A
+//! live run does exactly that, and fails with the same invariant names the simulator
+//! uses.
+//!
+//! ## How it differs from the simulator
+//!
+//! - **Not deterministic.** The workload (orders, quantities, cards, arrival times) and
+//!   the carrier's fate of each parcel are drawn from `seed`, so two runs with one seed
+//!   ask the same things; how the system answers depends on real scheduling and I/O. A
+//!   failing live run cannot be replayed step by step — its namespace (schema and
+//!   topics) is kept for inspection instead.
+//! - **No injected faults** (yet): the faults are those of real timing — group joins and
+//!   rebalances, commit latency, concurrent writers on PostgreSQL. The payment provider
+//!   and carrier are the simulator's models, in-process, with small real latencies
+//!   ([`external`]).
+//! - **Checked from durable truth only**: the log is read back from PostgreSQL with
+//!   `read_all`, the provider's books from the model, and the consumer invariants from the
+//!   broker's committed offsets and messages ([`bus_check`]) rather than from an in-memory
+//!   bus.
+//! - **Isolation by namespace**: each run gets a fresh PostgreSQL schema and its own
+//!   prefix on every topic and consumer group ([`namespace`]), so runs never see each
+//!   other's data, even concurrently on one broker and one database.
+//!
+//! ## Known limits (found by running it)
+//!
+//! - **One saga service instance.** With two (`saga_instances: 2`), runs do not settle:
+//!   some sagas stay in `Compensating` forever, re-issuing release/cancel commands whose
+//!   confirmations (`StockReleased`, `OrderCancelled`) were appended and relayed but never
+//!   reached the saga's stream. The checkout's domain events are keyed by *aggregate*
+//!   stream (`inventory-sku0`, `order-o040`), so one saga's inputs land on partitions
+//!   owned by different instances, each with its own in-memory `SagaHost` cache; an
+//!   instance whose cached saga is stale can judge an input irrelevant and acknowledge it
+//!   without reloading. The simulator runs a single saga node, so it never sees this.
+//!   Running sagas on several instances needs inputs keyed by saga id (or a reload before
+//!   an input is dropped) in `reprise-scenarios`.
+//!
+//! ## Use
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), reprise_live::LiveError> {
+//! let config = reprise_live::LiveConfig::from_env(50)?.with_seed(7);
+//! let report = reprise_live::run_checkout(config).await?;
+//! println!("{report}");
+//! # Ok(()) }
+//! ```
+//!
+//! or `reprise real checkout --orders 50` with `DATABASE_URL` and `KAFKA_BOOTSTRAP` set.
+
+// A harness of real infrastructure: it reads the wall clock (to time the run and bound
+// the wait), sleeps and times out on tokio, spawns tokio tasks and blocking broker reads.
+// The determinism lints that guard core, sim and scenarios do not apply; nothing here runs
+// inside the simulator, and the scenario code it drives still sees only the `Runtime`.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+pub mod bus_check;
+mod checkout;
+pub mod external;
+pub mod namespace;
+pub mod runtime;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use reprise_core::{BusError, StoreError};
+use reprise_kafka::ConfigError;
+use reprise_postgres::SetupError;
+use reprise_scenarios::audit::Finding;
+
+pub use checkout::{
+    Checked, CheckoutRun, Progress, WaitOutcome, run_checkout, run_checkout_with_progress,
+};
+
+/// What a live run does and where. Build with [`LiveConfig::new`] or
+/// [`LiveConfig::from_env`], then adjust with the `with_*` methods.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LiveConfig {
+    /// `postgres://user:password@host:port/database`.
+    pub database_url: String,
+    /// Kafka-API bootstrap servers, `host:port[,host:port…]`.
+    pub kafka_bootstrap: String,
+    /// Orders the workload places.
+    pub orders: u32,
+    /// Seeds the workload and the carrier model (not the run: see the crate docs).
+    pub seed: u64,
+    /// Bound on the whole run: group joins, the workload and settling.
+    pub timeout: Duration,
+    /// Schema name and topic/group prefix; a fresh unique one when `None`. Must match
+    /// `[a-z_][a-z0-9_]*`, at most 32 bytes.
+    pub namespace: Option<String>,
+    /// Saga service instances (each with its own outbox relay); the simulator runs one.
+    /// More than one does not settle today: see "Known limits" in the crate docs.
+    pub saga_instances: u32,
+    /// Instances of each of the orders, inventory, payment and shipping services.
+    pub service_instances: u32,
+    /// Partitions of each checkout topic.
+    pub partitions: u32,
+    /// Consumer group timing; the broker forms a group in roughly one session timeout.
+    pub session_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    /// Extra librdkafka properties for every client (TLS, SASL, tuning).
+    pub kafka_properties: BTreeMap<String, String>,
+    /// Keep the run's schema even when the run is clean (a failing run always keeps it).
+    pub keep_schema: bool,
+}
+
+impl fmt::Debug for LiveConfig {
+    /// The database URL is left out: it carries a password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LiveConfig")
+            .field("kafka_bootstrap", &self.kafka_bootstrap)
+            .field("orders", &self.orders)
+            .field("seed", &self.seed)
+            .field("timeout", &self.timeout)
+            .field("namespace", &self.namespace)
+            .field("saga_instances", &self.saga_instances)
+            .field("service_instances", &self.service_instances)
+            .field("partitions", &self.partitions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LiveConfig {
+    /// Defaults: seed 1, 120 s timeout, one instance of every service (as the
+    /// simulator), 4 partitions per topic, 6 s session timeout with 500 ms heartbeats.
+    #[must_use]
+    pub fn new(
+        database_url: impl Into<String>,
+        kafka_bootstrap: impl Into<String>,
+        orders: u32,
+    ) -> Self {
+        LiveConfig {
+            database_url: database_url.into(),
+            kafka_bootstrap: kafka_bootstrap.into(),
+            orders,
+            seed: 1,
+            timeout: Duration::from_secs(120),
+            namespace: None,
+            saga_instances: 1,
+            service_instances: 1,
+            partitions: 4,
+            session_timeout: Duration::from_secs(6),
+            heartbeat_interval: Duration::from_millis(500),
+            kafka_properties: BTreeMap::new(),
+            keep_schema: false,
+        }
+    }
+
+    /// Reads `DATABASE_URL` and `KAFKA_BOOTSTRAP`.
+    ///
+    /// # Errors
+    /// [`LiveError::MissingEnv`] naming the first one unset or empty.
+    pub fn from_env(orders: u32) -> Result<Self, LiveError> {
+        let read = |name: &'static str, hint: &'static str| match std::env::var(name) {
+            Ok(value) if !value.trim().is_empty() => Ok(value),
+            _ => Err(LiveError::MissingEnv { name, hint }),
+        };
+        Ok(LiveConfig::new(
+            read(
+                "DATABASE_URL",
+                "start PostgreSQL with `eval \"$(bash scripts/postgres.sh)\"`",
+            )?,
+            read(
+                "KAFKA_BOOTSTRAP",
+                "start a broker with `eval \"$(bash scripts/kafka.sh)\"`",
+            )?,
+            orders,
+        ))
+    }
+
+    #[must_use]
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    #[must_use]
+    pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    #[must_use]
+    pub fn with_instances(mut self, saga: u32, services: u32) -> Self {
+        self.saga_instances = saga;
+        self.service_instances = services;
+        self
+    }
+
+    #[must_use]
+    pub fn with_keep_schema(mut self, keep: bool) -> Self {
+        self.keep_schema = keep;
+        self
+    }
+
+    /// Checks the settings before anything is created.
+    ///
+    /// # Errors
+    /// [`LiveError::Config`] naming the first problem.
+    pub fn validate(&self) -> Result<(), LiveError> {
+        let invalid = |why: String| Err(LiveError::Config(why));
+        if self.orders == 0 || self.orders > 10_000 {
+            return invalid(format!("orders must be 1..=10000, got {}", self.orders));
+        }
+        if self.saga_instances == 0 || self.service_instances == 0 {
+            return invalid("every service needs at least one instance".into());
+        }
+        if self.partitions == 0 || self.partitions > 64 {
+            return invalid(format!(
+                "partitions must be 1..=64, got {}",
+                self.partitions
+            ));
+        }
+        if self.timeout < Duration::from_secs(5) {
+            return invalid(format!(
+                "timeout {:?} is too short for consumer groups to form",
+                self.timeout
+            ));
+        }
+        if let Some(namespace) = &self.namespace
+            && !is_namespace(namespace)
+        {
+            return invalid(format!(
+                "namespace {namespace:?} must match [a-z_][a-z0-9_]* and be at most 32 bytes"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A name usable as a PostgreSQL schema and a topic prefix.
+fn is_namespace(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    name.len() <= 32
+        && matches!(bytes.next(), Some(b'a'..=b'z' | b'_'))
+        && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'))
+}
+
+/// What a live run did, and what its checkers found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveReport {
+    /// The run's schema and topic/group prefix.
+    pub namespace: String,
+    pub seed: u64,
+    pub orders_planned: u32,
+    pub orders_placed: u32,
+    /// Orders completed (delivered, paid).
+    pub orders_completed: u32,
+    /// Orders cancelled: out of stock, declined, lost by the carrier or timed out, with
+    /// stock and money returned.
+    pub orders_compensated: u32,
+    /// Events in the run's store (domain events, saga events, inbox markers, deadlines).
+    pub events: u64,
+    /// Messages on the run's topics.
+    pub bus_messages: u64,
+    /// Acknowledged messages verified to have taken effect.
+    pub acknowledged_verified: u64,
+    pub saga_instances: u32,
+    pub service_instances: u32,
+    /// From start until every consumer group held every partition.
+    pub ready_after: Duration,
+    /// From start until every order was terminal and settled; `None` on timeout.
+    pub settled_after: Option<Duration>,
+    /// The whole run, checks included.
+    pub elapsed: Duration,
+    /// Broken invariants; empty for a clean run.
+    pub findings: Vec<Finding>,
+    /// Whether the schema was left in the database (failing runs, `keep_schema`).
+    pub schema_kept: bool,
+}
+
+impl LiveReport {
+    #[must_use]
+    pub fn is_clean(&self) -> bool {
+        self.findings.is_empty()
+    }
+}
+
+impl fmt::Display for LiveReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "namespace: {}", self.namespace)?;
+        writeln!(
+            f,
+            "instances: saga x{}, orders/inventory/payments/shipping x{} each",
+            self.saga_instances, self.service_instances
+        )?;
+        writeln!(
+            f,
+            "orders:    {} planned, {} placed, {} completed, {} compensated",
+            self.orders_planned, self.orders_placed, self.orders_completed, self.orders_compensated
+        )?;
+        writeln!(
+            f,
+            "events:    {} in the store, {} messages on the bus, {} acknowledged messages verified",
+            self.events, self.bus_messages, self.acknowledged_verified
+        )?;
+        let settled = self.settled_after.map_or_else(
+            || "never".to_owned(),
+            |d| format!("{:.1}s", d.as_secs_f64()),
+        );
+        writeln!(
+            f,
+            "elapsed:   {:.1}s (groups ready after {:.1}s, settled after {settled})",
+            self.elapsed.as_secs_f64(),
+            self.ready_after.as_secs_f64()
+        )?;
+        if self.findings.is_empty() {
+            write!(f, "outcome:   every invariant holds (seed={})", self.seed)
+        } else {
+            writeln!(
+                f,
+                "outcome:   {} invariant violation(s) (seed={})",
+                self.findings.len(),
+                self.seed
+            )?;
+            for finding in &self.findings {
+                writeln!(f, "  - {finding}")?;
+            }
+            if self.schema_kept {
+                write!(f, "the run's data is kept in schema {}", self.namespace)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Why a live run could not run, or what it found.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    #[error("invalid live configuration: {0}")]
+    Config(String),
+    #[error("{name} is not set: {hint}")]
+    MissingEnv {
+        name: &'static str,
+        hint: &'static str,
+    },
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] SetupError),
+    #[error("event store: {0}")]
+    Store(#[from] StoreError),
+    #[error("Kafka configuration: {0}")]
+    KafkaConfig(#[from] ConfigError),
+    #[error("bus: {0}")]
+    Bus(#[from] BusError),
+    #[error("broker: {0}")]
+    Broker(String),
+    #[error("consumer groups did not form within {waited:?}; unassigned: {}", unassigned.join(", "))]
+    NotReady {
+        waited: Duration,
+        unassigned: Vec<String>,
+    },
+    #[error("cleanup: {0}")]
+    Cleanup(String),
+    /// The run completed and broke at least one invariant.
+    #[error("{}", violation_summary(report))]
+    Violation { report: Box<LiveReport> },
+}
+
+fn violation_summary(report: &LiveReport) -> String {
+    match report.findings.first() {
+        Some(first) => format!(
+            "{} invariant violation(s) in namespace {}; first: {first}",
+            report.findings.len(),
+            report.namespace
+        ),
+        None => "invariant violation".to_owned(),
+    }
+}
+
+impl LiveError {
+    /// The report of a run that broke an invariant.
+    #[must_use]
+    pub fn report(&self) -> Option<&LiveReport> {
+        match self {
+            LiveError::Violation { report } => Some(report),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! The checkout on PostgreSQL and a Kafka-API broker, checked with the simulator's
+//! invariants — and proof that those checks can fail.
+//!
+//! Needs `DATABASE_URL` and `KAFKA_BOOTSTRAP` (`eval "$(bash scripts/postgres.sh)"`,
+//! `eval "$(bash scripts/kafka.sh)"`). Without them the tests say so and pass on a
+//! developer machine; under `CI` (any value) they fail instead, so a green CI run means
+//! the services were exercised.
+
+// A test of real infrastructure: it blocks on a librdkafka commit off the async workers,
+// as the crate itself does (see the crate root).
+#![allow(clippy::disallowed_methods)]
+
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use reprise_core::event_bus::header;
+use reprise_core::{
+    Aggregate, AppendBatch, EventId, EventStore, ExpectedVersion, Metadata, NewEvent,
+};
+use reprise_core::{Headers, OutgoingMessage, Payload};
+use reprise_kafka::{KafkaConfig, KafkaEventBus};
+use reprise_live::{CheckoutRun, LiveConfig, LiveError, Progress, WaitOutcome, run_checkout};
+use reprise_scenarios::checkout::gateway::{ChargeOutcome, ChargeRequest};
+use reprise_scenarios::checkout::invariants::invariant;
+use reprise_scenarios::checkout::inventory::{Inventory, InventoryEvent};
+use reprise_scenarios::checkout::saga::topics;
+use reprise_scenarios::checkout::services::groups;
+use reprise_scenarios::plumbing::inbox;
+
+/// The configuration from the environment, or `None` (after saying why) when the
+/// services are not configured outside CI.
+fn config(orders: u32) -> Option<LiveConfig> {
+    // `RUST_LOG=reprise_live=debug` shows the services' notes; a second init is a no-op.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    match LiveConfig::from_env(orders) {
+        Ok(config) => Some(config),
+        Err(error) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED: {error} (under CI=true this test fails instead)");
+            None
+        }
+        Err(error) => panic!("{error}: CI must run the live checkout"),
+    }
+}
+
+fn print_progress(progress: &Progress) {
+    eprintln!("{progress:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkout_on_real_infrastructure_keeps_every_invariant() {
+    let Some(config) = config(20) else { return };
+    let config = config.with_seed(20).with_timeout(Duration::from_secs(150));
+    let report = match run_checkout(config).await {
+        Ok(report) => report,
+        Err(LiveError::Violation { report }) => panic!("invariant violated:\n{report}"),
+        Err(error) => panic!("the live run failed: {error}"),
+    };
+    eprintln!("{report}");
+    assert!(report.is_clean());
+    assert_eq!(report.orders_planned, 20);
+    assert_eq!(report.orders_placed, 20, "every planned order was placed");
+    assert_eq!(
+        report.orders_completed + report.orders_compensated,
+        20,
+        "every order is terminal exactly once"
+    );
+    assert!(
+        report.orders_completed > 0,
+        "a run where nothing completes says little: {report}"
+    );
+    assert!(report.settled_after.is_some());
+    assert!(
+        report.acknowledged_verified > 0,
+        "the consumer check looked at no acknowledged message: {report}"
+    );
+    assert!(report.events > 20 * 5, "too few events for 20 checkouts");
+    assert!(!report.schema_kept, "a clean run drops its schema");
+}
+
+/// Settles a small run, then breaks the world in two ways the services never would and
+/// requires the final check to name each break.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checker_reports_tampered_books_and_bogus_events() {
+    let Some(config) = config(8) else { return };
+    let config = config.with_seed(8).with_timeout(Duration::from_secs(150));
+    let mut progress = print_progress;
+    let mut run = CheckoutRun::start(config, &mut progress)
+        .await
+        .expect("the run starts");
+    let outcome = run.wait(&mut progress).await.expect("the run is watched");
+    run.stop().await;
+    assert!(
+        matches!(outcome, WaitOutcome::Settled { .. }),
+        "the untampered run settles: {outcome:?}"
+    );
+    let clean = run.check().await.expect("the run is checked");
+    assert_eq!(clean.findings, vec![], "the untampered run is clean");
+
+    // 1. The provider captures a second time for a completed order (a fresh key: what a
+    //    non-idempotent payment handler would send).
+    let completed = run
+        .workload()
+        .orders
+        .iter()
+        .find(|planned| run.provider().books().held_for(&planned.id).0 > 0)
+        .expect("some order completed and holds money")
+        .clone();
+    let outcome = run.provider().charge_now(&ChargeRequest {
+        idempotency_key: format!("{}-tampered", completed.id),
+        order: completed.id.clone(),
+        amount: completed.line.amount,
+        card: completed.line.card,
+    });
+    assert!(matches!(outcome, ChargeOutcome::Captured { .. }));
+    let checked = run.check().await.expect("the run is checked");
+    assert!(
+        checked
+            .findings
+            .iter()
+            .any(|f| f.invariant == invariant::DOUBLE_CAPTURE
+                && f.entities.contains(&format!("order-{}", completed.id))),
+        "a double capture must be reported: {:?}",
+        checked.findings
+    );
+
+    // 2. A second reservation for the same order lands in the store.
+    let reserved_again = InventoryEvent::Reserved {
+        order: completed.id.clone(),
+        quantity: completed.line.quantity,
+    };
+    let event = NewEvent::encode(
+        EventId(u128::from(u64::MAX) + 7),
+        &reserved_again,
+        Metadata::default(),
+    )
+    .expect("encode");
+    let batch = AppendBatch::single(
+        Inventory::stream_id(&completed.line.sku),
+        ExpectedVersion::Any,
+        vec![event],
+    );
+    EventStore::append(run.store().as_ref(), batch)
+        .await
+        .expect("append the bogus reservation");
+    let checked = run.check().await.expect("the run is checked");
+    assert_eq!(
+        checked.findings.first().map(|f| f.invariant),
+        Some(invariant::RESERVED_TWICE),
+        "a second reservation must be reported first: {:?}",
+        checked.findings
+    );
+
+    // 3. An acknowledged message that never took effect: a command nobody handled, with
+    //    the orders service's committed offset moved past it (what committing before
+    //    handling leaves behind).
+    let bootstrap = std::env::var("KAFKA_BOOTSTRAP").expect("checked by config()");
+    let bus = KafkaEventBus::new(KafkaConfig::new(bootstrap.clone())).expect("bus");
+    let message_id = EventId(u128::from(u64::MAX) + 11);
+    let receipts = bus
+        .publish_with_receipts(vec![OutgoingMessage {
+            topic: format!("{}.{}", run.namespace(), topics::ORDERS).into(),
+            key: "order-unhandled".into(),
+            payload: Payload::from_json_text("{}"),
+            headers: Headers::default().with(header::EVENT_ID, inbox::format_event_id(message_id)),
+        }])
+        .await
+        .expect("publish the unhandled command");
+    let receipt = receipts[0].clone();
+    let group = format!("{}.{}", run.namespace(), groups::ORDERS);
+    let committed = receipt.clone();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(
+                &committed.topic,
+                i32::try_from(committed.partition).expect("partition"),
+                Offset::Offset(i64::try_from(committed.offset + 1).expect("offset")),
+            )
+            .expect("offset");
+        consumer
+            .commit(&offsets, CommitMode::Sync)
+            .expect("commit past the unhandled command");
+    })
+    .await
+    .expect("commit task");
+    let checked = run.check().await.expect("the run is checked");
+    assert!(
+        checked.findings.iter().any(|f| f.invariant
+            == reprise_scenarios::audit::invariant::NOTHING_LOST
+            && f.message.contains(&message_id.to_string())),
+        "an acknowledged but unhandled message must be reported (receipt {receipt:?}): {:?}",
+        checked.findings
+    );
+    run.drop_schema().await.expect("drop the tampered schema");
+}
