@@ -2,6 +2,8 @@
 //! `PgDeadLetterQueue` in a fresh schema, then the binary is run as an operator would
 //! (`--schema` selects the schema) and the resulting statuses are read back.
 //!
+//! A second test runs the same commands with `--backend kafka` against a dead-letter topic.
+//!
 //! Needs `DATABASE_URL` (`eval "$(bash scripts/postgres.sh)"`); without it the test is
 //! skipped, except under `CI`, where it fails. The `retry` part also needs `KAFKA_BOOTSTRAP`
 //! (`eval "$(bash scripts/kafka.sh)"`), with the same rule.
@@ -18,7 +20,7 @@ use reprise_core::resilience::{
     DeadLetterId, DeadLetterQueue, DeadLetterStatus, ErrorClass, NewDeadLetter,
 };
 use reprise_core::{Payload, Timestamp};
-use reprise_kafka::{KafkaConfig, KafkaEventBus};
+use reprise_kafka::{KafkaConfig, KafkaDeadLetterQueue, KafkaEventBus};
 use reprise_postgres::{PgConfig, PgDeadLetterQueue};
 use serde_json::Value;
 
@@ -396,4 +398,112 @@ async fn retry_through_kafka(
             ),
         ]
     );
+}
+
+/// `reprise dlq --backend kafka --topic <dead-letter topic> <args>`.
+fn kafka_dlq(bootstrap: &str, dead_letter_topic: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_reprise"))
+        .args(["dlq", "--backend", "kafka", "--topic", dead_letter_topic])
+        .args(args)
+        .env("KAFKA_BOOTSTRAP", bootstrap)
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("the reprise binary runs")
+}
+
+fn kafka_ok(bootstrap: &str, dead_letter_topic: &str, args: &[&str]) -> String {
+    let output = kafka_dlq(bootstrap, dead_letter_topic, args);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "reprise dlq --backend kafka {args:?}: {}",
+        describe(&output)
+    );
+    stdout(&output)
+}
+
+fn kafka_json(bootstrap: &str, dead_letter_topic: &str, args: &[&str]) -> Vec<Value> {
+    let text = kafka_ok(bootstrap, dead_letter_topic, args);
+    match serde_json::from_str(&text) {
+        Ok(Value::Array(rows)) => rows,
+        other => panic!("reprise dlq {args:?} printed no JSON array: {other:?}\n{text}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_on_a_kafka_dead_letter_topic_lists_shows_discards_and_retries() {
+    let Some(bootstrap) = required_env("KAFKA_BOOTSTRAP", "the `reprise dlq --backend kafka` test")
+    else {
+        return;
+    };
+    let source = unique("reprise-cli-src").replace('_', "-");
+    let dead_letter_topic = format!("{source}.dlq");
+    let queue =
+        KafkaDeadLetterQueue::connect(KafkaConfig::new(bootstrap.clone()), &dead_letter_topic)
+            .await
+            .expect("the broker at KAFKA_BOOTSTRAP is reachable (scripts/kafka.sh)");
+    let bus = KafkaEventBus::new(KafkaConfig::new(bootstrap.clone())).unwrap();
+    bus.create_topic(&source, 1, 1).await.unwrap();
+    let mut subscription = bus
+        .subscribe(&unique("cli-dlq-kafka"), &[&source])
+        .await
+        .unwrap();
+    let failed_at = now() - Duration::from_secs(90);
+    let a = queue
+        .put(letter(&source, "order-1", r#"{"n":1}"#, failed_at))
+        .await
+        .unwrap();
+    let b = queue
+        .put(letter(&source, "order-2", r#"{"n":2}"#, failed_at))
+        .await
+        .unwrap();
+    let (k, t) = (bootstrap.as_str(), dead_letter_topic.as_str());
+
+    let rows = kafka_json(k, t, &["list", "--json"]);
+    assert_eq!(ids(&rows), [a.0.as_str(), &b.0]);
+    assert_eq!(rows[0]["topic"], source.as_str());
+    assert_eq!(rows[0]["attempts"], 4);
+    let shown = kafka_ok(k, t, &["show", &a.0]);
+    assert!(shown.contains("key:             order-1"), "{shown}");
+    assert!(
+        shown.contains("error:           handler failed on order-1"),
+        "{shown}"
+    );
+
+    let out = kafka_ok(k, t, &["discard", &b.0, "--reason", "test order"]);
+    assert_eq!(out.trim(), format!("discarded {b}: test order"));
+    let again = kafka_dlq(k, t, &["discard", &b.0]);
+    assert_eq!(again.status.code(), Some(1), "{}", describe(&again));
+    assert_eq!(ids(&kafka_json(k, t, &["list", "--json"])), [a.0.as_str()]);
+
+    let out = kafka_ok(k, t, &["retry", &a.0]);
+    assert_eq!(
+        out.trim(),
+        format!("retried {a}: republished to {source} (key order-1)")
+    );
+    let delivery = tokio::time::timeout(Duration::from_secs(30), subscription.next())
+        .await
+        .expect("the redelivered message arrives")
+        .unwrap();
+    assert_eq!(&*delivery.key, "order-1");
+    assert_eq!(delivery.payload.as_str(), r#"{"n":1}"#);
+    assert_eq!(
+        delivery.headers.get(REDELIVERED_FROM_HEADER),
+        Some(a.0.as_str())
+    );
+    assert!(kafka_json(k, t, &["list", "--json"]).is_empty());
+    let everything = kafka_json(k, t, &["list", "--all", "--json"]);
+    let statuses: Vec<&str> = everything
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["retried", "discarded"]);
+
+    // Resolutions are durable: a fresh connection sees them.
+    let reopened =
+        KafkaDeadLetterQueue::connect(KafkaConfig::new(bootstrap.clone()), &dead_letter_topic)
+            .await
+            .unwrap();
+    let letter = reopened.get(&a).await.unwrap().expect("letter a exists");
+    assert!(matches!(letter.status, DeadLetterStatus::Retried { .. }));
 }
