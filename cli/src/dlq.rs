@@ -465,31 +465,12 @@ fn clip(text: &str, max: usize) -> String {
 
 /// `2026-11-27T17:03:09Z`, with nanoseconds when `precise`.
 fn rfc3339(at: Timestamp, precise: bool) -> String {
-    let nanos = at.as_unix_nanos();
-    let secs = nanos / 1_000_000_000;
-    let (year, month, day) = civil_from_days(secs / 86_400);
-    let of_day = secs % 86_400;
-    let (hour, minute, second) = (of_day / 3_600, of_day % 3_600 / 60, of_day % 60);
-    let mut text = format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}");
+    let time = std::time::UNIX_EPOCH + Duration::from_nanos(at.as_unix_nanos());
     if precise {
-        let _ = write!(text, ".{:09}", nanos % 1_000_000_000);
+        humantime::format_rfc3339_nanos(time).to_string()
+    } else {
+        humantime::format_rfc3339_seconds(time).to_string()
     }
-    text.push('Z');
-    text
-}
-
-/// Year, month, day of the `days`th day after 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 /// `42s`, `5m03s`, `2h05m`, `3d04h`.
