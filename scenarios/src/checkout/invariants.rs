@@ -497,3 +497,112 @@ fn shipped_and_refunded(order: &str, what: &str) -> Finding {
         what,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use reprise_core::event_bus::header;
+    use reprise_core::resilience::{DeadLetterId, NewDeadLetter};
+    use reprise_core::{
+        AppendBatch, ErrorClass, EventId, ExpectedVersion, Headers, InMemoryEventStore, NewEvent,
+        Payload, Timestamp,
+    };
+
+    use super::*;
+    use crate::checkout::saga::topics;
+
+    #[test]
+    fn the_retry_bound_allows_max_attempts_calls_per_delivery_and_not_one_more() {
+        let mut ledger = CallLedger::default();
+        ledger.delivered("order-o1");
+        for _ in 0..MAX_ATTEMPTS {
+            ledger.called("order-o1");
+        }
+        ledger.check_bounded("payment-provider").unwrap();
+        ledger.called("order-o1");
+        let found = ledger.check_bounded("payment-provider").unwrap_err();
+        assert_eq!(found.invariant, invariant::ATTEMPTS_BOUNDED);
+        assert_eq!(found.entities, vec!["order-o1".to_owned()]);
+        // A redelivery brings a budget of its own.
+        ledger.delivered("order-o1");
+        ledger.check_bounded("payment-provider").unwrap();
+        // A call no delivery explains is over budget at once.
+        ledger.called("order-o2");
+        assert!(ledger.check_bounded("payment-provider").is_err());
+        assert_eq!((ledger.total_delivered(), ledger.total_calls()), (2, 6));
+    }
+
+    fn letter(status: DeadLetterStatus) -> DeadLetter {
+        DeadLetter {
+            id: DeadLetterId("1".into()),
+            letter: NewDeadLetter {
+                topic: topics::PAYMENTS.into(),
+                source_position: Some("checkout.payments/0@3".into()),
+                key: "order-o1".into(),
+                payload: Payload::from_json_text("{}"),
+                headers: Headers::default()
+                    .with(header::EVENT_ID, inbox::format_event_id(EventId(7))),
+                error: "payment-provider.charge failed after 4 attempt(s)".into(),
+                error_class: ErrorClass::Transient,
+                attempts: 4,
+                failed_at: Timestamp::SIMULATION_EPOCH,
+            },
+            status,
+        }
+    }
+
+    fn fold_marker(audit: &mut CheckoutAudit, store: &InMemoryEventStore, marker: NewEvent) {
+        store
+            .append_now(&AppendBatch::single(
+                inbox::stream(groups::PAYMENTS),
+                ExpectedVersion::Any,
+                vec![marker],
+            ))
+            .unwrap();
+        audit
+            .observe(&store.read_all_now(audit.next_position(), usize::MAX))
+            .unwrap();
+    }
+
+    #[test]
+    fn dead_letters_must_be_drained_and_each_redelivered_copy_handled() {
+        let mut audit = CheckoutAudit::new();
+        let (bus, store) = (InMemoryEventBus::new(), InMemoryEventStore::new());
+        let pending = audit
+            .check_dead_letters(&bus, &[letter(DeadLetterStatus::Pending)])
+            .unwrap_err();
+        assert_eq!(pending.invariant, invariant::DEAD_LETTERS_DRAINED);
+        assert!(pending.entities.contains(&"order-o1".to_owned()));
+
+        let retried = letter(DeadLetterStatus::Retried {
+            at: Timestamp::SIMULATION_EPOCH,
+        });
+        let unpublished = audit
+            .check_dead_letters(&bus, std::slice::from_ref(&retried))
+            .unwrap_err();
+        assert_eq!(unpublished.invariant, invariant::REDELIVERED_HANDLED);
+
+        let mut copy = retried.letter.message();
+        copy.headers.insert(REDELIVERED_FROM_HEADER, "1");
+        bus.publish_now(std::slice::from_ref(&copy));
+        // The marker the consumer wrote when it parked the original does not count.
+        fold_marker(
+            &mut audit,
+            &store,
+            inbox::marker(groups::PAYMENTS, EventId(7)),
+        );
+        let unhandled = audit
+            .check_dead_letters(&bus, std::slice::from_ref(&retried))
+            .unwrap_err();
+        assert_eq!(unhandled.invariant, invariant::REDELIVERED_HANDLED);
+
+        let copy_id = inbox::message_id_in(&copy.headers).unwrap();
+        fold_marker(&mut audit, &store, inbox::marker(groups::PAYMENTS, copy_id));
+        audit
+            .check_dead_letters(&bus, std::slice::from_ref(&retried))
+            .unwrap();
+        let discarded = letter(DeadLetterStatus::Discarded {
+            at: Timestamp::SIMULATION_EPOCH,
+        });
+        audit.check_dead_letters(&bus, &[discarded]).unwrap();
+    }
+}
