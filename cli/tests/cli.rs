@@ -38,6 +38,8 @@ fn list_shows_scenarios_and_plans() {
         "slow-payments",
         "flaky-store",
         "duplicate-storm",
+        "payment-outage",
+        "carrier-outage",
     ] {
         assert!(
             text.contains(expected),
@@ -202,15 +204,9 @@ fn check_determinism_passes() {
 
 #[test]
 fn every_named_plan_runs_on_checkout() {
-    for plan in [
-        "calm",
-        "swarm",
-        "partition-storm",
-        "crash-loop",
-        "slow-payments",
-        "flaky-store",
-        "duplicate-storm",
-    ] {
+    let plans = reprise_chaos::names();
+    assert!(plans.len() >= 9, "the catalogue shrank: {plans:?}");
+    for plan in plans {
         let out = reprise(&[
             "sweep", "checkout", "--seeds", "3", "--plan", plan, "--jobs", "1",
         ]);
