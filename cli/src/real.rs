@@ -31,9 +31,8 @@ enum RealScenario {
         /// Bound on the whole run, group joins included.
         #[arg(long, default_value_t = 120)]
         timeout_secs: u64,
-        /// Saga service instances (each with its own outbox relay). More than one does
-        /// not settle today (see the reprise-live crate docs, "Known limits").
-        #[arg(long, default_value_t = 1)]
+        /// Saga service instances, one consumer group (each with its own outbox relay).
+        #[arg(long, default_value_t = 2)]
         saga_instances: u32,
         /// Instances of each of the orders, inventory, payment and shipping services.
         #[arg(long, default_value_t = 1)]

@@ -206,6 +206,12 @@ impl<R: Reducer> Store<R> {
         }
     }
 
+    /// Whether `self` and `other` are handles to the same store (not merely equal state).
+    #[must_use]
+    pub fn is_same(&self, other: &Store<R>) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// Reads the state under the lock.
     pub fn with_state<T>(&self, read: impl FnOnce(&R::State) -> T) -> T {
         read(&self.inner.state.lock().state)

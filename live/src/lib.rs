@@ -36,18 +36,15 @@
 //!   prefix on every topic and consumer group ([`namespace`]), so runs never see each
 //!   other's data, even concurrently on one broker and one database.
 //!
-//! ## Known limits (found by running it)
+//! ## Found by running it
 //!
-//! - **One saga service instance.** With two (`saga_instances: 2`), runs do not settle:
-//!   some sagas stay in `Compensating` forever, re-issuing release/cancel commands whose
-//!   confirmations (`StockReleased`, `OrderCancelled`) were appended and relayed but never
-//!   reached the saga's stream. The checkout's domain events are keyed by *aggregate*
-//!   stream (`inventory-sku0`, `order-o040`), so one saga's inputs land on partitions
-//!   owned by different instances, each with its own in-memory `SagaHost` cache; an
-//!   instance whose cached saga is stale can judge an input irrelevant and acknowledge it
-//!   without reloading. The simulator runs a single saga node, so it never sees this.
-//!   Running sagas on several instances needs inputs keyed by saga id (or a reload before
-//!   an input is dropped) in `reprise-scenarios`.
+//! - **Two saga instances used to leave sagas stuck.** A saga's inputs are keyed by the
+//!   aggregate that produced them (`inventory-sku0`, `order-o040`), so they land on
+//!   partitions owned by different saga instances, each with its own cached saga; a stale
+//!   cache judged an input irrelevant and the consumer acknowledged it. This run found it;
+//!   the simulator now runs two saga nodes too (it finds the bug at seed 1 without the
+//!   fix), and `SagaHost` checks after every input that no event lies beyond its cached
+//!   state, reloading and judging again if one does. Two instances are the default here.
 //!
 //! ## Use
 //!
@@ -103,8 +100,7 @@ pub struct LiveConfig {
     /// Schema name and topic/group prefix; a fresh unique one when `None`. Must match
     /// `[a-z_][a-z0-9_]*`, at most 32 bytes.
     pub namespace: Option<String>,
-    /// Saga service instances (each with its own outbox relay); the simulator runs one.
-    /// More than one does not settle today: see "Known limits" in the crate docs.
+    /// Saga service instances (each with its own outbox relay), as in the simulator.
     pub saga_instances: u32,
     /// Instances of each of the orders, inventory, payment and shipping services.
     pub service_instances: u32,
@@ -151,7 +147,7 @@ impl LiveConfig {
             seed: 1,
             timeout: Duration::from_secs(120),
             namespace: None,
-            saga_instances: 1,
+            saga_instances: 2,
             service_instances: 1,
             partitions: 4,
             session_timeout: Duration::from_secs(6),

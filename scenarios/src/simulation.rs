@@ -293,7 +293,7 @@ impl CheckoutScenario {
             options: CheckoutOptions::default(),
             bugs: Bugs::NONE,
             name: "checkout",
-            description: "~50 checkouts: order → inventory → payment → shipping saga with compensation, six nodes and an operator",
+            description: "~50 checkouts: order → inventory → payment → shipping saga with compensation, seven nodes (two saga instances) and an operator",
             reports: None,
         }
     }
@@ -557,9 +557,14 @@ impl Scenario for CheckoutScenario {
             let env = service_env(&ctx);
             ctx.spawn("client", run_client(env, Arc::clone(&client_workload)));
         });
-        world.add_node("saga", crashable(), move |ctx| {
-            services::start_saga_service(&service_env(&ctx), bugs);
-        });
+        // Two saga instances in one consumer group: a saga's inputs are keyed by the
+        // aggregate that produced them, so they land on partitions owned by either
+        // instance, and each instance's cached saga may be stale.
+        for name in ["saga", "saga-2"] {
+            world.add_node(name, crashable(), move |ctx| {
+                services::start_saga_service(&service_env(&ctx), bugs);
+            });
+        }
         world.add_node("orders", crashable(), move |ctx| {
             services::start_orders_service(&service_env(&ctx), bugs);
         });
@@ -659,7 +664,7 @@ impl TransfersScenario {
             options: TransfersOptions::default(),
             bugs: Bugs::NONE,
             name: "transfers",
-            description: "~50 concurrent transfers between 8 accounts: debit, credit, reverse; three nodes",
+            description: "~50 concurrent transfers between 8 accounts: debit, credit, reverse; four nodes (two saga instances)",
         }
     }
 
@@ -749,9 +754,12 @@ impl Scenario for TransfersScenario {
                 transfers::services::run_client(env, Arc::clone(&client_workload)),
             );
         });
-        world.add_node("saga", crashable(), move |ctx| {
-            transfers::services::start_saga_service(&service_env(&ctx), bugs);
-        });
+        // Two saga instances in one consumer group, as in checkout.
+        for name in ["saga", "saga-2"] {
+            world.add_node(name, crashable(), move |ctx| {
+                transfers::services::start_saga_service(&service_env(&ctx), bugs);
+            });
+        }
         world.add_node("accounts", crashable(), move |ctx| {
             transfers::services::start_accounts_service(&service_env(&ctx), bugs);
         });

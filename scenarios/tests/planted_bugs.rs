@@ -123,11 +123,14 @@ fn state_applied_before_the_append_is_found_and_replays() {
 
 #[test]
 fn deciding_from_a_projection_is_found_and_replays() {
-    // Measured: first failure at seed 6, 18/100 seeds fail.
+    // Measured: first failure at seed 1, 59/100 seeds fail. With two saga instances a
+    // reserve command is re-dispatched more often (each instance's recovery re-sends the
+    // last reaction's commands), and the projection path, which bypasses the aggregate's
+    // once-per-order rule, reserves twice as readily as it oversells.
     found_and_replayed(
         &CheckoutScenario::with_bug(PlantedBug::DecideFromProjection),
         60,
-        &[checkout::OVERSOLD],
+        &[checkout::OVERSOLD, checkout::RESERVED_TWICE],
     );
 }
 

@@ -140,12 +140,55 @@ impl<S: Saga> SagaHost<S> {
                 self.env.sleep(SETTLE_POLL).await;
             }
             if store.with_state(|s| s.failure.is_none()) {
-                return;
+                match self.is_current(&store).await {
+                    Some(true) => return,
+                    Some(false) => {
+                        self.env.note(format_args!(
+                            "{}-{id} cached state is stale; reloading to judge {input:?} again",
+                            S::NAME
+                        ));
+                        self.evict(id, &store);
+                        continue;
+                    }
+                    None => {}
+                }
             }
             self.env
                 .sleep(Backoff::SERVICE.delay(attempt, &self.env))
                 .await;
             attempt = attempt.saturating_add(1);
+        }
+    }
+
+    /// Whether `store`'s saga has seen every event of its stream (`None`: the store could
+    /// not say).
+    ///
+    /// Several hosts may run the same saga type in one consumer group, and a saga's inputs
+    /// are keyed by the aggregates that produced them, so they reach whichever host owns
+    /// that partition. A host's cached instance is then stale whenever another host has
+    /// advanced the saga since. A stale instance that *reacts* finds out by a conflict on
+    /// its append; one that judges the input irrelevant would find out never — and the
+    /// consumer would acknowledge an input the saga needed. So after every input the host
+    /// checks that no event lies beyond what the instance has seen. Causality makes that
+    /// enough: the input answers a command the saga persisted *before* dispatching it, so
+    /// whatever state makes the input relevant is in the stream by the time it arrives.
+    async fn is_current(&self, store: &Store<SagaReducer<S>>) -> Option<bool> {
+        let (stream, version) = store.with_state(|s| (s.stream(), s.version));
+        match self.env.store.read_stream(&stream, version + 1, 1).await {
+            Ok(newer) => Some(newer.is_empty()),
+            Err(_) => None,
+        }
+    }
+
+    /// Drops the cached instance `store` of saga `id` (if it is still the cached one), so
+    /// the next [`instance`](Self::instance) call recovers it from its stream.
+    fn evict(&self, id: &str, store: &Store<SagaReducer<S>>) {
+        let mut instances = self.instances.lock();
+        if instances
+            .get(id)
+            .is_some_and(|cached| cached.is_same(store))
+        {
+            instances.remove(id);
         }
     }
 
