@@ -148,10 +148,15 @@ async fn the_checker_reports_tampered_books_and_bogus_events() {
         .await
         .expect("append the bogus reservation");
     let checked = run.check().await.expect("the run is checked");
-    assert_eq!(
-        checked.findings.first().map(|f| f.invariant),
-        Some(invariant::RESERVED_TWICE),
-        "a second reservation must be reported first: {:?}",
+    // The books are still tampered with, so the double capture is reported too; the order
+    // of findings follows the checkers' order, which the test does not pin.
+    assert!(
+        checked
+            .findings
+            .iter()
+            .any(|f| f.invariant == invariant::RESERVED_TWICE
+                && f.entities.contains(&format!("order-{}", completed.id))),
+        "a second reservation must be reported: {:?}",
         checked.findings
     );
 
