@@ -12,85 +12,39 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use parking_lot::Mutex;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use reprise_core::event_bus::{
-    EventBus, Headers, OutgoingMessage, Subscription, header, partition_for_key,
-};
-use reprise_core::{BusError, Delivery, Payload};
+use reprise_core::event_bus::{EventBus, OutgoingMessage, Subscription, header, partition_for_key};
+use reprise_core::{BusError, Delivery};
 use reprise_kafka::dead_letter::header as dlq;
 use reprise_kafka::{
     ConfigError, DeadLetterHandler, DeadLetterPolicy, DeadLetterQueue, HandlerError, KafkaConfig,
     KafkaEventBus, Outcome,
 };
 
+mod support;
+
+use support::{event_id, namespace, publish_raw, within};
+
+const CLIENT_ID: &str = "reprise-kafka-tests";
+
+/// The W3C trace context every test message carries: dead-lettering must keep it.
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
 fn config() -> KafkaConfig {
-    if std::env::var("KAFKA_BOOTSTRAP").is_err() {
-        panic!(
-            "KAFKA_BOOTSTRAP is unset: start a broker with `eval \"$(scripts/kafka.sh)\"`. These tests never skip."
-        );
-    }
-    let mut config =
-        KafkaConfig::from_env().unwrap_or_else(|e| panic!("bad Kafka environment: {e}"));
-    if std::env::var("KAFKA_SESSION_TIMEOUT_MS").is_err()
-        && std::env::var("KAFKA_HEARTBEAT_INTERVAL_MS").is_err()
-    {
-        config = config.group_timing(Duration::from_secs(6), Duration::from_millis(500));
-    }
-    config.client_id("reprise-kafka-tests")
+    support::config(CLIENT_ID)
 }
 
 async fn bus() -> KafkaEventBus {
-    let config = config();
-    let bootstrap = config.bootstrap_servers.clone();
-    let bus = KafkaEventBus::new(config).unwrap_or_else(|e| panic!("cannot create the bus: {e}"));
-    if let Err(e) = bus.check_connection().await {
-        panic!(
-            "the broker at {bootstrap} does not answer ({e}): start it with `eval \"$(scripts/kafka.sh)\"`"
-        );
-    }
-    bus
+    support::bus(CLIENT_ID).await
 }
 
-/// A prefix no other run or test shares.
-fn namespace(test: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_nanos();
-    format!("rk-{test}-{}-{nanos}-", std::process::id())
-}
-
+/// [`support::message`] with a [`TRACEPARENT`] header.
 fn message(topic: &str, key: &str, event_id: u64, payload: &str) -> OutgoingMessage {
-    OutgoingMessage {
-        topic: topic.into(),
-        key: key.into(),
-        payload: Payload::from_json_text(payload),
-        headers: Headers::default()
-            .with(header::EVENT_ID, event_id.to_string())
-            .with(header::EVENT_TYPE, "Tested")
-            .with(header::SCHEMA_VERSION, "1")
-            .with(
-                header::TRACEPARENT,
-                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            ),
-    }
-}
-
-fn event_id(d: &Delivery) -> u64 {
-    d.headers
-        .get(header::EVENT_ID)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{} has no event id", d.coordinates()))
-}
-
-async fn within<T>(budget: Duration, what: &str, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(budget, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no result within {budget:?}"))
+    let mut message = support::message(topic, key, event_id, payload);
+    message.headers.insert(header::TRACEPARENT, TRACEPARENT);
+    message
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -422,22 +376,7 @@ async fn poison_messages_are_dead_lettered_listed_and_replayed() {
     .await
     .expect("publish");
     // A payload that is not even UTF-8, from a foreign producer.
-    let raw: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &bus.config().bootstrap_servers)
-        .create()
-        .expect("raw producer");
-    raw.send(
-        FutureRecord::to(&topic)
-            .key("acct-1")
-            .payload(&[0xff_u8, 0xfe, 0x00][..])
-            .headers(OwnedHeaders::new().insert(Header {
-                key: header::EVENT_ID,
-                value: Some("4"),
-            })),
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("raw publish");
+    publish_raw(&bus, &topic, "acct-1", "4", &[0xff, 0xfe, 0x00]).await;
     bus.publish(vec![message(&topic, "acct-1", 5, r#"{"amount":50}"#)])
         .await
         .expect("publish");
@@ -514,7 +453,7 @@ async fn poison_messages_are_dead_lettered_listed_and_replayed() {
     assert_eq!(poison.header(header::EVENT_ID), Some("2"));
     assert_eq!(
         poison.header(header::TRACEPARENT),
-        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        Some(TRACEPARENT),
         "original headers are kept"
     );
     assert!(

@@ -10,47 +10,31 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use reprise_core::event_bus::{EventBus, Headers, OutgoingMessage, Subscription, header};
+use reprise_core::event_bus::{EventBus, Headers, Subscription, header};
 use reprise_core::resilience::dead_letter::REDELIVERED_FROM_HEADER;
 use reprise_core::resilience::{
     self as contract, DeadLetterId, DeadLetterQuery, DeadLetterQueue as _, DeadLetterStatus,
     ErrorClass, NewDeadLetter, Resolution, redeliver,
 };
-use reprise_core::{Delivery, Payload, Timestamp};
+use reprise_core::{Payload, Timestamp};
 use reprise_kafka::dead_letter::header as dlq;
 use reprise_kafka::{
     DeadLetterHandler, DeadLetterPolicy, DeadLetterQueue, HandlerError, KafkaConfig,
     KafkaDeadLetterQueue, KafkaError, KafkaEventBus, Outcome, RESOLUTIONS_SUFFIX,
 };
 
+mod support;
+
+use support::{event_id, message, namespace, publish_raw, within};
+
+const CLIENT_ID: &str = "reprise-kafka-dlq-tests";
+
 fn config() -> KafkaConfig {
-    if std::env::var("KAFKA_BOOTSTRAP").is_err() {
-        panic!(
-            "KAFKA_BOOTSTRAP is unset: start a broker with `eval \"$(scripts/kafka.sh)\"`. These tests never skip."
-        );
-    }
-    let mut config =
-        KafkaConfig::from_env().unwrap_or_else(|e| panic!("bad Kafka environment: {e}"));
-    if std::env::var("KAFKA_SESSION_TIMEOUT_MS").is_err()
-        && std::env::var("KAFKA_HEARTBEAT_INTERVAL_MS").is_err()
-    {
-        config = config.group_timing(Duration::from_secs(6), Duration::from_millis(500));
-    }
-    config.client_id("reprise-kafka-dlq-tests")
+    support::config(CLIENT_ID)
 }
 
 async fn bus() -> KafkaEventBus {
-    let config = config();
-    let bootstrap = config.bootstrap_servers.clone();
-    let bus = KafkaEventBus::new(config).unwrap_or_else(|e| panic!("cannot create the bus: {e}"));
-    if let Err(e) = bus.check_connection().await {
-        panic!(
-            "the broker at {bootstrap} does not answer ({e}): start it with `eval \"$(scripts/kafka.sh)\"`"
-        );
-    }
-    bus
+    support::bus(CLIENT_ID).await
 }
 
 async fn connect(topic: &str) -> KafkaDeadLetterQueue {
@@ -59,46 +43,12 @@ async fn connect(topic: &str) -> KafkaDeadLetterQueue {
         .unwrap_or_else(|e| panic!("connect to {topic}: {e}"))
 }
 
-/// A prefix no other run or test shares.
-fn namespace(test: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_nanos();
-    format!("rk-{test}-{}-{nanos}-", std::process::id())
-}
-
 fn now() -> Timestamp {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
         .as_nanos();
     Timestamp::from_unix_nanos(u64::try_from(nanos).expect("nanos fit u64"))
-}
-
-fn message(topic: &str, key: &str, event_id: u64, payload: &str) -> OutgoingMessage {
-    OutgoingMessage {
-        topic: topic.into(),
-        key: key.into(),
-        payload: Payload::from_json_text(payload),
-        headers: Headers::default()
-            .with(header::EVENT_ID, event_id.to_string())
-            .with(header::EVENT_TYPE, "Tested")
-            .with(header::SCHEMA_VERSION, "1"),
-    }
-}
-
-fn event_id(d: &Delivery) -> u64 {
-    d.headers
-        .get(header::EVENT_ID)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{} has no event id", d.coordinates()))
-}
-
-async fn within<T>(budget: Duration, what: &str, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(budget, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no result within {budget:?}"))
 }
 
 fn all(topic: &str) -> DeadLetterQuery {
@@ -153,22 +103,7 @@ async fn handler_dead_letters_are_listed_redelivered_and_resolved_durably() {
     .await
     .expect("publish");
     // Not UTF-8: the subscription dead-letters it itself.
-    let raw: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &bus.config().bootstrap_servers)
-        .create()
-        .expect("raw producer");
-    raw.send(
-        FutureRecord::to(&topic)
-            .key("acct-1")
-            .payload(&[0xff_u8, 0xfe][..])
-            .headers(OwnedHeaders::new().insert(Header {
-                key: header::EVENT_ID,
-                value: Some("3"),
-            })),
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("raw publish");
+    publish_raw(&bus, &topic, "acct-1", "3", &[0xff, 0xfe]).await;
     bus.publish(vec![
         message(&topic, "acct-2", 4, r#"{"amount":40}"#), // transient until retries run out
     ])

@@ -17,8 +17,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use reprise_core::event_bus::{EventBus, Headers, OutgoingMessage, header};
 use reprise_core::{AppendBatch, EventId, ExpectedVersion, Metadata, NewEvent, Payload};
-use reprise_kafka::{KafkaConfig, KafkaEventBus};
 use reprise_postgres::{OutboxRelay, PgConfig, PgEventStore, RelayOptions, relay};
+
+mod support;
+
+use support::{bus, event_id};
 
 const STREAMS: u64 = 8;
 const EVENTS_PER_APPEND: u64 = 5;
@@ -45,31 +48,6 @@ async fn store() -> PgEventStore {
     PgEventStore::connect(config)
         .await
         .unwrap_or_else(|e| panic!("cannot reach PostgreSQL: {e}. See scripts/postgres.sh"))
-}
-
-async fn bus() -> KafkaEventBus {
-    if std::env::var("KAFKA_BOOTSTRAP").is_err() {
-        panic!(
-            "KAFKA_BOOTSTRAP is unset: start a broker with `eval \"$(scripts/kafka.sh)\"`. \
-             These tests never skip."
-        );
-    }
-    let mut config =
-        KafkaConfig::from_env().unwrap_or_else(|e| panic!("bad Kafka environment: {e}"));
-    if std::env::var("KAFKA_SESSION_TIMEOUT_MS").is_err()
-        && std::env::var("KAFKA_HEARTBEAT_INTERVAL_MS").is_err()
-    {
-        config = config.group_timing(Duration::from_secs(6), Duration::from_millis(500));
-    }
-    let bootstrap = config.bootstrap_servers.clone();
-    let bus = KafkaEventBus::new(config.client_id("reprise-outbox-relay-test"))
-        .unwrap_or_else(|e| panic!("cannot create the bus: {e}"));
-    if let Err(e) = bus.check_connection().await {
-        panic!(
-            "the broker at {bootstrap} does not answer ({e}): start it with `eval \"$(scripts/kafka.sh)\"`"
-        );
-    }
-    bus
 }
 
 /// Event `n`: stream `order-{n % STREAMS}`, event id `base + n`, payload `{"n":n}`.
@@ -112,7 +90,7 @@ async fn outbox_rows_reach_a_consumer_group_through_the_broker_in_order_per_key(
         .expect("the only recorder of this binary");
 
     let store = store().await;
-    let bus = bus().await;
+    let bus = bus("reprise-outbox-relay-test").await;
     let budget = bus.config().group_join_budget();
     let topic = unique("rk-outbox-relay");
     bus.create_topic(&topic, 4, 1).await.expect("create topic");
@@ -179,11 +157,7 @@ async fn outbox_rows_reach_a_consumer_group_through_the_broker_in_order_per_key(
                 )
             })
             .expect("next");
-        let n: u64 = delivery
-            .headers
-            .get(header::EVENT_ID)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{} has no event id", delivery.coordinates()));
+        let n = event_id(&delivery);
         assert_eq!(delivery.topic.as_ref(), topic.as_str());
         assert_eq!(
             delivery.key.as_ref(),

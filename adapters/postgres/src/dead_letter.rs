@@ -36,6 +36,7 @@ use sqlx::{Connection, PgConnection, Row, Transaction};
 
 use crate::config::PgConfig;
 use crate::error::{SetupError, classify, database_error};
+use crate::outbox::{encode_headers, parse_headers};
 use crate::rows::limit_to_i64;
 use crate::store::PgEventStore;
 
@@ -450,20 +451,8 @@ fn stats(row: &PgRow) -> Result<DeadLetterStats, DeadLetterError> {
     })
 }
 
-/// Headers are ordered and may repeat a name (as in Kafka), hence pairs, not an object.
-fn encode_headers(headers: &Headers) -> String {
-    let pairs: Vec<[&str; 2]> = headers
-        .0
-        .iter()
-        .map(|(k, v)| [k.as_str(), v.as_str()])
-        .collect();
-    serde_json::to_string(&pairs).expect("string pairs always serialize")
-}
-
 fn decode_headers(json: &str) -> Result<Headers, DeadLetterError> {
-    let pairs: Vec<(String, String)> =
-        serde_json::from_str(json).map_err(|e| corrupt("headers", &e))?;
-    Ok(Headers(pairs))
+    parse_headers(json).map_err(|e| corrupt("headers", &e))
 }
 
 /// Microseconds from the Unix epoch to PostgreSQL's, 2000-01-01T00:00:00Z.

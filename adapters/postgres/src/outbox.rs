@@ -60,7 +60,8 @@ pub(crate) async fn enqueue(
 }
 
 /// Headers are ordered and may repeat a name (as in Kafka), hence pairs, not an object.
-fn encode_headers(headers: &Headers) -> String {
+/// Shared by the outbox and the dead-letter table, which store headers alike.
+pub(crate) fn encode_headers(headers: &Headers) -> String {
     let pairs: Vec<[&str; 2]> = headers
         .0
         .iter()
@@ -69,10 +70,13 @@ fn encode_headers(headers: &Headers) -> String {
     serde_json::to_string(&pairs).expect("string pairs always serialize")
 }
 
+/// The inverse of [`encode_headers`].
+pub(crate) fn parse_headers(json: &str) -> Result<Headers, serde_json::Error> {
+    serde_json::from_str::<Vec<(String, String)>>(json).map(Headers)
+}
+
 fn decode_headers(json: &str) -> Result<Headers, StoreError> {
-    let pairs: Vec<(String, String)> = serde_json::from_str(json)
-        .map_err(|e| StoreError::Permanent(format!("outbox row: headers: {e}")))?;
-    Ok(Headers(pairs))
+    parse_headers(json).map_err(|e| StoreError::Permanent(format!("outbox row: headers: {e}")))
 }
 
 impl PgEventStore {

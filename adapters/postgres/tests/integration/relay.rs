@@ -14,7 +14,9 @@ use reprise_core::{
     AppendBatch, BoxFuture, BusError, Delivery, EventBus, ExpectedVersion, Headers,
     InMemoryEventBus, OutgoingMessage, Payload,
 };
-use reprise_postgres::{OutboxRelay, PgEventStore, RelayError, RelayOptions};
+use reprise_postgres::{
+    OutboxRelay, PgEventStore, RelayError, RelayHandle, RelayOptions, RelayStats,
+};
 
 use crate::support::{connect, drop_schema, event, fresh_store, id_base};
 
@@ -105,6 +107,28 @@ fn options() -> RelayOptions {
         .with_backoff(Duration::from_millis(10), Duration::from_millis(80))
 }
 
+/// Starts a relay draining `store`'s outbox to `bus`.
+fn spawn_relay(store: &PgEventStore, bus: Arc<dyn EventBus>, options: RelayOptions) -> RelayHandle {
+    OutboxRelay::new(store.clone(), bus, options)
+        .unwrap()
+        .spawn()
+}
+
+/// Waits (up to 5 s) until a test bus's publish-call counter satisfies `reached`.
+async fn wait_for_calls(what: &str, calls: &AtomicU64, reached: impl Fn(u64) -> bool) {
+    eventually(what, Duration::from_secs(5), || async {
+        reached(calls.load(Ordering::Relaxed))
+    })
+    .await;
+}
+
+/// Stops `relay`, returning its final stats and how long stopping took.
+async fn timed_shutdown(relay: RelayHandle) -> (RelayStats, Duration) {
+    let started = Instant::now();
+    let stats = relay.shutdown().await;
+    (stats, started.elapsed())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_are_published_once_in_order_and_marked() {
     let store = fresh_store("relay_once").await;
@@ -112,13 +136,7 @@ async fn rows_are_published_once_in_order_and_marked() {
     let base = id_base();
     // A backlog before the relay starts, then rows while it waits.
     append_range(&store, base, 0, 40, 5).await;
-    let relay = OutboxRelay::new(
-        store.clone(),
-        Arc::clone(&bus) as Arc<dyn EventBus>,
-        options(),
-    )
-    .unwrap()
-    .spawn();
+    let relay = spawn_relay(&store, Arc::clone(&bus) as Arc<dyn EventBus>, options());
     eventually("backlog relayed", Duration::from_secs(10), || async {
         bus.messages(TOPIC).len() == 40
     })
@@ -219,19 +237,14 @@ async fn bus_failures_keep_rows_pending_then_everything_is_published_in_order() 
         Fault::Refuse,
     ];
     let bus = FlakyBus::new(faults.clone());
-    let relay = OutboxRelay::new(
-        store.clone(),
+    let relay = spawn_relay(
+        &store,
         Arc::new(bus.clone()),
         // Slow backoff so the test can look while the bus is failing.
         options().with_backoff(Duration::from_millis(150), Duration::from_millis(300)),
-    )
-    .unwrap()
-    .spawn();
+    );
 
-    eventually("first failures", Duration::from_secs(5), || async {
-        bus.attempts.load(Ordering::Relaxed) >= 2
-    })
-    .await;
+    wait_for_calls("first failures", &bus.attempts, |n| n >= 2).await;
     assert_eq!(
         pending(&store).await,
         30,
@@ -269,17 +282,12 @@ async fn a_failing_bus_is_retried_with_backoff_not_in_a_busy_loop() {
     let store = fresh_store("relay_backoff").await;
     append_range(&store, id_base(), 0, 3, 1).await;
     let bus = FlakyBus::new(vec![Fault::Refuse; 1_000]);
-    let relay = OutboxRelay::new(
-        store.clone(),
+    let relay = spawn_relay(
+        &store,
         Arc::new(bus.clone()),
         options().with_backoff(Duration::from_millis(10), Duration::from_millis(200)),
-    )
-    .unwrap()
-    .spawn();
-    eventually("first attempt", Duration::from_secs(5), || async {
-        bus.attempts.load(Ordering::Relaxed) >= 1
-    })
-    .await;
+    );
+    wait_for_calls("first attempt", &bus.attempts, |n| n >= 1).await;
     let started = bus.attempts.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let attempts = bus.attempts.load(Ordering::Relaxed) - started;
@@ -329,12 +337,8 @@ async fn two_relays_never_publish_at_once_and_the_standby_takes_over() {
     let second_store = connect(first_store.config().clone()).await;
     let bus = OverlapBus::default();
     let base = id_base();
-    let first = OutboxRelay::new(first_store.clone(), Arc::new(bus.clone()), options())
-        .unwrap()
-        .spawn();
-    let second = OutboxRelay::new(second_store.clone(), Arc::new(bus.clone()), options())
-        .unwrap()
-        .spawn();
+    let first = spawn_relay(&first_store, Arc::new(bus.clone()), options());
+    let second = spawn_relay(&second_store, Arc::new(bus.clone()), options());
     eventually("a leader", Duration::from_secs(5), || async {
         first.stats().leader || second.stats().leader
     })
@@ -426,57 +430,37 @@ async fn shutdown_is_prompt_when_idle_backing_off_or_stuck_in_a_publish() {
     let prompt = Duration::from_secs(1);
 
     // Idle, waiting out a 30 s poll interval.
-    let relay = OutboxRelay::new(store.clone(), Arc::new(InMemoryEventBus::new()), options())
-        .unwrap()
-        .spawn();
+    let relay = spawn_relay(&store, Arc::new(InMemoryEventBus::new()), options());
     eventually("leader", Duration::from_secs(5), || async {
         relay.stats().leader
     })
     .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let started = Instant::now();
-    relay.shutdown().await;
-    assert!(started.elapsed() < prompt, "idle: {:?}", started.elapsed());
+    let (_, took) = timed_shutdown(relay).await;
+    assert!(took < prompt, "idle: {took:?}");
 
     // Backing off for 30 s after a failure.
     append_range(&store, id_base(), 0, 2, 1).await;
     let failing = FlakyBus::new(vec![Fault::Refuse; 10]);
-    let relay = OutboxRelay::new(
-        store.clone(),
+    let relay = spawn_relay(
+        &store,
         Arc::new(failing.clone()),
         options().with_backoff(Duration::from_secs(30), Duration::from_secs(30)),
-    )
-    .unwrap()
-    .spawn();
-    eventually("failing", Duration::from_secs(5), || async {
-        failing.attempts.load(Ordering::Relaxed) == 1
-    })
-    .await;
-    let started = Instant::now();
-    let stats = relay.shutdown().await;
-    assert!(
-        started.elapsed() < prompt,
-        "backoff: {:?}",
-        started.elapsed()
     );
+    wait_for_calls("failing", &failing.attempts, |n| n == 1).await;
+    let (stats, took) = timed_shutdown(relay).await;
+    assert!(took < prompt, "backoff: {took:?}");
     assert_eq!(stats.errors, 1);
 
     // A publish that never returns: abandoned after the grace period, rows stay pending.
     let hanging = HangingBus::default();
-    let relay = OutboxRelay::new(
-        store.clone(),
+    let relay = spawn_relay(
+        &store,
         Arc::new(hanging.clone()),
         options().with_shutdown_grace(Duration::from_millis(200)),
-    )
-    .unwrap()
-    .spawn();
-    eventually("publishing", Duration::from_secs(5), || async {
-        hanging.calls.load(Ordering::Relaxed) == 1
-    })
-    .await;
-    let started = Instant::now();
-    relay.shutdown().await;
-    let took = started.elapsed();
+    );
+    wait_for_calls("publishing", &hanging.calls, |n| n == 1).await;
+    let (_, took) = timed_shutdown(relay).await;
     assert!(
         took >= Duration::from_millis(200) && took < prompt,
         "stuck publish: {took:?}"
@@ -485,13 +469,7 @@ async fn shutdown_is_prompt_when_idle_backing_off_or_stuck_in_a_publish() {
 
     // The lock was released each time: a new relay leads at once and drains the rows.
     let bus = Arc::new(InMemoryEventBus::new());
-    let relay = OutboxRelay::new(
-        store.clone(),
-        Arc::clone(&bus) as Arc<dyn EventBus>,
-        options(),
-    )
-    .unwrap()
-    .spawn();
+    let relay = spawn_relay(&store, Arc::clone(&bus) as Arc<dyn EventBus>, options());
     eventually("drained after restart", Duration::from_secs(5), || async {
         pending(&store).await == 0
     })
