@@ -24,10 +24,10 @@ use serde::de::DeserializeOwned;
 use crate::effect::{Effect, Effects};
 use crate::effects;
 use crate::event::{
-    DecodeError, Event, EventId, Metadata, NewEvent, Payload, RecordedEvent, StreamId, Upcasters,
+    DecodeError, Event, EventId, Metadata, NewEvent, RecordedEvent, StreamId, Upcasters,
 };
 use crate::event_store::{
-    AppendBatch, EventStore, ExpectedVersion, Snapshot, SnapshotPolicy, StoreError,
+    AppendBatch, EventStore, ExpectedVersion, StoreError,
 };
 use crate::instrument as names;
 use crate::reducer::Reducer;
@@ -93,7 +93,7 @@ impl<E: std::error::Error> CommandError<E> {
     }
 }
 
-fn encode_all<A: Aggregate>(
+pub(crate) fn encode_all<A: Aggregate>(
     entropy: &dyn Entropy,
     events: &[A::Event],
     metadata: &Metadata,
@@ -107,7 +107,7 @@ fn encode_all<A: Aggregate>(
         .collect()
 }
 
-fn decode_all<A: Aggregate>(
+pub(crate) fn decode_all<A: Aggregate>(
     upcasters: &Upcasters,
     recorded: &[RecordedEvent],
 ) -> Result<Vec<A::Event>, DecodeError> {
@@ -413,167 +413,4 @@ impl<A: Aggregate> Reducer for AggregateReducer<A> {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// Repository
-// ---------------------------------------------------------------------------------------
-
-/// Load–decide–append for request/response services.
-#[derive(Clone)]
-pub struct Repository<A> {
-    store: Arc<dyn EventStore>,
-    entropy: Arc<dyn Entropy>,
-    upcasters: Upcasters,
-    snapshots: SnapshotPolicy,
-    max_decisions: u32,
-    _aggregate: std::marker::PhantomData<fn() -> A>,
-}
-
-impl<A> fmt::Debug for Repository<A> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Repository")
-            .field("snapshots", &self.snapshots)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The result of a successful [`Repository::execute`].
-#[derive(Clone, Debug, PartialEq)]
-pub struct Executed<A: Aggregate> {
-    pub state: A,
-    pub version: u64,
-    pub events: Vec<A::Event>,
-}
-
-impl<A: Aggregate> Repository<A> {
-    #[must_use]
-    pub fn new(store: Arc<dyn EventStore>, entropy: Arc<dyn Entropy>) -> Self {
-        Repository {
-            store,
-            entropy,
-            upcasters: Upcasters::new(),
-            snapshots: SnapshotPolicy::Never,
-            max_decisions: 3,
-            _aggregate: std::marker::PhantomData,
-        }
-    }
-
-    #[must_use]
-    pub fn with_upcasters(mut self, upcasters: Upcasters) -> Self {
-        self.upcasters = upcasters;
-        self
-    }
-
-    #[must_use]
-    pub fn with_snapshots(mut self, policy: SnapshotPolicy) -> Self {
-        self.snapshots = policy;
-        self
-    }
-
-    #[must_use]
-    pub fn with_max_decisions(mut self, max_decisions: u32) -> Self {
-        assert!(max_decisions > 0);
-        self.max_decisions = max_decisions;
-        self
-    }
-
-    /// The aggregate's current state and version: latest snapshot plus the events after it.
-    ///
-    /// # Errors
-    /// Store failures and undecodable events.
-    pub async fn load(&self, id: &str) -> Result<(A, u64), CommandError<A::Error>> {
-        let stream = A::stream_id(id);
-        let (mut state, mut version) = match self
-            .store
-            .load_snapshot(&stream)
-            .await
-            .map_err(CommandError::Store)?
-        {
-            Some(s) if s.schema_version == A::snapshot_version() => match s.state.decode::<A>() {
-                Ok(state) => (state, s.version),
-                // A snapshot that no longer decodes is a cache miss, not an error.
-                Err(_) => (A::default(), 0),
-            },
-            _ => (A::default(), 0),
-        };
-        let recorded = self
-            .store
-            .read_stream(&stream, version + 1, usize::MAX)
-            .await
-            .map_err(CommandError::Store)?;
-        for event in decode_all::<A>(&self.upcasters, &recorded).map_err(CommandError::Decode)? {
-            state.apply(&event);
-        }
-        version += recorded.len() as u64;
-        Ok((state, version))
-    }
-
-    /// Loads, decides and appends; on a conflict reloads and decides again, at most
-    /// `max_decisions` times in all.
-    ///
-    /// # Errors
-    /// See [`CommandError`].
-    pub async fn execute(
-        &self,
-        id: &str,
-        command: &A::Command,
-        metadata: Metadata,
-    ) -> Result<Executed<A>, CommandError<A::Error>> {
-        let stream = A::stream_id(id);
-        for _ in 0..self.max_decisions {
-            let (mut state, version) = self.load(id).await?;
-            let events = state.decide(command).map_err(|e| {
-                metrics::counter!(names::COMMANDS_REJECTED, "aggregate" => A::CATEGORY, "error" => "rejected").increment(1);
-                CommandError::Rejected(e)
-            })?;
-            if events.is_empty() {
-                return Ok(Executed {
-                    state,
-                    version,
-                    events,
-                });
-            }
-            let encoded = encode_all::<A>(self.entropy.as_ref(), &events, &metadata)?;
-            let batch =
-                AppendBatch::single(stream.clone(), ExpectedVersion::after(version), encoded);
-            match self.store.append(batch).await {
-                Ok(receipt) => {
-                    for event in &events {
-                        state.apply(event);
-                    }
-                    let new_version = receipt
-                        .version_of(&stream)
-                        .unwrap_or(version + events.len() as u64);
-                    if self.snapshots.due(version, new_version) {
-                        self.save_snapshot(&stream, &state, new_version).await;
-                    }
-                    return Ok(Executed {
-                        state,
-                        version: new_version,
-                        events,
-                    });
-                }
-                Err(StoreError::Conflict { .. }) => {}
-                Err(error) => return Err(CommandError::Store(error)),
-            }
-        }
-        Err(CommandError::Contended {
-            attempts: self.max_decisions,
-        })
-    }
-
-    async fn save_snapshot(&self, stream: &StreamId, state: &A, version: u64) {
-        let Ok(payload) = Payload::encode(state) else {
-            return;
-        };
-        let snapshot = Snapshot {
-            stream: stream.clone(),
-            version,
-            schema_version: A::snapshot_version(),
-            state: payload,
-        };
-        if let Err(error) = self.store.save_snapshot(snapshot).await {
-            // A snapshot is an optimisation: failing to write one loses nothing.
-            tracing::warn!(%stream, %error, "snapshot not saved");
-        }
-    }
-}
+pub use crate::repository::{Companion, Decided, Executed, Repository};

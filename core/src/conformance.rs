@@ -697,3 +697,87 @@ async fn dead_letters_refuse_bad_letters(
         format!("a letter without a topic cannot be redelivered, got {refused:?}")
     })
 }
+
+/// Every lease check. `contender()` must return a *new* contender for one lease name
+/// each time (for PostgreSQL: a new session), so the suite can make two compete; `pause`
+/// waits a little on the implementation's clock (a dropped session may take a moment to
+/// free its lease).
+///
+/// # Errors
+/// The name of the failed check and what went wrong.
+pub async fn lease_suite<P, F>(contender: &dyn Fn() -> Arc<dyn crate::Lease>, pause: P) -> Check
+where
+    P: Fn() -> F,
+    F: std::future::Future<Output = ()>,
+{
+    use crate::lease::LeaseError;
+    let first = contender();
+    let second = contender();
+    ensure(first.name() == second.name(), || {
+        format!(
+            "contenders of one lease share its name: {} vs {}",
+            first.name(),
+            second.name()
+        )
+    })?;
+    // one_holder_at_a_time
+    let mut leader = first
+        .try_acquire()
+        .await
+        .map_err(|e| format!("one_holder_at_a_time: first acquire: {e}"))?
+        .ok_or("one_holder_at_a_time: a free lease was not granted")?;
+    let rival = second
+        .try_acquire()
+        .await
+        .map_err(|e| format!("one_holder_at_a_time: second acquire: {e}"))?;
+    ensure(rival.is_none(), || {
+        "one_holder_at_a_time: a held lease was granted to a second contender".into()
+    })?;
+    let again = first
+        .try_acquire()
+        .await
+        .map_err(|e| format!("one_holder_at_a_time: re-acquire: {e}"))?;
+    ensure(again.is_none(), || {
+        "one_holder_at_a_time: a held lease was granted twice to its own holder".into()
+    })?;
+    leader
+        .confirm()
+        .await
+        .map_err(|e| format!("one_holder_at_a_time: the holder's confirm failed: {e}"))?;
+    // release_hands_over
+    leader.release().await;
+    let mut successor = None;
+    for _ in 0..100 {
+        match second.try_acquire().await {
+            Ok(Some(held)) => {
+                successor = Some(held);
+                break;
+            }
+            Ok(None) | Err(LeaseError::Transient(_)) => pause().await,
+            Err(e) => return Err(format!("release_hands_over: {e}")),
+        }
+    }
+    let mut successor =
+        successor.ok_or("release_hands_over: a released lease was never granted again")?;
+    successor
+        .confirm()
+        .await
+        .map_err(|e| format!("release_hands_over: the successor's confirm failed: {e}"))?;
+    // a_dropped_holder_frees_the_lease (a crashed process)
+    drop(successor);
+    let mut taken = None;
+    for _ in 0..100 {
+        match first.try_acquire().await {
+            Ok(Some(held)) => {
+                taken = Some(held);
+                break;
+            }
+            Ok(None) | Err(LeaseError::Transient(_)) => pause().await,
+            Err(e) => return Err(format!("a_dropped_holder_frees_the_lease: {e}")),
+        }
+    }
+    let taken =
+        taken.ok_or("a_dropped_holder_frees_the_lease: a dropped holder kept the lease")?;
+    taken.release().await;
+    Ok(())
+}

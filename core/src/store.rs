@@ -53,6 +53,41 @@ struct Inner<R: Reducer> {
     all_work: Arc<Tracker>,
     closing: AtomicBool,
     sends: AtomicU64,
+    /// Tasks waiting in [`Store::until`] for the state to change.
+    watchers: Watchers,
+}
+
+/// Wakers of [`Store::until`] futures. Registered under the state lock and woken after
+/// each reduce, so a change between a watcher's check and its registration cannot be
+/// missed. The flag keeps a store nobody watches from taking a second lock per action.
+#[derive(Default)]
+struct Watchers {
+    any: AtomicBool,
+    wakers: Mutex<smallvec::SmallVec<[std::task::Waker; 2]>>,
+}
+
+impl Watchers {
+    fn register(&self, waker: &std::task::Waker) {
+        let mut wakers = self.wakers.lock();
+        if !wakers.iter().any(|w| w.will_wake(waker)) {
+            wakers.push(waker.clone());
+        }
+        self.any.store(true, Ordering::Release);
+    }
+
+    fn wake_all(&self) {
+        if !self.any.load(Ordering::Acquire) {
+            return;
+        }
+        let wakers = {
+            let mut wakers = self.wakers.lock();
+            self.any.store(false, Ordering::Release);
+            std::mem::take(&mut *wakers)
+        };
+        for waker in wakers {
+            waker.wake();
+        }
+    }
 }
 
 /// What the state lock guards: the state, and the per-action counters the reducer's
@@ -118,6 +153,7 @@ impl<R: Reducer> Inner<R> {
             action_counters.increment(self.name, action_name);
             self.reducer.reduce(state, action, &self.env)
         };
+        self.watchers.wake_all();
         if sample {
             let elapsed = self.deps.runtime.stopwatch_nanos().saturating_sub(started);
             #[allow(clippy::cast_precision_loss)]
@@ -215,6 +251,26 @@ impl<R: Reducer> Store<R> {
     /// Reads the state under the lock.
     pub fn with_state<T>(&self, read: impl FnOnce(&R::State) -> T) -> T {
         read(&self.inner.state.lock().state)
+    }
+
+    /// Completes once `condition` holds for the state: at once if it holds now, else
+    /// after the first action whose reduction makes it hold. Waiting costs nothing
+    /// between actions (no polling): the future is woken by each reduce.
+    pub fn until<F>(&self, condition: F) -> impl Future<Output = ()> + Send + use<R, F>
+    where
+        F: Fn(&R::State) -> bool + Send,
+    {
+        let inner = Arc::clone(&self.inner);
+        std::future::poll_fn(move |cx| {
+            let guarded = inner.state.lock();
+            if condition(&guarded.state) {
+                return Poll::Ready(());
+            }
+            // Registered while the state lock is held: a reduce that changes the state
+            // after this check wakes us, since it wakes only after taking that lock.
+            inner.watchers.register(cx.waker());
+            Poll::Pending
+        })
     }
 
     /// A copy of the state.
@@ -369,6 +425,7 @@ impl<R: Reducer> StoreBuilder<R> {
                 all_work: Tracker::root(),
                 closing: AtomicBool::new(false),
                 sends: AtomicU64::new(0),
+                watchers: Watchers::default(),
             }),
         }
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use reprise_core::{Delivery, EventId, InMemoryEventBus, RecordedEvent, StreamId};
 
-use crate::plumbing::inbox;
+use reprise_host::inbox;
 
 /// A broken invariant: its name, the entities involved (stream names, so the trace lines
 /// that mention them can be picked out), and what was seen.

@@ -12,15 +12,16 @@
 //! scenario (`checkout`, `transfers`, and one `<name>-bug-<slug>` per planted bug),
 //! [`by_name`] finds one, [`explain_failure`] renders a failing run for a person.
 //!
-//! Layout: [`plumbing`] holds the event-driven machinery both scenarios share (outbox
-//! relay, command bus, inbox, consume loop, saga host); [`checkout`] and [`transfers`] hold
-//! the domains (aggregates, sagas, service handlers, workloads, invariant checkers);
-//! [`bugs`] names the planted bugs.
+//! Layout: the event-driven machinery (relay, command bus, inbox, consume loop, saga host)
+//! is the `reprise-host` library's, exactly as production runs it; [`checkout`] and
+//! [`transfers`] hold the domains (aggregates, sagas, service handlers, workloads,
+//! invariant checkers); [`bugs`] names the planted bugs and [`planted`] holds the wrong
+//! alternatives to host components that some of them swap in.
 
 pub mod audit;
 pub mod bugs;
 pub mod checkout;
-pub mod plumbing;
+pub mod planted;
 pub mod simulation;
 pub mod transfers;
 

@@ -2,7 +2,7 @@
 //! wired onto a [`reprise_sim::World`], and the registry the CLI lists.
 //!
 //! This is the only module that knows about the simulator. It adapts a node's
-//! [`NodeContext`] into the [`ServiceEnv`] the services expect, and routes the services'
+//! [`NodeContext`] into the [`Platform`] the services expect, and routes the services'
 //! calls to the payment provider and the carrier through [`NodeContext::call`], where the
 //! simulator can refuse, fail, delay or lose them. Everything else is the same code a
 //! production deployment runs.
@@ -35,7 +35,7 @@ use crate::checkout::workload::{CheckoutOptions, CheckoutWorkload, run_client};
 use crate::checkout::{
     Carrier, CarrierModel, CarrierOptions, PaymentGateway, PaymentProvider, resilience, services,
 };
-use crate::plumbing::ServiceEnv;
+use reprise_host::Platform;
 use crate::transfers;
 use crate::transfers::invariants::{TransfersAudit, invariant as transfers_invariant};
 use crate::transfers::services::{TransfersOptions, TransfersWorkload};
@@ -49,9 +49,9 @@ const OPERATOR_POLL: Duration = Duration::from_millis(250);
 
 /// A service environment on a simulated node.
 #[must_use]
-pub fn service_env(ctx: &NodeContext) -> ServiceEnv {
+pub fn service_env(ctx: &NodeContext) -> Platform {
     let notes_ctx = ctx.clone();
-    ServiceEnv::new(ctx.runtime(), ctx.event_store(), ctx.event_bus())
+    Platform::new(ctx.runtime(), ctx.event_store(), ctx.event_bus())
         .with_notes(Arc::new(move |text| notes_ctx.note_fmt(text)))
 }
 
@@ -65,7 +65,7 @@ fn external(error: DependencyError) -> ExternalError {
 /// The key of the checkout commands about `order` ([`CommandRoute::key`]), under which a
 /// [`CallLedger`] counts deliveries and calls.
 ///
-/// [`CommandRoute::key`]: crate::plumbing::commands::CommandRoute::key
+/// [`CommandRoute::key`]: reprise_host::commands::CommandRoute::key
 fn command_key(order: &str) -> String {
     format!("order-{order}")
 }
@@ -204,7 +204,7 @@ fn guarded_env(
     instances: &Mutex<Vec<Arc<Resilience>>>,
     topic: &'static str,
     deliveries: &Arc<Mutex<CallLedger>>,
-) -> ServiceEnv {
+) -> Platform {
     let resilience =
         Arc::new(resilience::resilience().with_dead_letters(Arc::new(dead_letters.clone())));
     instances.lock().push(Arc::clone(&resilience));
@@ -219,7 +219,7 @@ fn guarded_env(
 
 /// The operator: polls until the incident is declared over (`released`), then sends back
 /// every pending dead letter, again on every poll (a redelivered command can fail anew).
-async fn run_operator(env: ServiceEnv, queue: InMemoryDeadLetterQueue, released: Arc<AtomicBool>) {
+async fn run_operator(env: Platform, queue: InMemoryDeadLetterQueue, released: Arc<AtomicBool>) {
     loop {
         env.sleep(OPERATOR_POLL).await;
         if released.load(Ordering::Relaxed) {
@@ -562,7 +562,8 @@ impl Scenario for CheckoutScenario {
         // instance, and each instance's cached saga may be stale.
         for name in ["saga", "saga-2"] {
             world.add_node(name, crashable(), move |ctx| {
-                services::start_saga_service(&service_env(&ctx), bugs);
+                let lease = ctx.lease(&services::relay_options().lease_name());
+                services::start_saga_service(&service_env(&ctx), lease, bugs);
             });
         }
         world.add_node("orders", crashable(), move |ctx| {
@@ -757,7 +758,8 @@ impl Scenario for TransfersScenario {
         // Two saga instances in one consumer group, as in checkout.
         for name in ["saga", "saga-2"] {
             world.add_node(name, crashable(), move |ctx| {
-                transfers::services::start_saga_service(&service_env(&ctx), bugs);
+                let lease = ctx.lease(&transfers::services::relay_options().lease_name());
+                transfers::services::start_saga_service(&service_env(&ctx), lease, bugs);
             });
         }
         world.add_node("accounts", crashable(), move |ctx| {

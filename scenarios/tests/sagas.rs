@@ -13,9 +13,9 @@ use reprise_scenarios::checkout::order::OrderLine;
 use reprise_scenarios::checkout::saga::{
     CheckoutCommand, CheckoutInput, CheckoutSaga, Step, timeouts, topics,
 };
-use reprise_scenarios::plumbing::ServiceEnv;
-use reprise_scenarios::plumbing::commands::{BusDispatcher, CommandRoute};
-use reprise_scenarios::plumbing::saga_host::SagaHost;
+use reprise_host::Platform as HostPlatform;
+use reprise_host::commands::{BusDispatcher, CommandRoute};
+use reprise_host::saga_host::SagaHost;
 use reprise_scenarios::transfers::request::TransferOrder;
 use reprise_scenarios::transfers::saga::{
     self as transfer, TransferCommand, TransferInput, TransferSaga,
@@ -40,7 +40,7 @@ impl Platform {
         S::Command: CommandRoute + serde::Serialize,
     {
         let shared: SharedRuntime = runtime.clone();
-        let env = ServiceEnv::new(shared, self.store.clone(), self.bus.clone());
+        let env = HostPlatform::new(shared, self.store.clone(), self.bus.clone());
         Arc::new(SagaHost::new(
             env.clone(),
             Arc::new(BusDispatcher::<S::Command>::new(env, 1)),

@@ -14,7 +14,7 @@ use reprise_scenarios::checkout::workload::{CheckoutOptions, CheckoutWorkload, r
 use reprise_scenarios::checkout::{
     CarrierModel, CarrierOptions, DirectCarrier, PaymentProvider, services,
 };
-use reprise_scenarios::plumbing::ServiceEnv;
+use reprise_host::Platform;
 use reprise_scenarios::transfers::invariants::TransfersAudit;
 use reprise_scenarios::transfers::services::{
     self as transfer_services, TransfersOptions, TransfersWorkload,
@@ -38,7 +38,7 @@ fn platform(
     Arc<TestRuntime>,
     Arc<InMemoryEventStore>,
     Arc<InMemoryEventBus>,
-    ServiceEnv,
+    Platform,
 ) {
     let runtime = TestRuntime::shared(seed);
     let shared: SharedRuntime = runtime.clone();
@@ -46,7 +46,7 @@ fn platform(
         Arc::clone(&shared) as Arc<dyn Clock>
     ));
     let bus = Arc::new(InMemoryEventBus::new());
-    let env = ServiceEnv::new(shared, store.clone(), bus.clone());
+    let env = Platform::new(shared, store.clone(), bus.clone());
     (runtime, store, bus, env)
 }
 
@@ -60,7 +60,11 @@ fn checkout_settles_correctly_on_plain_in_memory_infrastructure() {
         model: Arc::new(CarrierModel::new(CarrierOptions::new(11))),
         clock: env.runtime.clone(),
     });
-    services::start_saga_service(&env, Bugs::NONE);
+    services::start_saga_service(
+        &env,
+        Arc::new(reprise_core::InMemoryLeases::new().contender("relay-checkout")),
+        Bugs::NONE,
+    );
     services::start_orders_service(&env, Bugs::NONE);
     services::start_inventory_service(&env, Bugs::NONE);
     services::start_payment_service(&env, provider.clone(), Bugs::NONE);
@@ -114,7 +118,11 @@ fn transfers_conserve_money_on_plain_in_memory_infrastructure() {
         &TransfersOptions::default(),
         &mut draws(12),
     ));
-    transfer_services::start_saga_service(&env, Bugs::NONE);
+    transfer_services::start_saga_service(
+        &env,
+        Arc::new(reprise_core::InMemoryLeases::new().contender("relay-transfers")),
+        Bugs::NONE,
+    );
     transfer_services::start_accounts_service(&env, Bugs::NONE);
     runtime.spawn(
         "client",

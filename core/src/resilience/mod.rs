@@ -25,4 +25,4 @@ pub use dead_letter::{
     DeadLetterStatus, InMemoryDeadLetterQueue, NewDeadLetter, Resolution, redeliver,
 };
 pub use policy::{CallError, CallFailure, DependencyPolicy, EVENT_BUS, EVENT_STORE, Resilience};
-pub use retry::{RetryError, RetryPolicy};
+pub use retry::{Backoff, RetryError, RetryPolicy};

@@ -178,6 +178,87 @@ impl RetryPolicy {
     }
 }
 
+/// Pauses between tries of something that must eventually succeed — a consume loop's
+/// receive, a relay's publish, a checkpoint write — where giving up is not an option
+/// (the work would be lost) but hammering a failing dependency is not either.
+///
+/// The pauses are a [`RetryPolicy`]'s (backon's exponential ladder, jitter seeded from
+/// the environment's [`Entropy`] on the first pause, sleeps on its [`Clock`]); past the
+/// policy's last pause every further pause is the last one again. [`reset`](Self::reset)
+/// after a success starts the ladder over. Keep one `Backoff` per loop, not per try.
+#[derive(Debug)]
+pub struct Backoff {
+    policy: RetryPolicy,
+    pauses: Option<Pauses>,
+    failures: u32,
+}
+
+/// The drawn ladder of one run of failures.
+struct Pauses {
+    ladder: Box<dyn Iterator<Item = Duration> + Send>,
+    last: Duration,
+}
+
+impl std::fmt::Debug for Pauses {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pauses").field("last", &self.last).finish()
+    }
+}
+
+impl Backoff {
+    /// # Panics
+    /// If `policy` is invalid ([`RetryPolicy::validate`]) or never pauses (one attempt).
+    #[must_use]
+    pub fn new(policy: RetryPolicy) -> Self {
+        if let Err(reason) = policy.validate() {
+            panic!("invalid backoff policy: {reason}");
+        }
+        assert!(
+            policy.max_attempts > 1,
+            "a backoff needs a policy with at least one pause"
+        );
+        Backoff {
+            policy,
+            pauses: None,
+            failures: 0,
+        }
+    }
+
+    /// Failures since the last [`reset`](Self::reset).
+    #[must_use]
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// The next pause (without sleeping): the policy's ladder, then its last rung forever.
+    pub fn next_pause<Env: Entropy + ?Sized>(&mut self, env: &Env) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let policy = self.policy;
+        let pauses = self.pauses.get_or_insert_with(|| Pauses {
+            ladder: Box::new(policy.delays(env.next_u64())),
+            last: policy.initial_delay,
+        });
+        if let Some(pause) = pauses.ladder.next() {
+            pauses.last = pause;
+        }
+        pauses.last
+    }
+
+    /// Sleeps the next pause on `env`'s clock; returns how long it slept.
+    pub async fn pause<Env: Clock + Entropy + ?Sized>(&mut self, env: &Env) -> Duration {
+        let pause = self.next_pause(env);
+        env.sleep(pause).await;
+        pause
+    }
+
+    /// A success: the next failure starts the ladder from its first rung.
+    pub fn reset(&mut self) {
+        self.pauses = None;
+        self.failures = 0;
+    }
+}
+
+
 /// Why a retried call gave up.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryError<E> {
@@ -198,6 +279,29 @@ mod tests {
     use super::*;
     use crate::resilience::classify::ClassifiedError;
     use crate::testing::{TestRuntime, block_on};
+
+    #[test]
+    fn a_backoff_climbs_the_ladder_stays_on_its_last_rung_and_starts_over_after_reset() {
+        let runtime = TestRuntime::new(3);
+        let policy = RetryPolicy::default()
+            .with_max_attempts(4)
+            .with_delays(Duration::from_millis(10), Duration::from_millis(100))
+            .without_jitter();
+        let mut backoff = Backoff::new(policy);
+        let pauses: Vec<_> = (0..6).map(|_| backoff.next_pause(&runtime)).collect();
+        let ms = Duration::from_millis;
+        assert_eq!(pauses, [ms(10), ms(20), ms(40), ms(40), ms(40), ms(40)]);
+        assert_eq!(backoff.failures(), 6);
+        backoff.reset();
+        assert_eq!(backoff.failures(), 0);
+        assert_eq!(backoff.next_pause(&runtime), ms(10));
+    }
+
+    #[test]
+    #[should_panic(expected = "at least one pause")]
+    fn a_backoff_without_pauses_is_refused() {
+        let _ = Backoff::new(RetryPolicy::no_retry());
+    }
 
     #[test]
     fn default_policy_matches_the_documented_ladder() {

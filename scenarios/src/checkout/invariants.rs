@@ -39,7 +39,7 @@ use super::services::groups;
 use super::shipping::{Shipment, ShippingEvent};
 use super::workload::CheckoutWorkload;
 use crate::audit::{Finding, LogAudit};
-use crate::plumbing::inbox;
+use reprise_host::inbox;
 
 /// Invariant names.
 pub mod invariant {
@@ -540,7 +540,7 @@ mod tests {
                 key: "order-o1".into(),
                 payload: Payload::from_json_text("{}"),
                 headers: Headers::default()
-                    .with(header::EVENT_ID, inbox::format_event_id(EventId(7))),
+                    .with(header::EVENT_ID, reprise_host::ids::format_event_id(EventId(7))),
                 error: "payment-provider.charge failed after 4 attempt(s)".into(),
                 error_class: ErrorClass::Transient,
                 attempts: 4,

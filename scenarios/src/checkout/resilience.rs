@@ -24,7 +24,7 @@
 //!   30 s breaker has to minute-long deadlines in production.
 //!
 //! Production deployments with real deadlines should use core's defaults (or their own
-//! numbers) through [`ServiceEnv::with_resilience`](crate::plumbing::ServiceEnv::with_resilience).
+//! numbers) through [`Platform::with_resilience`](reprise_host::Platform::with_resilience).
 
 use std::time::Duration;
 

@@ -21,7 +21,7 @@ use reprise_core::{Event, Reaction, Saga};
 use serde::{Deserialize, Serialize};
 
 use super::order::OrderLine;
-use crate::plumbing::commands::CommandRoute;
+use reprise_host::commands::CommandRoute;
 
 /// Topics of the checkout's services.
 pub mod topics {

@@ -8,7 +8,7 @@
 //! idempotent by key, because no batch can include them.
 //!
 //! Those calls go through the instance's [`Resilience`](reprise_core::Resilience)
-//! ([`ServiceEnv::resilience`]): retried under the dependency's policy, refused at once
+//! ([`Platform::resilience`]): retried under the dependency's policy, refused at once
 //! while its breaker is open ([`super::resilience`] has the numbers and why). A command
 //! that still cannot be handled is parked in the dead-letter queue — the command message
 //! as it arrived — and recorded handled, so it does not block its partition; the saga's
@@ -29,7 +29,7 @@ use parking_lot::Mutex;
 use reprise_core::resilience::{DeadLetterQuery, redeliver};
 use reprise_core::{
     Aggregate, AppendBatch, BoxFuture, CallError, Classify, DeadLetterQueue, Delivery, EventId,
-    ExpectedVersion, Metadata, NewEvent, OutgoingMessage,
+    ExpectedVersion, Lease, Metadata, NewEvent, OutgoingMessage,
 };
 
 use super::gateway::{
@@ -43,12 +43,13 @@ use super::resilience::{CARRIER, PAYMENT_PROVIDER};
 use super::saga::{CheckoutCommand, CheckoutInput, CheckoutSaga, topics};
 use super::shipping::{Shipment, ShipmentStatus, ShippingCommand, ShippingEvent};
 use crate::bugs::{Bugs, PlantedBug};
-use crate::plumbing::cache::{AggregateCache, Handling};
-use crate::plumbing::commands::{self, BusDispatcher};
-use crate::plumbing::consumer::{self, ConsumerOptions, MessageHandler};
-use crate::plumbing::outbox::{self, RelayOptions, RelayedEvent, Route};
-use crate::plumbing::saga_host::SagaHost;
-use crate::plumbing::{Backoff, ServiceEnv, inbox};
+use crate::planted::{self, Aggregates};
+use reprise_host::{CommandHandler, Handling};
+use reprise_host::commands::{self, BusDispatcher};
+use reprise_host::consume::{self, ConsumerOptions, MessageHandler};
+use reprise_host::relay::{self, RelayOptions, RelayedEvent, Route};
+use reprise_host::SagaHost;
+use reprise_host::{Platform, inbox};
 
 /// Consumer groups (and inbox names) of the checkout.
 pub mod groups {
@@ -74,26 +75,26 @@ const TRACK_EVERY: Duration = Duration::from_millis(300);
 /// How often the (planted-bug) stock projection catches up.
 const PROJECTION_POLL: Duration = Duration::from_millis(50);
 
-fn consumer_options(group: &str, topic: &'static str, bugs: Bugs) -> ConsumerOptions {
-    let mut options = ConsumerOptions::new(group, vec![topic]);
-    options.ack_before_process = bugs.contains(PlantedBug::AckBeforeProcess);
-    options
+fn consumer_options(group: &str, topic: &'static str) -> ConsumerOptions {
+    ConsumerOptions::new(group, &[topic])
 }
 
 fn spawn_consumer(
-    env: &ServiceEnv,
+    env: &Platform,
     name: &'static str,
     options: ConsumerOptions,
     handler: Arc<dyn MessageHandler>,
+    bugs: Bugs,
 ) {
+    let consumer = planted::consumer_platform(env, bugs);
     env.runtime
-        .spawn(name, Box::pin(consumer::run(env.clone(), options, handler)));
+        .spawn(name, Box::pin(consume::run(consumer, options, handler)));
 }
 
 /// Decodes a command message; an undecodable one is recorded as handled (a producer bug:
 /// retrying cannot help) so it does not block its partition.
 async fn decode_command(
-    env: &ServiceEnv,
+    env: &Platform,
     group: &Arc<str>,
     delivery: &Delivery,
 ) -> Option<(CheckoutCommand, EventId)> {
@@ -113,7 +114,7 @@ async fn decode_command(
 
 /// Calls `dependency` under the instance's resilience policy (retries, breaker).
 async fn call_external<T>(
-    env: &ServiceEnv,
+    env: &Platform,
     dependency: &str,
     operation: &'static str,
     call: impl Fn() -> BoxFuture<'static, Result<T, ExternalError>>,
@@ -127,7 +128,7 @@ async fn call_external<T>(
 /// retries until it answers, with a short fixed pause, no attempt limit and no breaker.
 /// During an outage every stuck handler hammers the provider several times a second.
 async fn call_until_answered<T>(
-    env: &ServiceEnv,
+    env: &Platform,
     call: impl Fn() -> BoxFuture<'static, Result<T, ExternalError>>,
 ) -> Result<T, CallError<ExternalError>> {
     loop {
@@ -142,7 +143,7 @@ async fn call_until_answered<T>(
 /// dead-letter queue (if the instance has one), then it is recorded handled so it does
 /// not block its partition.
 async fn park<E: Classify + fmt::Display>(
-    env: &ServiceEnv,
+    env: &Platform,
     group: &Arc<str>,
     delivery: &Delivery,
     message: EventId,
@@ -174,9 +175,9 @@ async fn park<E: Classify + fmt::Display>(
 // ---------------------------------------------------------------------------------------
 
 struct OrdersHandler {
-    env: ServiceEnv,
+    env: Platform,
     group: Arc<str>,
-    orders: AggregateCache<Order>,
+    orders: Aggregates<Order>,
 }
 
 impl MessageHandler for OrdersHandler {
@@ -207,7 +208,7 @@ impl MessageHandler for OrdersHandler {
             };
             let handled = self
                 .orders
-                .execute_until_done(&self.env, &order, &order_command, handling)
+                .execute_until_done(&order, &order_command, handling)
                 .await;
             if let Some(rejection) = handled.rejection {
                 self.env.note(format_args!(
@@ -219,18 +220,18 @@ impl MessageHandler for OrdersHandler {
 }
 
 /// Starts the orders service (cancels and completes orders for the saga).
-pub fn start_orders_service(env: &ServiceEnv, bugs: Bugs) {
+pub fn start_orders_service(env: &Platform, bugs: Bugs) {
     let handler = Arc::new(OrdersHandler {
         env: env.clone(),
         group: groups::ORDERS.into(),
-        orders: AggregateCache::new()
-            .with_apply_before_append(bugs.contains(PlantedBug::ApplyBeforeAppend)),
+        orders: Aggregates::new(env, bugs),
     });
     spawn_consumer(
         env,
         "orders-service",
-        consumer_options(groups::ORDERS, topics::ORDERS, bugs),
+        consumer_options(groups::ORDERS, topics::ORDERS),
         handler,
+        bugs,
     );
 }
 
@@ -255,7 +256,7 @@ impl fmt::Debug for StockProjection {
     }
 }
 
-async fn run_stock_projection(env: ServiceEnv, projection: Arc<Mutex<StockProjection>>) {
+async fn run_stock_projection(env: Platform, projection: Arc<Mutex<StockProjection>>) {
     loop {
         let from = projection.lock().next_position.max(1);
         if let Ok(events) = env.store.read_all(from, 512).await {
@@ -295,9 +296,9 @@ async fn run_stock_projection(env: ServiceEnv, projection: Arc<Mutex<StockProjec
 }
 
 struct InventoryHandler {
-    env: ServiceEnv,
+    env: Platform,
     group: Arc<str>,
-    stock: AggregateCache<Inventory>,
+    stock: Aggregates<Inventory>,
     projection: Option<Arc<Mutex<StockProjection>>>,
 }
 
@@ -347,15 +348,12 @@ impl InventoryHandler {
             ExpectedVersion::Any,
             vec![inbox::marker(&self.group, message)],
         );
-        let mut attempt = 0;
+        let mut backoff = self.env.backoff();
         while let Err(error) = self.env.store.append(batch.clone()).await {
             if inbox::is_already_handled(&error) {
                 return;
             }
-            self.env
-                .sleep(Backoff::SERVICE.delay(attempt, &self.env))
-                .await;
-            attempt += 1;
+            self.env.pause(&mut backoff).await;
         }
     }
 }
@@ -393,14 +391,14 @@ impl MessageHandler for InventoryHandler {
                 }
             };
             self.stock
-                .execute_until_done(&self.env, &sku, &inventory_command, handling)
+                .execute_until_done(&sku, &inventory_command, handling)
                 .await;
         })
     }
 }
 
 /// Starts the inventory service (reserves and releases stock for the saga).
-pub fn start_inventory_service(env: &ServiceEnv, bugs: Bugs) {
+pub fn start_inventory_service(env: &Platform, bugs: Bugs) {
     let projection = bugs.contains(PlantedBug::DecideFromProjection).then(|| {
         let projection = Arc::new(Mutex::new(StockProjection::default()));
         env.runtime.spawn(
@@ -412,23 +410,23 @@ pub fn start_inventory_service(env: &ServiceEnv, bugs: Bugs) {
     let handler = Arc::new(InventoryHandler {
         env: env.clone(),
         group: groups::INVENTORY.into(),
-        stock: AggregateCache::new()
-            .with_apply_before_append(bugs.contains(PlantedBug::ApplyBeforeAppend)),
+        stock: Aggregates::new(env, bugs),
         projection,
     });
     spawn_consumer(
         env,
         "inventory-service",
-        consumer_options(groups::INVENTORY, topics::INVENTORY, bugs),
+        consumer_options(groups::INVENTORY, topics::INVENTORY),
         handler,
+        bugs,
     );
 }
 
 /// Sets a SKU's initial stock (idempotent), retrying until the store takes it.
-pub async fn initialize_stock(env: &ServiceEnv, sku: &str, quantity: u32) {
-    let cache = AggregateCache::<Inventory>::new();
+pub async fn initialize_stock(env: &Platform, sku: &str, quantity: u32) {
+    let cache = CommandHandler::<Inventory>::new(&env);
     cache
-        .execute_until_done(env, sku, &InventoryCommand::Initialize { quantity }, None)
+        .execute_until_done(sku, &InventoryCommand::Initialize { quantity }, None)
         .await;
 }
 
@@ -437,9 +435,9 @@ pub async fn initialize_stock(env: &ServiceEnv, sku: &str, quantity: u32) {
 // ---------------------------------------------------------------------------------------
 
 struct PaymentHandler {
-    env: ServiceEnv,
+    env: Platform,
     group: Arc<str>,
-    payments: AggregateCache<Payment>,
+    payments: Aggregates<Payment>,
     gateway: Arc<dyn PaymentGateway>,
     not_idempotent: bool,
     retry_storm: bool,
@@ -447,16 +445,11 @@ struct PaymentHandler {
 
 impl PaymentHandler {
     async fn status(&self, order: &str) -> PaymentStatus {
-        let mut attempt = 0;
+        let mut backoff = self.env.backoff();
         loop {
-            match self.payments.load(&self.env, order).await {
+            match self.payments.load(order).await {
                 Ok((payment, _)) => return payment.status,
-                Err(_) => {
-                    self.env
-                        .sleep(Backoff::SERVICE.delay(attempt, &self.env))
-                        .await;
-                    attempt += 1;
-                }
+                Err(_) => self.env.pause(&mut backoff).await,
             }
         }
     }
@@ -527,7 +520,7 @@ impl PaymentHandler {
             }
         };
         self.payments
-            .execute_until_done(&self.env, &order, &command, handling)
+            .execute_until_done(&order, &command, handling)
             .await;
     }
 
@@ -556,7 +549,7 @@ impl PaymentHandler {
             }
         };
         self.payments
-            .execute_until_done(&self.env, &order, &command, handling)
+            .execute_until_done(&order, &command, handling)
             .await;
     }
 }
@@ -584,12 +577,11 @@ impl MessageHandler for PaymentHandler {
 }
 
 /// Starts the payment service (charges and refunds through the provider).
-pub fn start_payment_service(env: &ServiceEnv, gateway: Arc<dyn PaymentGateway>, bugs: Bugs) {
+pub fn start_payment_service(env: &Platform, gateway: Arc<dyn PaymentGateway>, bugs: Bugs) {
     let handler = Arc::new(PaymentHandler {
         env: env.clone(),
         group: groups::PAYMENTS.into(),
-        payments: AggregateCache::new()
-            .with_apply_before_append(bugs.contains(PlantedBug::ApplyBeforeAppend)),
+        payments: Aggregates::new(env, bugs),
         gateway,
         not_idempotent: bugs.contains(PlantedBug::PaymentNotIdempotent),
         retry_storm: bugs.contains(PlantedBug::RetryStorm),
@@ -597,8 +589,9 @@ pub fn start_payment_service(env: &ServiceEnv, gateway: Arc<dyn PaymentGateway>,
     spawn_consumer(
         env,
         "payment-service",
-        consumer_options(groups::PAYMENTS, topics::PAYMENTS, bugs),
+        consumer_options(groups::PAYMENTS, topics::PAYMENTS),
         handler,
+        bugs,
     );
 }
 
@@ -609,9 +602,9 @@ pub fn start_payment_service(env: &ServiceEnv, gateway: Arc<dyn PaymentGateway>,
 type OpenShipments = Arc<Mutex<BTreeSet<String>>>;
 
 struct ShippingHandler {
-    env: ServiceEnv,
+    env: Platform,
     group: Arc<str>,
-    shipments: Arc<AggregateCache<Shipment>>,
+    shipments: Arc<Aggregates<Shipment>>,
     carrier: Arc<dyn Carrier>,
     open: OpenShipments,
 }
@@ -622,7 +615,7 @@ impl ShippingHandler {
             consumer: &self.group,
             message,
         });
-        if let Ok((shipment, _)) = self.shipments.load(&self.env, &order).await
+        if let Ok((shipment, _)) = self.shipments.load(&order).await
             && !matches!(shipment.status, ShipmentStatus::NotCreated)
             && !shipment.status.is_open()
         {
@@ -650,9 +643,7 @@ impl ShippingHandler {
         };
         let handled = self
             .shipments
-            .execute_until_done(
-                &self.env,
-                &order,
+            .execute_until_done(&order,
                 &ShippingCommand::Create { tracking },
                 handling,
             )
@@ -681,7 +672,7 @@ impl MessageHandler for ShippingHandler {
                     });
                     let handled = self
                         .shipments
-                        .execute_until_done(&self.env, &order, &ShippingCommand::Cancel, handling)
+                        .execute_until_done(&order, &ShippingCommand::Cancel, handling)
                         .await;
                     if !handled.state.status.is_open() {
                         self.open.lock().remove(&order);
@@ -696,8 +687,8 @@ impl MessageHandler for ShippingHandler {
 /// The shipping tracker: asks the carrier about every open shipment and records what it
 /// reports. On boot it finds the open shipments in the store.
 async fn run_tracker(
-    env: ServiceEnv,
-    shipments: Arc<AggregateCache<Shipment>>,
+    env: Platform,
+    shipments: Arc<Aggregates<Shipment>>,
     carrier: Arc<dyn Carrier>,
     open: OpenShipments,
 ) {
@@ -724,7 +715,7 @@ async fn run_tracker(
         env.sleep(TRACK_EVERY).await;
         let orders: Vec<String> = open.lock().iter().cloned().collect();
         for order in orders {
-            let Ok((shipment, _)) = shipments.load(&env, &order).await else {
+            let Ok((shipment, _)) = shipments.load(&order).await else {
                 continue;
             };
             if !shipment.status.is_open() {
@@ -755,7 +746,7 @@ async fn run_tracker(
                 }),
             }
             for command in commands {
-                match shipments.execute(&env, &order, &command, None).await {
+                match shipments.execute(&order, &command, None).await {
                     Ok(handled) if !handled.state.status.is_open() => {
                         open.lock().remove(&order);
                     }
@@ -769,10 +760,9 @@ async fn run_tracker(
 }
 
 /// Starts the shipping service (creates and cancels shipments, tracks them at the carrier).
-pub fn start_shipping_service(env: &ServiceEnv, carrier: Arc<dyn Carrier>, bugs: Bugs) {
+pub fn start_shipping_service(env: &Platform, carrier: Arc<dyn Carrier>, bugs: Bugs) {
     let shipments = Arc::new(
-        AggregateCache::new()
-            .with_apply_before_append(bugs.contains(PlantedBug::ApplyBeforeAppend)),
+        Aggregates::new(env, bugs),
     );
     let open: OpenShipments = Arc::default();
     env.runtime.spawn(
@@ -794,8 +784,9 @@ pub fn start_shipping_service(env: &ServiceEnv, carrier: Arc<dyn Carrier>, bugs:
     spawn_consumer(
         env,
         "shipping-service",
-        consumer_options(groups::SHIPPING, topics::SHIPPING, bugs),
+        consumer_options(groups::SHIPPING, topics::SHIPPING),
         handler,
+        bugs,
     );
 }
 
@@ -809,7 +800,7 @@ pub fn start_shipping_service(env: &ServiceEnv, carrier: Arc<dyn Carrier>, bugs:
 /// was voided meanwhile is refused by the provider, a create for a cancelled shipment is
 /// ignored. Returns how many letters were sent back; a letter that could not be stays
 /// pending for the next pass.
-pub async fn redeliver_dead_letters(env: &ServiceEnv, queue: &dyn DeadLetterQueue) -> usize {
+pub async fn redeliver_dead_letters(env: &Platform, queue: &dyn DeadLetterQueue) -> usize {
     let query = DeadLetterQuery {
         limit: usize::MAX,
         ..DeadLetterQuery::default()
@@ -905,7 +896,7 @@ pub fn saga_input(
 }
 
 struct SagaWorker {
-    env: ServiceEnv,
+    env: Platform,
     group: Arc<str>,
     host: Arc<SagaHost<CheckoutSaga>>,
     compensate_on_timeout: bool,
@@ -940,10 +931,7 @@ pub fn relay_options() -> RelayOptions {
         Shipment::CATEGORY,
     ]
     .into_iter()
-    .map(|category| Route {
-        category,
-        topic: topics::EVENTS,
-    })
+    .map(|category| Route::new(category, topics::EVENTS))
     .collect();
     RelayOptions::new("checkout", routes)
 }
@@ -953,10 +941,10 @@ const SUPERVISE_EVERY: Duration = Duration::from_millis(500);
 
 /// Starts the saga service: the outbox relay, the recovery of every saga instance, and the
 /// consumer feeding domain events to the sagas.
-pub fn start_saga_service(env: &ServiceEnv, bugs: Bugs) {
+pub fn start_saga_service(env: &Platform, relay_lease: Arc<dyn Lease>, bugs: Bugs) {
     env.runtime.spawn(
         "outbox-relay",
-        Box::pin(outbox::run(env.clone(), Arc::new(relay_options()))),
+        Box::pin(relay::run(env.clone(), Arc::new(relay_options()), relay_lease)),
     );
     let dispatcher = Arc::new(BusDispatcher::<CheckoutCommand>::new(env.clone(), 3));
     let host = Arc::new(SagaHost::<CheckoutSaga>::new(env.clone(), dispatcher));
@@ -966,9 +954,9 @@ pub fn start_saga_service(env: &ServiceEnv, bugs: Bugs) {
         host: Arc::clone(&host),
         compensate_on_timeout: !bugs.contains(PlantedBug::NoCompensationOnTimeout),
     });
-    let options = consumer_options(groups::SAGA, topics::EVENTS, bugs);
-    crate::plumbing::saga_host::spawn_saga_service(
-        env,
+    let options = consumer_options(groups::SAGA, topics::EVENTS);
+    reprise_host::saga_host::spawn_saga_service(
+        &planted::consumer_platform(env, bugs),
         "checkout-saga",
         host,
         SUPERVISE_EVERY,

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use super::order::{Order, OrderCommand, OrderLine};
 use super::services::initialize_stock;
-use crate::plumbing::ServiceEnv;
-use crate::plumbing::cache::AggregateCache;
+use reprise_host::Platform;
+use reprise_host::CommandHandler;
 
 /// The shape of a checkout workload.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,19 +128,17 @@ impl CheckoutWorkload {
 
 /// The customer-facing client: initializes stock, then places each order at its time.
 /// Placing is idempotent, so a restarted client simply starts over.
-pub async fn run_client(env: ServiceEnv, workload: Arc<CheckoutWorkload>) {
+pub async fn run_client(env: Platform, workload: Arc<CheckoutWorkload>) {
     let start = env.runtime.now();
     for (sku, quantity) in &workload.stock {
         initialize_stock(&env, sku, *quantity).await;
     }
-    let orders = AggregateCache::<Order>::new();
+    let orders = CommandHandler::<Order>::new(&env);
     for planned in &workload.orders {
         let due = start + planned.at;
         env.sleep(due.saturating_since(env.runtime.now())).await;
         let handled = orders
-            .execute_until_done(
-                &env,
-                &planned.id,
+            .execute_until_done(&planned.id,
                 &OrderCommand::Place(planned.line.clone()),
                 None,
             )

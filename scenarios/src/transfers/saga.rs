@@ -12,7 +12,7 @@ use reprise_core::{Event, Reaction, Saga};
 use serde::{Deserialize, Serialize};
 
 use super::request::TransferOrder;
-use crate::plumbing::commands::CommandRoute;
+use reprise_host::commands::CommandRoute;
 
 /// Topics of the transfers.
 pub mod topics {

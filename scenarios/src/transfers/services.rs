@@ -6,18 +6,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use reprise_core::{Aggregate, BoxFuture, Delivery};
+use reprise_core::{Aggregate, BoxFuture, Delivery, Lease};
 
 use super::account::{Account, AccountCommand, AccountEvent};
 use super::request::{RequestCommand, RequestEvent, TransferOrder, TransferRequest};
 use super::saga::{TransferCommand, TransferInput, TransferSaga, topics};
-use crate::bugs::{Bugs, PlantedBug};
-use crate::plumbing::cache::{AggregateCache, Handling};
-use crate::plumbing::commands::{self, BusDispatcher};
-use crate::plumbing::consumer::{self, ConsumerOptions, MessageHandler};
-use crate::plumbing::outbox::{self, RelayOptions, RelayedEvent, Route};
-use crate::plumbing::saga_host::SagaHost;
-use crate::plumbing::{ServiceEnv, inbox};
+use crate::bugs::Bugs;
+use reprise_host::CommandHandler;
+use crate::planted::{self, Aggregates};
+use reprise_host::Handling;
+use reprise_host::commands::{self, BusDispatcher};
+use reprise_host::consume::{self, ConsumerOptions, MessageHandler};
+use reprise_host::relay::{self, RelayOptions, RelayedEvent, Route};
+use reprise_host::SagaHost;
+use reprise_host::{Platform, inbox};
 
 /// Consumer groups (and inbox names).
 pub mod groups {
@@ -29,16 +31,14 @@ pub mod groups {
     ];
 }
 
-fn consumer_options(group: &str, topic: &'static str, bugs: Bugs) -> ConsumerOptions {
-    let mut options = ConsumerOptions::new(group, vec![topic]);
-    options.ack_before_process = bugs.contains(PlantedBug::AckBeforeProcess);
-    options
+fn consumer_options(group: &str, topic: &'static str) -> ConsumerOptions {
+    ConsumerOptions::new(group, &[topic])
 }
 
 struct AccountsHandler {
-    env: ServiceEnv,
+    env: Platform,
     group: Arc<str>,
-    accounts: AggregateCache<Account>,
+    accounts: Aggregates<Account>,
 }
 
 impl MessageHandler for AccountsHandler {
@@ -79,7 +79,7 @@ impl MessageHandler for AccountsHandler {
             });
             let handled = self
                 .accounts
-                .execute_until_done(&self.env, command.account(), &account_command, handling)
+                .execute_until_done(command.account(), &account_command, handling)
                 .await;
             if let Some(rejection) = handled.rejection {
                 self.env.note(format_args!(
@@ -92,18 +92,17 @@ impl MessageHandler for AccountsHandler {
 }
 
 /// Starts the accounts service.
-pub fn start_accounts_service(env: &ServiceEnv, bugs: Bugs) {
+pub fn start_accounts_service(env: &Platform, bugs: Bugs) {
     let handler = Arc::new(AccountsHandler {
         env: env.clone(),
         group: groups::ACCOUNTS.into(),
-        accounts: AggregateCache::new()
-            .with_apply_before_append(bugs.contains(PlantedBug::ApplyBeforeAppend)),
+        accounts: Aggregates::new(env, bugs),
     });
     env.runtime.spawn(
         "accounts-service",
-        Box::pin(consumer::run(
+        Box::pin(consume::run(
             env.clone(),
-            consumer_options(groups::ACCOUNTS, topics::ACCOUNTS, bugs),
+            consumer_options(groups::ACCOUNTS, topics::ACCOUNTS),
             handler,
         )),
     );
@@ -138,7 +137,7 @@ pub fn saga_input(event: &RelayedEvent) -> Option<(String, TransferInput)> {
 }
 
 struct SagaWorker {
-    env: ServiceEnv,
+    env: Platform,
     group: Arc<str>,
     host: Arc<SagaHost<TransferSaga>>,
 }
@@ -162,10 +161,7 @@ impl MessageHandler for SagaWorker {
 pub fn relay_options() -> RelayOptions {
     let routes = [Account::CATEGORY, TransferRequest::CATEGORY]
         .into_iter()
-        .map(|category| Route {
-            category,
-            topic: topics::EVENTS,
-        })
+        .map(|category| Route::new(category, topics::EVENTS))
         .collect();
     RelayOptions::new("transfers", routes)
 }
@@ -174,10 +170,10 @@ pub fn relay_options() -> RelayOptions {
 const SUPERVISE_EVERY: Duration = Duration::from_millis(500);
 
 /// Starts the saga service: relay, recovery, and the consumer feeding the sagas.
-pub fn start_saga_service(env: &ServiceEnv, bugs: Bugs) {
+pub fn start_saga_service(env: &Platform, relay_lease: Arc<dyn Lease>, bugs: Bugs) {
     env.runtime.spawn(
         "outbox-relay",
-        Box::pin(outbox::run(env.clone(), Arc::new(relay_options()))),
+        Box::pin(relay::run(env.clone(), Arc::new(relay_options()), relay_lease)),
     );
     let dispatcher = Arc::new(BusDispatcher::<TransferCommand>::new(env.clone(), 3));
     let host = Arc::new(SagaHost::<TransferSaga>::new(env.clone(), dispatcher));
@@ -186,9 +182,9 @@ pub fn start_saga_service(env: &ServiceEnv, bugs: Bugs) {
         group: groups::SAGA.into(),
         host: Arc::clone(&host),
     });
-    let options = consumer_options(groups::SAGA, topics::EVENTS, bugs);
-    crate::plumbing::saga_host::spawn_saga_service(
-        env,
+    let options = consumer_options(groups::SAGA, topics::EVENTS);
+    reprise_host::saga_host::spawn_saga_service(
+        &planted::consumer_platform(env, bugs),
         "transfer-saga",
         host,
         SUPERVISE_EVERY,
@@ -291,22 +287,20 @@ impl TransfersWorkload {
 
 /// The client: opens the accounts, then submits each transfer at its time (idempotent,
 /// so a restarted client starts over).
-pub async fn run_client(env: ServiceEnv, workload: Arc<TransfersWorkload>) {
+pub async fn run_client(env: Platform, workload: Arc<TransfersWorkload>) {
     let start = env.runtime.now();
-    let accounts = AggregateCache::<Account>::new();
+    let accounts = CommandHandler::<Account>::new(&env);
     for (id, balance) in &workload.accounts {
         accounts
-            .execute_until_done(&env, id, &AccountCommand::Open { balance: *balance }, None)
+            .execute_until_done(id, &AccountCommand::Open { balance: *balance }, None)
             .await;
     }
-    let requests = AggregateCache::<TransferRequest>::new();
+    let requests = CommandHandler::<TransferRequest>::new(&env);
     for planned in &workload.transfers {
         env.sleep((start + planned.at).saturating_since(env.runtime.now()))
             .await;
         let handled = requests
-            .execute_until_done(
-                &env,
-                &planned.id,
+            .execute_until_done(&planned.id,
                 &RequestCommand::Submit(planned.order.clone()),
                 None,
             )

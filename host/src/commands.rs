@@ -16,7 +16,8 @@ use reprise_core::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::env::{Backoff, ServiceEnv};
+use crate::Platform;
+use crate::ids::format_event_id;
 
 /// Where a command goes.
 pub trait CommandRoute {
@@ -30,7 +31,7 @@ pub trait CommandRoute {
 
 /// Publishes commands to the bus. See the module docs.
 pub struct BusDispatcher<C> {
-    env: ServiceEnv,
+    platform: Platform,
     publish_attempts: u32,
     _command: PhantomData<fn(C)>,
 }
@@ -47,10 +48,10 @@ impl<C> BusDispatcher<C> {
     /// A dispatcher that tries each publish `publish_attempts` times before reporting the
     /// target unavailable (the saga's deadline then covers the lost command).
     #[must_use]
-    pub fn new(env: ServiceEnv, publish_attempts: u32) -> Self {
+    pub fn new(platform: Platform, publish_attempts: u32) -> Self {
         assert!(publish_attempts > 0, "a dispatcher must try at least once");
         BusDispatcher {
-            env,
+            platform,
             publish_attempts,
             _command: PhantomData,
         }
@@ -70,7 +71,7 @@ pub fn encode<C: CommandRoute + Serialize>(
         key: command.key().into(),
         payload: Payload::encode(command)?,
         headers: Headers::default()
-            .with(header::EVENT_ID, super::inbox::format_event_id(id))
+            .with(header::EVENT_ID, format_event_id(id))
             .with(header::EVENT_TYPE, command.name()),
     })
 }
@@ -88,7 +89,7 @@ where
     C: CommandRoute + Serialize + fmt::Debug + Send + 'static,
 {
     fn dispatch(&self, command: C) -> BoxFuture<'static, Result<(), DispatchError>> {
-        let env = self.env.clone();
+        let env = self.platform.clone();
         let attempts = self.publish_attempts;
         let id = EventId(env.runtime.next_id());
         Box::pin(async move {
@@ -96,6 +97,7 @@ where
                 encode(&command, id).map_err(|e| DispatchError::Refused(e.to_string()))?;
             let topic: Arc<str> = Arc::clone(&message.topic);
             let mut last_error = None;
+            let mut backoff = env.backoff();
             for attempt in 0..attempts {
                 match env.bus.publish(vec![message.clone()]).await {
                     Ok(()) => {
@@ -109,7 +111,7 @@ where
                     Err(error) => {
                         last_error = Some(error);
                         if attempt + 1 < attempts {
-                            env.sleep(Backoff::SERVICE.delay(attempt, &env)).await;
+                            env.pause(&mut backoff).await;
                         }
                     }
                 }

@@ -20,7 +20,8 @@ use reprise_core::{
 };
 use xxhash_rust::xxh3::Xxh3;
 
-use super::env::{Backoff, ServiceEnv};
+use crate::Platform;
+use crate::ids::{format_event_id, parse_event_id};
 
 /// Stream category of inbox streams.
 pub const CATEGORY: &str = "inbox";
@@ -97,44 +98,6 @@ pub fn redelivered_id(original: EventId, letter: &str) -> EventId {
     EventId(hasher.digest128())
 }
 
-/// `id.to_string()` (the UUID layout of [`EventId`]'s `Display`), built in one
-/// allocation: every relayed event and every command carries one in its headers.
-#[must_use]
-pub fn format_event_id(id: EventId) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut text = [b'-'; 36];
-    let mut at = 0;
-    for digit in 0..32u32 {
-        if matches!(digit, 8 | 12 | 16 | 20) {
-            at += 1;
-        }
-        let nibble = (id.0 >> (124 - 4 * digit)) & 0xf;
-        text[at] = HEX[nibble as usize];
-        at += 1;
-    }
-    String::from_utf8_lossy(&text).into_owned()
-}
-
-/// Parses an [`EventId`] as formatted by its `Display` (UUID layout) or `Debug` (32 hex).
-#[must_use]
-pub fn parse_event_id(text: &str) -> Option<EventId> {
-    // Hot (every delivery and every checked offset): parse in place, no allocation.
-    let mut value: u128 = 0;
-    let mut digits = 0;
-    for byte in text.bytes() {
-        if byte == b'-' {
-            continue;
-        }
-        let digit = char::from(byte).to_digit(16)?;
-        digits += 1;
-        if digits > 32 {
-            return None;
-        }
-        value = (value << 4) | u128::from(digit);
-    }
-    (digits == 32).then_some(EventId(value))
-}
-
 /// Whether an append error means "this message was handled before": the marker (and so
 /// the whole batch, atomically) is already stored.
 #[must_use]
@@ -145,21 +108,20 @@ pub fn is_already_handled(error: &StoreError) -> bool {
 /// Records `message` as handled on its own, for handlers whose effect is made idempotent
 /// elsewhere (a saga deduplicates by its state) and cannot share the batch. Retries
 /// transient failures until the marker is stored.
-pub async fn record_alone(env: &ServiceEnv, consumer: &Arc<str>, message: EventId) {
-    let mut attempt = 0;
+pub async fn record_alone(platform: &Platform, consumer: &Arc<str>, message: EventId) {
+    let mut backoff = platform.backoff();
     loop {
         let batch = reprise_core::AppendBatch::single(
             stream(consumer),
             ExpectedVersion::Any,
             vec![marker(consumer, message)],
         );
-        match env.store.append(batch).await {
+        match platform.store.append(batch).await {
             Ok(_) => return,
             Err(error) if is_already_handled(&error) => return,
             Err(error) => {
                 tracing::debug!(%consumer, %error, "inbox marker not stored; retrying");
-                env.sleep(Backoff::SERVICE.delay(attempt, env)).await;
-                attempt = attempt.saturating_add(1);
+                platform.pause(&mut backoff).await;
             }
         }
     }
@@ -187,18 +149,6 @@ mod tests {
     }
 
     #[test]
-    fn event_ids_format_as_display_does() {
-        for id in [
-            EventId(0),
-            EventId(u128::MAX),
-            EventId(0x0123_4567_89ab_cdef_0011_2233_4455_6677),
-            EventId(0xf00d),
-        ] {
-            assert_eq!(format_event_id(id), id.to_string());
-        }
-    }
-
-    #[test]
     fn marker_payload_names_the_message() {
         let m = EventId(0xabc);
         assert_eq!(
@@ -220,14 +170,5 @@ mod tests {
         assert_eq!(message_id_in(&again), Some(first_id));
         assert_ne!(message_id_in(&second), Some(first_id));
         assert_eq!(message_id_in(&Headers::default()), None);
-    }
-
-    #[test]
-    fn event_ids_parse_from_both_formats() {
-        let id = EventId(0x0123_4567_89ab_cdef_0011_2233_4455_6677);
-        assert_eq!(parse_event_id(&id.to_string()), Some(id));
-        assert_eq!(parse_event_id(&format!("{id:?}")), Some(id));
-        assert_eq!(parse_event_id("xyz"), None);
-        assert_eq!(parse_event_id(""), None);
     }
 }
