@@ -705,10 +705,13 @@ async fn dead_letters_refuse_bad_letters(
 ///
 /// # Errors
 /// The name of the failed check and what went wrong.
-pub async fn lease_suite<P, F>(contender: &dyn Fn() -> Arc<dyn crate::Lease>, pause: P) -> Check
+pub async fn lease_suite<P, F>(
+    contender: &(dyn Fn() -> Arc<dyn crate::Lease> + Send + Sync),
+    pause: P,
+) -> Check
 where
-    P: Fn() -> F,
-    F: std::future::Future<Output = ()>,
+    P: Fn() -> F + Send + Sync,
+    F: std::future::Future<Output = ()> + Send,
 {
     use crate::lease::LeaseError;
     let first = contender();

@@ -28,7 +28,7 @@ use reprise_core::event_bus::header;
 use reprise_scenarios::audit::{Finding, invariant};
 use reprise_scenarios::checkout::saga::topics;
 use reprise_scenarios::checkout::services::groups;
-use reprise_scenarios::plumbing::inbox;
+use reprise_host::{ids, inbox};
 
 use crate::LiveError;
 
@@ -165,7 +165,7 @@ fn read_topic(
                     continue;
                 };
                 match h.key {
-                    header::EVENT_ID => entry.event_id = inbox::parse_event_id(value),
+                    header::EVENT_ID => entry.event_id = ids::parse_event_id(value),
                     header::STREAM => entry.stream = Some(value.to_owned()),
                     header::STREAM_VERSION => entry.version = value.parse().ok(),
                     _ => {}

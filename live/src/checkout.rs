@@ -32,7 +32,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use reprise_core::{Aggregate, EventId, EventStore, RecordedEvent, Spawner, StoreError};
 use reprise_kafka::{KafkaConfig, KafkaEventBus};
-use reprise_postgres::{MigrationMode, PgConfig, PgEventStore};
+use reprise_postgres::{MigrationMode, PgConfig, PgEventStore, PgLease};
 use reprise_scenarios::Bugs;
 use reprise_scenarios::audit::Finding;
 use reprise_scenarios::checkout::gateway::ProviderBooks;
@@ -41,8 +41,8 @@ use reprise_scenarios::checkout::order::{Order, OrderEvent};
 use reprise_scenarios::checkout::saga::topics;
 use reprise_scenarios::checkout::services::{self, groups};
 use reprise_scenarios::checkout::workload::{CheckoutOptions, CheckoutWorkload, run_client};
-use reprise_scenarios::checkout::{CarrierModel, CarrierOptions, PaymentProvider};
-use reprise_scenarios::plumbing::{ServiceEnv, inbox};
+use reprise_scenarios::checkout::{CarrierModel, CarrierOptions, PaymentProvider, resilience};
+use reprise_host::{Platform, inbox};
 use reprise_tokio::TokioRuntime;
 
 use crate::bus_check::{self, BusCheck};
@@ -249,7 +249,7 @@ fn fresh_namespace() -> String {
     )
 }
 
-fn notes(service: &'static str, instance: u32) -> reprise_scenarios::plumbing::Notes {
+fn notes(service: &'static str, instance: u32) -> reprise_host::Notes {
     Arc::new(move |text| {
         tracing::debug!(target: "reprise_live::notes", service, instance, "{text}");
     })
@@ -330,7 +330,13 @@ impl CheckoutRun {
         let service_instances = run.config.service_instances;
         for i in 0..saga_instances {
             let env = run.instance(&pg, &bus, "saga", i).await?;
-            services::start_saga_service(&env, bugs);
+            // The relay the simulator runs, under a PostgreSQL advisory-lock lease: every
+            // saga instance runs one, one of them publishes.
+            let lease = PgLease::new(
+                &run.instances[run.instances.len() - 1].store,
+                &services::relay_options().lease_name(),
+            );
+            services::start_saga_service(&env, Arc::new(lease), bugs);
         }
         for i in 0..service_instances {
             let env = run.instance(&pg, &bus, "orders", i).await?;
@@ -391,7 +397,7 @@ impl CheckoutRun {
         bus: &NamespacedBus,
         service: &'static str,
         index: u32,
-    ) -> Result<ServiceEnv, LiveError> {
+    ) -> Result<Platform, LiveError> {
         let store = Arc::new(
             PgEventStore::connect(
                 pg.clone()
@@ -406,7 +412,8 @@ impl CheckoutRun {
         self.instances.push(Instance {
             store: Arc::clone(&store),
         });
-        Ok(ServiceEnv::new(self.runtime.shared(), store, Arc::new(bus))
+        Ok(Platform::new(self.runtime.shared(), store, Arc::new(bus))
+            .with_resilience(Arc::new(resilience::resilience()))
             .with_notes(notes(service, index)))
     }
 

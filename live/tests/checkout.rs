@@ -27,7 +27,6 @@ use reprise_scenarios::checkout::invariants::invariant;
 use reprise_scenarios::checkout::inventory::{Inventory, InventoryEvent};
 use reprise_scenarios::checkout::saga::topics;
 use reprise_scenarios::checkout::services::groups;
-use reprise_scenarios::plumbing::inbox;
 
 /// The configuration from the environment, or `None` (after saying why) when the
 /// services are not configured outside CI.
@@ -185,7 +184,7 @@ async fn the_checker_reports_tampered_books_and_bogus_events() {
             topic: format!("{}.{}", run.namespace(), topics::ORDERS).into(),
             key: "order-unhandled".into(),
             payload: Payload::from_json_text("{}"),
-            headers: Headers::default().with(header::EVENT_ID, inbox::format_event_id(message_id)),
+            headers: Headers::default().with(header::EVENT_ID, reprise_host::ids::format_event_id(message_id)),
         }])
         .await
         .expect("publish the unhandled command");

@@ -32,6 +32,7 @@ use rand_chacha::ChaCha8Rng;
 use reprise_core::{BoxFuture, InMemoryEventBus, InMemoryEventStore};
 
 use crate::faults::{FaultRecord, Injector};
+use crate::lease::LeaseTable;
 use crate::network::Network;
 use crate::run::{Phase, RunStats};
 use crate::trace::{Tag, Trace, TraceMode, hash_str};
@@ -142,6 +143,8 @@ pub(crate) struct Kernel {
     pub(crate) faults: Vec<FaultRecord>,
     pub(crate) stats: RunStats,
     pub(crate) network: Network,
+    /// The durable lease table (survives node crashes, like the store).
+    pub(crate) leases: LeaseTable,
     pub(crate) injector: Injector,
     pub(crate) env: Environment,
     pub(crate) phase: Phase,
@@ -203,6 +206,7 @@ impl Kernel {
             faults: Vec::new(),
             stats: RunStats::default(),
             network: Network::default(),
+            leases: LeaseTable::default(),
             injector,
             env,
             phase: Phase::Faults,

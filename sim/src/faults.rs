@@ -21,7 +21,8 @@ use serde::Serialize;
 use crate::executor::{Control, Kernel, NodeIndex, Shared};
 use crate::network::Link;
 use crate::plan::{
-    BusFaults, DependencyFaults, Fault, FaultPlan, FaultSpec, Nodes, Peer, StoreFaults, Window,
+    BusFaults, DependencyFaults, Fault, FaultPlan, FaultSpec, LeaseFaults, Nodes, Peer,
+    StoreFaults, Window,
 };
 use crate::run::SimError;
 use crate::trace::{Tag, hash_str};
@@ -283,6 +284,18 @@ impl Kernel {
         out
     }
 
+    /// The lease faults in force for `node` now (field-wise maximum over active specs).
+    pub(crate) fn lease_faults(&self, node: NodeIndex) -> LeaseFaults {
+        let mut out = LeaseFaults::default();
+        for r in self.injector.active_for(node, self.elapsed_ms()) {
+            if let Fault::Lease(l) = &r.fault {
+                out.loss_probability = max_f(out.loss_probability, l.loss_probability);
+                out.zombie_max_ms = out.zombie_max_ms.max(l.zombie_max_ms);
+            }
+        }
+        out
+    }
+
     /// Whether the BUGGIFY point fires now. See [`Fault::Buggify`].
     fn buggify(&mut self, point: &'static str) -> bool {
         let Some(node) = self.current else {
@@ -500,9 +513,11 @@ impl Kernel {
                 );
                 None
             }
-            Fault::Store(_) | Fault::Bus(_) | Fault::Dependency { .. } | Fault::Buggify { .. } => {
-                None
-            }
+            Fault::Store(_)
+            | Fault::Bus(_)
+            | Fault::Dependency { .. }
+            | Fault::Lease(_)
+            | Fault::Buggify { .. } => None,
         }
     }
 

@@ -44,6 +44,7 @@
 //! | `clock` | virtual time, per-node skew, the node runtime |
 //! | `network` | partitions (symmetric, one-way) and outages |
 //! | `store` / `bus` / `dependency` | the simulated event store, event bus and external services |
+//! | `lease` | the simulated lease table (leadership), with loss and zombie windows |
 //! | [`plan`] | declarative fault plans and swarm mode |
 //! | `faults` | turning the plan into decisions; [`FaultRecord`]s |
 //! | [`trace`] | running xxh3 hash, readable lines |
@@ -101,6 +102,7 @@ mod dependency;
 mod executor;
 mod faults;
 pub mod harness;
+mod lease;
 mod network;
 pub mod plan;
 mod run;
@@ -114,9 +116,10 @@ pub use bus::BusOptions;
 pub use checker::{Scenario, ScenarioRun, Violation, WorldView};
 pub use dependency::{DependencyError, DependencyOptions};
 pub use faults::FaultRecord;
+pub use lease::LeaseOptions;
 pub use plan::{
-    BusFaults, DependencyFaults, Direction, Fault, FaultPlan, FaultSpec, Nodes, Peer, PlanError,
-    StoreFaults, SwarmOptions, Window,
+    BusFaults, DependencyFaults, Direction, Fault, FaultPlan, FaultSpec, LeaseFaults, Nodes, Peer,
+    PlanError, StoreFaults, SwarmOptions, Window,
 };
 pub use run::{
     Budget, Divergence, Outcome, Phase, RunReport, RunStats, SimConfig, SimError,

@@ -8,8 +8,8 @@
 //!
 //! Two families of faults:
 //! - **Per-operation** faults ([`Fault::Store`], [`Fault::Bus`], [`Fault::Dependency`],
-//!   [`Fault::Buggify`]) are probabilities drawn at each operation of a targeted node while
-//!   the window is open.
+//!   [`Fault::Lease`], [`Fault::Buggify`]) are probabilities drawn at each operation of a
+//!   targeted node while the window is open.
 //! - **Nemesis** faults ([`Fault::Partition`], [`Fault::Crash`], [`Fault::Pause`],
 //!   [`Fault::ClockSkew`], [`Fault::Rebalance`], [`Fault::DependencyOutage`]) are events:
 //!   at every nemesis tick ([`crate::SimConfig::nemesis_tick`]) each active spec fires with
@@ -178,6 +178,19 @@ impl Default for DependencyFaults {
     }
 }
 
+/// Lease faults for each [`confirm`](reprise_core::Leadership::confirm) of a targeted
+/// node's leadership (see `sim/src/lease.rs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LeaseFaults {
+    /// The lease is taken from its holder (freed at once: another contender may acquire
+    /// it), while the holder is not told yet.
+    pub loss_probability: f64,
+    /// After a loss, the old holder's confirms keep succeeding for a duration drawn
+    /// uniformly from `0..=zombie_max_ms` of simulated time (two leaders at once), then
+    /// report [`reprise_core::LeaseError::Lost`].
+    pub zombie_max_ms: u64,
+}
+
 /// One kind of fault with its intensities. See the module docs for the two families.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Fault {
@@ -188,6 +201,8 @@ pub enum Fault {
         dependency: Option<String>,
         faults: DependencyFaults,
     },
+    /// Lease loss with a zombie window: see [`LeaseFaults`].
+    Lease(LeaseFaults),
     /// BUGGIFY points in framework code ([`buggify`](fn@reprise_core::buggify)): each point seen is
     /// enabled for the run with `enable_probability` (FoundationDB's trick: a point that
     /// fires everywhere at once hides the interesting interleavings), then fires with
@@ -257,6 +272,7 @@ impl Fault {
             Fault::Store(_) => "store",
             Fault::Bus(_) => "bus",
             Fault::Dependency { .. } => "dependency",
+            Fault::Lease(_) => "lease",
             Fault::Buggify { .. } => "buggify",
             Fault::Partition { .. } => "partition",
             Fault::Crash { .. } => "crash",
@@ -438,6 +454,9 @@ impl FaultSpec {
                         ),
                     });
                 }
+            }
+            Fault::Lease(l) => {
+                probability(label, "loss_probability", l.loss_probability)?;
             }
             Fault::Buggify {
                 enable_probability,
@@ -665,6 +684,13 @@ fn draw_swarm(options: SwarmOptions, rng: &mut ChaCha8Rng) -> Vec<FaultSpec> {
             max_duration_ms: rng.random_range(200..=3_000),
         }));
     }
+    // Drawn last, so the families above draw what they drew before leases existed.
+    if on(rng) {
+        specs.push(FaultSpec::new(Fault::Lease(LeaseFaults {
+            loss_probability: p(rng, 0.05),
+            zombie_max_ms: rng.random_range(0..=500),
+        })));
+    }
     specs
 }
 
@@ -715,6 +741,18 @@ mod tests {
         })
         .on_nodes(empty);
         assert!(matches!(bad.validate(), Err(PlanError::NoNodes { .. })));
+        let bad = FaultSpec::new(Fault::Lease(LeaseFaults {
+            loss_probability: -0.1,
+            zombie_max_ms: 100,
+        }));
+        assert!(matches!(
+            bad.validate(),
+            Err(PlanError::Probability {
+                fault: "lease",
+                field: "loss_probability",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -777,5 +815,17 @@ mod tests {
                 .validate()
                 .expect("every swarm draw is a valid plan");
         }
+        let leases = (0..50)
+            .filter(|&s| {
+                draw(s)
+                    .specs
+                    .iter()
+                    .any(|spec| matches!(spec.fault, Fault::Lease(_)))
+            })
+            .count();
+        assert!(
+            (10..=40).contains(&leases),
+            "the lease family is drawn like the others: {leases}/50"
+        );
     }
 }

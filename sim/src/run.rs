@@ -232,6 +232,8 @@ pub struct RunStats {
     pub bus_publishes: u64,
     pub bus_deliveries: u64,
     pub dependency_calls: u64,
+    /// Lease acquires, confirms and releases.
+    pub lease_ops: u64,
     pub boots: u64,
     pub notes: u64,
     pub safety_checks: u64,

@@ -21,7 +21,8 @@
 //! 3. Reduce each remaining spec, keeping the first reduction under which the run still
 //!    fails and starting over from it: switch off individual fault kinds of per-operation
 //!    faults (zero one field of [`StoreFaults`](crate::StoreFaults) /
-//!    [`BusFaults`](crate::BusFaults) / [`DependencyFaults`](crate::DependencyFaults)),
+//!    [`BusFaults`](crate::BusFaults) / [`DependencyFaults`](crate::DependencyFaults) /
+//!    [`LeaseFaults`](crate::LeaseFaults)),
 //!    narrow a partition's `Peer::Any` to one peer, halve its probabilities and durations
 //!    (exact in binary floating point), target a single node (one the faults actually
 //!    hit), clip its window to the moment the run ended (a no-op for the run, but the plan
@@ -751,6 +752,16 @@ fn switch_off(fault: &Fault) -> Vec<(Fault, &'static str)> {
                 faults,
             },
         ),
+        // Without its loss a lease spec does nothing (dropping the spec tries that): the
+        // kind worth switching off is the zombie window — does the failure need two
+        // leaders at once, or only a lost lease?
+        Fault::Lease(l) => switched_off(
+            *l,
+            &[("zombie_max_ms", l.zombie_max_ms > 0, |l| {
+                l.zombie_max_ms = 0;
+            })],
+            Fault::Lease,
+        ),
         // Nemesis faults and BUGGIFY have one kind each: dropping the spec switches it off.
         _ => Vec::new(),
     }
@@ -823,6 +834,15 @@ fn halve(fault: &Fault) -> Option<(Fault, String)> {
                 dependency: dependency.clone(),
                 faults: h,
             }
+        }
+        Fault::Lease(l) => {
+            let mut h = *l;
+            h.loss_probability = p("loss_probability", l.loss_probability);
+            if l.zombie_max_ms > 1 {
+                h.zombie_max_ms = l.zombie_max_ms / 2;
+                changed.push("zombie_max_ms");
+            }
+            Fault::Lease(h)
         }
         Fault::Buggify {
             enable_probability,
@@ -974,6 +994,10 @@ mod tests {
                 per_tick_probability: 0.05,
                 max_skew_ms: 1,
             }),
+            FaultSpec::new(Fault::Lease(crate::LeaseFaults {
+                loss_probability: 0.05,
+                zombie_max_ms: 300,
+            })),
         ];
         for spec in &specs {
             let reductions = reductions(spec, &context());
@@ -1001,6 +1025,17 @@ mod tests {
                 "store: window [0, 1000) ms -> [500, 1000) ms",
             ]
         );
+        // The lease spec: the zombie window can go, then both intensities halve.
+        let lease = reductions(&specs[5], &context());
+        assert_eq!(lease[0].1, "lease: switched off zombie_max_ms");
+        assert_eq!(
+            lease[1].0.fault,
+            Fault::Lease(crate::LeaseFaults {
+                loss_probability: 0.025,
+                zombie_max_ms: 150,
+            })
+        );
+        assert_eq!(lease[1].1, "lease: halved loss_probability, zombie_max_ms");
     }
 
     #[test]

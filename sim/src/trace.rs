@@ -80,6 +80,7 @@ pub(crate) enum Tag {
     Phase = 11,
     Check = 12,
     SpawnRefused = 13,
+    Lease = 14,
 }
 
 /// The recorder. Lives inside the executor's kernel; every component records through it.

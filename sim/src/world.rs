@@ -19,13 +19,15 @@ use std::time::Duration;
 use rand::RngCore;
 use rand_chacha::ChaCha8Rng;
 use reprise_core::{
-    BoxFuture, EventBus, EventStore, InMemoryEventBus, InMemoryEventStore, SharedRuntime, Spawner,
+    BoxFuture, EventBus, EventStore, InMemoryEventBus, InMemoryEventStore, Lease, SharedRuntime,
+    Spawner,
 };
 
 use crate::bus::{BusOptions, SimEventBus};
 use crate::clock::NodeRuntime;
 use crate::dependency::{self, DependencyError, DependencyOptions};
 use crate::executor::{NodeIndex, Shared, TaskKey};
+use crate::lease::{LeaseOptions, SimLease};
 use crate::store::{SimEventStore, StoreOptions};
 use crate::trace::{Tag, TraceMode, hash_fmt, hash_str};
 
@@ -92,6 +94,7 @@ pub(crate) struct DependencyEntry {
 pub(crate) struct Environment {
     pub(crate) store: StoreOptions,
     pub(crate) bus: BusOptions,
+    pub(crate) lease: LeaseOptions,
     pub(crate) dependencies: Vec<DependencyEntry>,
 }
 
@@ -211,6 +214,12 @@ impl World {
         self.shared.kernel.lock().env.bus = options;
     }
 
+    /// Sets how the lease table treats dead sessions (latency and timeouts are the
+    /// event store's).
+    pub fn set_lease_options(&mut self, options: LeaseOptions) {
+        self.shared.kernel.lock().env.lease = options;
+    }
+
     /// The durable event store: survives node crashes. Use it to seed initial data and,
     /// from checkers, to read what was committed.
     #[must_use]
@@ -316,6 +325,22 @@ impl NodeContext {
         Arc::new(SimEventBus::new(
             Arc::clone(self.shared()),
             self.runtime.node,
+        ))
+    }
+
+    /// A new contender for the lease `name` (one database session): reached through the
+    /// node's link to the event store, with its latency, timeouts and partitions, and the
+    /// plan's [`Fault::Lease`](crate::Fault::Lease) on its leaderships. Every call makes
+    /// another contender; contenders of one name, on any nodes, compete for one lease.
+    /// Leases survive node crashes; a crashed node's leaderships are freed as dead
+    /// sessions are ([`crate::LeaseOptions`]).
+    #[must_use]
+    pub fn lease(&self, name: &str) -> Arc<dyn Lease> {
+        Arc::new(SimLease::new(
+            Arc::clone(self.shared()),
+            self.runtime.node,
+            self.runtime.incarnation,
+            name,
         ))
     }
 
@@ -426,6 +451,8 @@ pub(crate) fn crash(shared: &Arc<Shared>, node: NodeIndex, downtime_nanos: u64) 
                 downtime_nanos / 1_000_000
             ),
         );
+        // Its database sessions die with it.
+        k.leases_of_crashed_node(node);
         tasks
     };
     drop(dropped);
