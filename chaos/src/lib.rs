@@ -78,6 +78,11 @@ pub fn all() -> Vec<NamedPlan> {
             plan: flaky_store(),
         },
         NamedPlan {
+            name: "relay-split-brain",
+            description: "the relay's lease is lost while publishing and the old leader keeps publishing for up to 400 ms (two leaders), BUGGIFY widens the host's risky windows, saga nodes crash",
+            plan: stored(RELAY_SPLIT_BRAIN_JSON),
+        },
+        NamedPlan {
             name: "duplicate-storm",
             description: "the bus duplicates, delays and reorders deliveries, loses commits and rebalances",
             plan: duplicate_storm(),
@@ -168,6 +173,8 @@ fn slow_payments() -> FaultPlan {
 pub const PAYMENT_OUTAGE_JSON: &str = include_str!("plans/payment-outage.json");
 /// The JSON of the `carrier-outage` plan.
 pub const CARRIER_OUTAGE_JSON: &str = include_str!("plans/carrier-outage.json");
+/// The JSON of the `relay-split-brain` plan.
+pub const RELAY_SPLIT_BRAIN_JSON: &str = include_str!("plans/relay-split-brain.json");
 
 fn stored(json: &str) -> FaultPlan {
     FaultPlan::from_json(json).expect("the stored plans are valid (tested)")

@@ -5,6 +5,7 @@
 //! thread-local). Results are sorted by seed before printing, so the output of a sweep does
 //! not depend on the number of jobs.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -39,6 +40,36 @@ pub struct SweepOutcome {
     /// Simulated time over wall time, summed over all workers.
     pub time_compression: f64,
     pub jobs: usize,
+    /// How often each fault kind fired — BUGGIFY points by name (`buggify:<point>`) —
+    /// over the whole sweep.
+    pub faults: BTreeMap<String, FaultCount>,
+}
+
+/// How often one fault kind fired in a sweep.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FaultCount {
+    /// Runs in which it fired at least once.
+    pub runs: u64,
+    /// Firings in all runs.
+    pub total: u64,
+}
+
+/// The name a fault is counted under: its kind, or `buggify:<point>` for BUGGIFY.
+fn fault_name(record: &reprise_sim::FaultRecord) -> String {
+    if record.kind == "buggify" {
+        ["buggify:", &record.detail].concat()
+    } else {
+        record.kind.to_owned()
+    }
+}
+
+/// Counts one run's faults by name.
+fn count_faults(report: &RunReport) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for record in &report.faults {
+        *counts.entry(fault_name(record)).or_insert(0) += 1;
+    }
+    counts
 }
 
 fn progress(seeds: u64, quiet: bool) -> ProgressBar {
@@ -124,14 +155,23 @@ pub fn sweep(
             report.passed(),
             report.stats.sim_time,
             failure_of(&report, &plan),
+            count_faults(&report),
         )
     });
     bar.finish_and_clear();
     let wall = began.elapsed();
-    let simulated: Duration = results.iter().map(|(_, (_, t, _))| *t).sum();
+    let simulated: Duration = results.iter().map(|(_, (_, t, _, _))| *t).sum();
+    let mut faults: BTreeMap<String, FaultCount> = BTreeMap::new();
+    for (_, (_, _, _, counts)) in &results {
+        for (name, n) in counts {
+            let count = faults.entry(name.clone()).or_default();
+            count.runs += 1;
+            count.total += n;
+        }
+    }
     let failures: Vec<Failure> = results
         .into_iter()
-        .filter_map(|(_, (passed, _, failure))| (!passed).then_some(failure))
+        .filter_map(|(_, (passed, _, failure, _))| (!passed).then_some(failure))
         .collect();
     let outcome = SweepOutcome {
         scenario: scenario.name().to_owned(),
@@ -145,6 +185,7 @@ pub fn sweep(
         time_compression: simulated.as_secs_f64() / (wall.as_secs_f64() * jobs as f64).max(1e-9),
         jobs,
         failures,
+        faults,
     };
     if json {
         println!(
@@ -183,6 +224,7 @@ fn print_summary(scenario: &dyn Scenario, config: &SimConfig, outcome: &SweepOut
         outcome.runs_per_second,
         outcome.time_compression
     );
+    print_faults(outcome);
     if outcome.failures.is_empty() {
         return;
     }
@@ -213,6 +255,37 @@ fn print_summary(scenario: &dyn Scenario, config: &SimConfig, outcome: &SweepOut
         "\nfirst failure in detail:\n{}",
         crate::failure_message(&report, &outcome.plan)
     );
+}
+
+/// Fault kinds and BUGGIFY points, with how many runs each fired in and how often.
+fn print_faults(outcome: &SweepOutcome) {
+    if outcome.faults.is_empty() {
+        println!("faults fired: none");
+        return;
+    }
+    let (points, kinds): (Vec<_>, Vec<_>) = outcome
+        .faults
+        .iter()
+        .partition(|(name, _)| name.starts_with("buggify:"));
+    let line = |list: &[(&String, &FaultCount)]| -> String {
+        list.iter()
+            .map(|(name, c)| {
+                format!(
+                    "{} {}x in {} runs",
+                    name.trim_start_matches("buggify:"),
+                    c.total,
+                    c.runs
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !kinds.is_empty() {
+        println!("faults fired: {}", line(&kinds));
+    }
+    if !points.is_empty() {
+        println!("BUGGIFY points fired: {}", line(&points));
+    }
 }
 
 /// Checks every seed twice; prints divergences. Returns whether all were deterministic.
