@@ -3,7 +3,7 @@
 //! The machinery between core's traits and a running service: what every event-driven
 //! service needs and what is easiest to get subtly wrong. It is written only against
 //! `reprise-core`'s traits (`Runtime`, `EventStore`, `EventBus`, `Lease`), depends on
-//! neither the simulator nor any adapter, and holds no planted-bug switch: the simulator
+//! neither the simulator nor any adapter, and ships no deliberately wrong path behind a switch: the simulator
 //! runs exactly this code, and so does production.
 //!
 //! | module | concept |
