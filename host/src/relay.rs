@@ -288,13 +288,10 @@ async fn lead(
     let mut saved = next - 1;
     backoff.reset();
     loop {
-        let events = match platform.store.read_all(next, options.batch_size).await {
-            Ok(events) => events,
-            Err(_) => {
-                error_counter(name, "read").increment(1);
-                platform.pause(&mut backoff).await;
-                continue;
-            }
+        let Ok(events) = platform.store.read_all(next, options.batch_size).await else {
+            error_counter(name, "read").increment(1);
+            platform.pause(&mut backoff).await;
+            continue;
         };
         backoff.reset();
         let Some(last) = events.last() else {

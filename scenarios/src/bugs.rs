@@ -6,9 +6,11 @@
 //! `tests/planted_bugs.rs` show that the simulator finds each one within a stated number
 //! of seeds and that the failing seed replays.
 //!
-//! The flags live in the components they break (consumer loop, payment handler, saga,
-//! aggregate cache, inventory handler), so correct and buggy code sit side by side and
-//! the diff between them is the lesson.
+//! None of them lives in library code. Where a bug replaces a component of the host library
+//! (the consume loop's acknowledgement, the command handler's cache), the wrong version is
+//! scenario code in [`crate::planted`] — a wrapper or a copy — swapped in by the scenario
+//! variant; the others are alternative branches of the scenarios' own handlers and sagas,
+//! next to the correct code, so the diff between them is the lesson.
 
 use std::fmt;
 

@@ -1,8 +1,9 @@
-//! Load test of the whole no-dual-write pipeline: append with outbox (PostgreSQL) → outbox
-//! relay → Kafka-API broker → consumer group handler. Measures, per event, the latency from
-//! *append committed* (the moment `append_with_outbox` returned to the writer) to *handled*
-//! (the moment the subscriber's `next()` handed it over and it was acknowledged), with
-//! percentiles from `hdrhistogram`, plus append latency and throughput.
+//! Load test of the whole no-dual-write pipeline: append (PostgreSQL) → host relay
+//! (`reprise_host::relay`, tailing the gap-free global log under a `PgLease`) → Kafka-API
+//! broker → consumer group handler. Measures, per event, the latency from *append
+//! committed* (the moment `append` returned to the writer) to *handled* (the moment the
+//! subscriber's `next()` handed it over and it was acknowledged), with percentiles from
+//! `hdrhistogram`, plus append latency and throughput.
 //!
 //! ```text
 //! eval "$(scripts/postgres.sh)"; eval "$(scripts/kafka.sh)"
@@ -13,8 +14,10 @@
 //!
 //! Writers are paced open-loop: event `i` is due at `start + i / rate` (`--rate 0`: as fast
 //! as the writers go). Latency is measured from the commit, so it is the pipeline's own
-//! delay (relay wake-up, read, publish, broker, fetch), not the writers' queueing. Every
-//! run uses a fresh PostgreSQL schema, topic and group, and drops the schema at the end.
+//! delay (relay idle pause, read, publish, broker, fetch), not the writers' queueing. The
+//! relay polls (`--max-idle-pause-ms` bounds its pause when idle; it does not listen for
+//! append notifications). Every run uses a fresh PostgreSQL schema, topic and group, and
+//! drops the schema at the end.
 
 // A load generator measures wall-clock time and runs on tokio by design.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
@@ -25,22 +28,29 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use hdrhistogram::Histogram;
-use reprise_core::event_bus::{EventBus, Headers, OutgoingMessage, Subscription, header};
-use reprise_core::{AppendBatch, EventId, ExpectedVersion, Metadata, NewEvent, Payload};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use reprise_core::event_bus::{EventBus, Subscription, header};
+use reprise_core::{
+    AppendBatch, EventId, EventStore, ExpectedVersion, Lease, Metadata, NewEvent, Payload,
+};
+use reprise_host::Platform;
+use reprise_host::ids::parse_event_id;
+use reprise_host::relay::{self, RelayOptions, Route};
 use reprise_kafka::{KafkaConfig, KafkaEventBus};
-use reprise_postgres::{OutboxRelay, PgConfig, PgEventStore, RelayOptions};
+use reprise_postgres::{PgConfig, PgEventStore, PgLease};
+use reprise_tokio::TokioRuntime;
 use tokio::sync::oneshot;
 
 #[derive(Parser, Debug)]
-#[command(about = "Append-committed → subscriber-handled latency through the outbox relay")]
+#[command(about = "Append-committed → subscriber-handled latency through the relay")]
 struct Args {
-    /// Events appended (one event and one outbox message per append).
+    /// Events appended (one event per append).
     #[arg(long, default_value_t = 20_000)]
     events: u64,
     /// Target append rate, events per second (0: unthrottled).
     #[arg(long, default_value_t = 2_000)]
     rate: u64,
-    /// Relay batch size: outbox rows per read and per publish.
+    /// Relay batch size: events per read and per publish.
     #[arg(long, default_value_t = 500)]
     batch: usize,
     /// Concurrent writers.
@@ -55,9 +65,10 @@ struct Args {
     /// Payload size in bytes (JSON text).
     #[arg(long, default_value_t = 256)]
     payload_bytes: usize,
-    /// Relay poll interval when no notification arrives, in milliseconds.
-    #[arg(long, default_value_t = 1_000)]
-    poll_interval_ms: u64,
+    /// Longest relay pause when it finds nothing new, in milliseconds (it starts at 5 ms
+    /// and doubles while idle).
+    #[arg(long, default_value_t = 100)]
+    max_idle_pause_ms: u64,
     /// Consumer group session timeout, in milliseconds.
     #[arg(long, default_value_t = 6_000)]
     session_timeout_ms: u64,
@@ -68,7 +79,10 @@ struct Args {
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-const WARM_UP: &str = "warm-up";
+/// The warm-up event's id; load event `seq` has id `seq + 1`.
+const WARM_UP: u128 = u128::MAX;
+/// Streams of this category are routed to the benchmark topic.
+const CATEGORY: &str = "bench";
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
@@ -95,23 +109,9 @@ fn report(name: &str, h: &Histogram<u64>) {
     );
 }
 
-fn message(topic: &str, stream: &str, id: &str, payload: &Payload) -> OutgoingMessage {
-    OutgoingMessage {
-        topic: topic.into(),
-        key: stream.into(),
-        payload: payload.clone(),
-        headers: Headers::default()
-            .with(header::EVENT_ID, id)
-            .with(header::EVENT_TYPE, "Benchmarked")
-            .with(header::STREAM, stream),
-    }
-}
-
 async fn append(
     store: &PgEventStore,
-    topic: &str,
     stream: &str,
-    id: &str,
     event_id: u128,
     payload: &Payload,
 ) -> Result<(), Error> {
@@ -126,9 +126,7 @@ async fn append(
             metadata: Metadata::default(),
         }],
     );
-    store
-        .append_with_outbox(batch, vec![message(topic, stream, id, payload)])
-        .await?;
+    store.append(batch).await?;
     Ok(())
 }
 
@@ -156,13 +154,14 @@ async fn consume(
         };
         let delivery = delivery?;
         let now = nanos_since(origin);
-        let id = delivery.headers.get(header::EVENT_ID).unwrap_or_default();
-        if id == WARM_UP {
+        let text = delivery.headers.get(header::EVENT_ID).unwrap_or_default();
+        let id = parse_event_id(text).ok_or_else(|| format!("bad event id {text:?}"))?;
+        if id.0 == WARM_UP {
             if let Some(signal) = warmed_up.take() {
                 let _ = signal.send(());
             }
         } else {
-            let seq: usize = id.parse()?;
+            let seq = usize::try_from(id.0 - 1)?;
             let slot = handled_at
                 .get_mut(seq)
                 .ok_or_else(|| format!("unexpected event id {seq}"))?;
@@ -190,6 +189,10 @@ async fn consume(
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Error> {
     let args = Args::parse();
+    // The relay reports through `metrics`; read its counters at the end.
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder.install()?;
     if args.events == 0 || args.batch == 0 || args.writers == 0 || args.keys == 0 {
         return Err("--events, --batch, --writers and --keys must be positive".into());
     }
@@ -198,7 +201,8 @@ async fn main() -> Result<(), Error> {
 
     let url = std::env::var("DATABASE_URL")
         .map_err(|_| "DATABASE_URL is unset: eval \"$(scripts/postgres.sh)\"")?;
-    let max_connections = u32::try_from(args.writers)? + 4;
+    // Writers, plus the relay's reads and checkpoints (its lease has its own connection).
+    let max_connections = u32::try_from(args.writers)? + 2;
     let store = PgEventStore::connect(
         PgConfig::new(url)
             .with_schema(format!("bench_pipeline_{run}"))
@@ -233,14 +237,18 @@ async fn main() -> Result<(), Error> {
         .subscribe(&format!("bench-pipeline-{run}-group"), &[&topic])
         .await?;
 
-    let relay = OutboxRelay::new(
-        store.clone(),
+    let mut options = RelayOptions::new("bench", vec![Route::new(CATEGORY, &topic)]);
+    options.batch_size = args.batch;
+    options.max_idle_pause =
+        Duration::from_millis(args.max_idle_pause_ms).max(options.min_idle_pause);
+    let options = Arc::new(options);
+    let platform = Platform::new(
+        TokioRuntime::try_current()?.shared(),
+        Arc::new(store.clone()),
         Arc::new(bus.clone()),
-        RelayOptions::default()
-            .with_batch_size(args.batch)
-            .with_poll_interval(Duration::from_millis(args.poll_interval_ms)),
-    )?
-    .spawn();
+    );
+    let lease: Arc<dyn Lease> = Arc::new(PgLease::new(&store, &options.lease_name()));
+    let relay = tokio::spawn(relay::run(platform, options, lease));
 
     let origin = Instant::now();
     let (warmed_up, warm) = oneshot::channel();
@@ -258,7 +266,7 @@ async fn main() -> Result<(), Error> {
 
     // Warm-up through the whole pipeline: the group has its partitions, the relay leads.
     let joining = Instant::now();
-    append(&store, &topic, "warm-up", WARM_UP, u128::MAX, &payload).await?;
+    append(&store, &format!("{CATEGORY}-warm-up"), WARM_UP, &payload).await?;
     tokio::time::timeout(budget, warm)
         .await
         .map_err(|_| "the warm-up event did not come through within the group join budget")??;
@@ -274,7 +282,7 @@ async fn main() -> Result<(), Error> {
     let load_start = Instant::now();
     let mut writers = Vec::new();
     for _ in 0..args.writers {
-        let (store, topic, payload) = (store.clone(), topic.clone(), payload.clone());
+        let (store, payload) = (store.clone(), payload.clone());
         let (committed_at, next) = (Arc::clone(&committed_at), Arc::clone(&next));
         let (events, rate, keys) = (args.events, args.rate, args.keys);
         writers.push(tokio::spawn(async move {
@@ -289,16 +297,8 @@ async fn main() -> Result<(), Error> {
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let started = Instant::now();
-                let stream = format!("stream-{}", seq % keys);
-                append(
-                    &store,
-                    &topic,
-                    &stream,
-                    &seq.to_string(),
-                    u128::from(seq) + 1,
-                    &payload,
-                )
-                .await?;
+                let stream = format!("{CATEGORY}-{}", seq % keys);
+                append(&store, &stream, u128::from(seq) + 1, &payload).await?;
                 committed_at[usize::try_from(seq)?].store(nanos_since(origin), Ordering::Relaxed);
                 append_latency.record(micros(started.elapsed()))?;
             }
@@ -311,7 +311,25 @@ async fn main() -> Result<(), Error> {
     }
     let appended_in = load_start.elapsed();
     let consumed = consumer.await??;
-    let stats = relay.shutdown().await;
+    // Stopping the relay is dropping its task; its lease session ends with it.
+    relay.abort();
+    let _ = relay.await;
+    let counters: Vec<(String, u64)> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(key, _, _, value)| match value {
+            DebugValue::Counter(n) => Some((key.key().name().to_owned(), n)),
+            _ => None,
+        })
+        .collect();
+    let counter = |name: &str| -> u64 {
+        counters
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v)
+            .sum()
+    };
 
     // Per event: handled − committed.
     let mut end_to_end = histogram()?;
@@ -323,7 +341,7 @@ async fn main() -> Result<(), Error> {
             continue;
         }
         last_handled = last_handled.max(handled);
-        // The writer stamps the commit after `append_with_outbox` returns; a message can
+        // The writer stamps the commit after `append` returns; a message can
         // (rarely) be handled before that stamp: count it as 0.
         end_to_end.record(handled.saturating_sub(committed) / 1_000)?;
     }
@@ -342,14 +360,12 @@ async fn main() -> Result<(), Error> {
         end_to_end.len() as f64 / pipeline_secs
     );
     println!(
-        "relay                          {} messages in {} batches (mean {:.1} per publish), {} errors; {} duplicates seen by the consumer",
-        stats.relayed,
-        stats.batches,
-        stats.relayed as f64 / stats.batches.max(1) as f64,
-        stats.errors,
+        "relay                          {} messages (warm-up included), {} errors; {} duplicates seen by the consumer",
+        counter(relay::RELAYED),
+        counter(relay::RELAY_ERRORS),
         consumed.duplicates
     );
-    report("append_with_outbox", &append_latency);
+    report("append", &append_latency);
     report("append committed → handled", &end_to_end);
 
     sqlx::query(&format!("DROP SCHEMA {} CASCADE", store.config().schema))

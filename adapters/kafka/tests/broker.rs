@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use reprise_core::event_bus::{EventBus, OutgoingMessage, Subscription, header, partition_for_key};
-use reprise_core::{BusError, Delivery};
+use reprise_core::{BusError, Delivery, RetryPolicy};
 use reprise_kafka::dead_letter::header as dlq;
 use reprise_kafka::{
     ConfigError, DeadLetterHandler, DeadLetterPolicy, DeadLetterQueue, HandlerError, KafkaConfig,
@@ -381,11 +381,11 @@ async fn poison_messages_are_dead_lettered_listed_and_replayed() {
         .await
         .expect("publish");
 
-    let policy = DeadLetterPolicy {
-        max_attempts: 3,
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(50),
-    };
+    let policy = DeadLetterPolicy::from(
+        RetryPolicy::default()
+            .with_max_attempts(3)
+            .with_delays(Duration::from_millis(10), Duration::from_millis(50)),
+    );
     let handler = DeadLetterHandler::new(bus.clone(), Some(&group), policy).expect("policy");
     let mut sub = bus.subscribe_group(&group, &[&topic]).expect("subscribe");
     let mut total = 0;

@@ -16,7 +16,7 @@ use reprise_core::resilience::{
     self as contract, DeadLetterId, DeadLetterQuery, DeadLetterQueue as _, DeadLetterStatus,
     ErrorClass, NewDeadLetter, Resolution, redeliver,
 };
-use reprise_core::{Payload, Timestamp};
+use reprise_core::{Payload, RetryPolicy, Timestamp};
 use reprise_kafka::dead_letter::header as dlq;
 use reprise_kafka::{
     DeadLetterHandler, DeadLetterPolicy, DeadLetterQueue, HandlerError, KafkaConfig,
@@ -110,11 +110,11 @@ async fn handler_dead_letters_are_listed_redelivered_and_resolved_durably() {
     .await
     .expect("publish");
 
-    let policy = DeadLetterPolicy {
-        max_attempts: 2,
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(20),
-    };
+    let policy = DeadLetterPolicy::from(
+        RetryPolicy::default()
+            .with_max_attempts(2)
+            .with_delays(Duration::from_millis(10), Duration::from_millis(20)),
+    );
     let handler = DeadLetterHandler::new(bus.clone(), Some(&group), policy).expect("policy");
     let mut sub = bus.subscribe_group(&group, &[&topic]).expect("subscribe");
     let mut outcomes = Vec::new();

@@ -20,8 +20,8 @@
 //! Because the statement either does everything or fails, a plain append runs it in
 //! autocommit mode: one round trip, commit included. Under CPU contention every round trip
 //! is a scheduling delay on both sides, so this is worth more than it looks (measured in
-//! docs/performance.md). With the outbox, or inside a caller's transaction, the same
-//! statement runs inside a transaction.
+//! docs/performance.md). Inside a caller's transaction (`PgEventStore::append_in`), the
+//! same statement runs under a savepoint.
 
 use std::collections::BTreeMap;
 

@@ -36,7 +36,7 @@ use sqlx::{Connection, PgConnection, Row, Transaction};
 
 use crate::config::PgConfig;
 use crate::error::{SetupError, classify, database_error};
-use crate::outbox::{encode_headers, parse_headers};
+use crate::headers::{encode_headers, parse_headers};
 use crate::rows::limit_to_i64;
 use crate::store::PgEventStore;
 

@@ -49,7 +49,6 @@
 //! violation on the event id (or an `RP409` on a retry) makes the adapter look the ids up and
 //! answer as the core contract says: the same batch again is acknowledged with
 //! `was_duplicate`, a partly known batch is `DuplicateEventId`, anything else is `Conflict`.
-//! With outbox messages, the same statement and the outbox insert share one transaction.
 //!
 //! ## Modules
 //! - [`config`]: connection, pool and timeout settings, validated at construction.
@@ -63,9 +62,14 @@
 //! - [`pool`]: pool statistics and metrics (size, idle, acquire wait).
 //! - [`subscription`]: checkpointed catch-up subscriptions woken by `LISTEN/NOTIFY`
 //!   (notifications are sent after commit, coalesced, by a background task: `notifier.rs`).
-//! - [`outbox`]: the transactional outbox written in the append's transaction.
-//! - [`relay`]: [`OutboxRelay`], which drains the outbox to an event bus (one leader per
-//!   schema through an advisory lock, at-least-once, in order per key).
+//! - [`lease`]: [`PgLease`], leadership ([`reprise_core::Lease`]) as a session advisory
+//!   lock on a dedicated connection; why not row locks (`SKIP LOCKED`).
+//! - `headers` (private): the JSON encoding of message headers in `dead_letters`.
+//!
+//! Publishing events to a bus is not this crate's job: the relay in `reprise-host` tails
+//! the gap-free global order ([`EventStore::read_all`](reprise_core::EventStore::read_all))
+//! from a checkpoint, under a [`PgLease`], so appended and published cannot diverge without
+//! an outbox table (migration 0009 dropped the former one).
 
 // This crate is a production adapter: it talks to a real database on tokio, measures real
 // elapsed time for pool metrics and timeouts, and sleeps between polls. The determinism lints
@@ -75,14 +79,14 @@
 pub mod config;
 pub mod dead_letter;
 pub mod error;
-pub mod outbox;
+pub mod lease;
 pub mod pool;
-pub mod relay;
 pub mod schema;
 pub mod store;
 pub mod subscription;
 
 mod append;
+mod headers;
 mod notifier;
 mod read;
 mod rows;
@@ -91,9 +95,8 @@ pub use config::{MigrationMode, PgConfig};
 pub use dead_letter::PgDeadLetterQueue;
 pub use error::PgError;
 pub use error::SetupError;
-pub use outbox::OutboxEntry;
+pub use lease::PgLease;
 pub use pool::PoolStats;
-pub use relay::{OutboxRelay, RelayError, RelayHandle, RelayOptions, RelayStats};
 pub use store::PgEventStore;
 pub use subscription::{CatchUpSubscription, SubscriptionOptions};
 

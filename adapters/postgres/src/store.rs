@@ -1,5 +1,5 @@
 //! [`PgEventStore`]: the [`EventStore`] implementation, plus the operations only a SQL store
-//! can offer (appending inside a caller's transaction, the transactional outbox).
+//! can offer (appending inside a caller's transaction).
 //!
 //! Every operation is bounded by the configured operation timeout and reports a
 //! [`StoreError`]; none retries on its own. Retrying is the caller's policy (the core's
@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reprise_core::{
-    AppendBatch, AppendReceipt, BoxFuture, EventStore, OutgoingMessage, Payload, RecordedEvent,
-    Snapshot, StoreError, StreamId,
+    AppendBatch, AppendReceipt, BoxFuture, EventStore, Payload, RecordedEvent, Snapshot,
+    StoreError, StreamId,
 };
 use sqlx::postgres::{PgPoolOptions, Postgres};
 use sqlx::{Connection, PgConnection, PgPool, Row, Transaction};
@@ -20,12 +20,12 @@ use tracing::Instrument;
 
 use crate::append::{current_version, diagnose, write_batch};
 use crate::config::PgConfig;
-use crate::error::{SetupError, classify, classify_commit};
+use crate::error::{SetupError, classify};
 use crate::notifier::Notifier;
 use crate::pool::{InstrumentedPool, PoolStats};
 use crate::read::{committed_prefix, stream_events};
 use crate::rows::{to_i64, to_u64};
-use crate::{MAX_EVENTS_PER_TRANSACTION, outbox, schema};
+use crate::{MAX_EVENTS_PER_TRANSACTION, schema};
 
 /// Histogram (seconds): duration of a successful append, acquire to commit. Labels: `schema`.
 pub const APPEND_DURATION: &str = "reprise_pg_append_duration_seconds";
@@ -151,22 +151,6 @@ impl PgEventStore {
         }
     }
 
-    /// Appends `batch` and enqueues `messages` in the transactional outbox, in one
-    /// transaction: either both are stored or neither. A conflict stores nothing.
-    ///
-    /// # Errors
-    /// As [`EventStore::append`]; a retried batch that had committed is acknowledged with
-    /// `was_duplicate` and does not enqueue its messages twice.
-    pub async fn append_with_outbox(
-        &self,
-        batch: AppendBatch,
-        messages: Vec<OutgoingMessage>,
-    ) -> Result<AppendReceipt, StoreError> {
-        let inner = Arc::clone(&self.inner);
-        self.bounded(async move { inner.append(&batch, &messages).await })
-            .await
-    }
-
     fn notify_channel(&self) -> Option<&str> {
         self.inner.notify_channel()
     }
@@ -246,44 +230,14 @@ impl Inner {
         self.config.notify.then_some(self.channel.as_str())
     }
 
-    /// A plain append is one autocommit statement (see `append.rs`); with outbox messages,
-    /// one transaction holding the append statement and the outbox insert.
-    async fn append(
-        &self,
-        batch: &AppendBatch,
-        messages: &[OutgoingMessage],
-    ) -> Result<AppendReceipt, StoreError> {
+    /// One autocommit statement (see `append.rs`): one round trip, commit included.
+    async fn append(&self, batch: &AppendBatch) -> Result<AppendReceipt, StoreError> {
         check_batch(batch)?;
         let started = Instant::now();
         let mut connection = self.pool.acquire().await?;
-        let receipt = if messages.is_empty() {
-            match write_batch(&mut connection, batch, None).await {
-                Ok(receipt) => receipt,
-                Err(error) => return diagnose(&mut connection, batch, &error, true).await,
-            }
-        } else {
-            let mut transaction = connection.begin().await.map_err(|e| classify(&e))?;
-            let written = match write_batch(&mut transaction, batch, None).await {
-                Ok(receipt) => outbox::enqueue(&mut transaction, messages)
-                    .await
-                    .map(|()| receipt),
-                Err(error) => Err(error),
-            };
-            match written {
-                Ok(receipt) => {
-                    transaction
-                        .commit()
-                        .await
-                        .map_err(|e| classify_commit(&e))?;
-                    receipt
-                }
-                Err(error) => {
-                    // A failed statement aborted the transaction; if even the rollback fails
-                    // the connection is broken, which the original error already explains.
-                    let _ = transaction.rollback().await;
-                    return diagnose(&mut connection, batch, &error, false).await;
-                }
-            }
+        let receipt = match write_batch(&mut connection, batch, None).await {
+            Ok(receipt) => receipt,
+            Err(error) => return diagnose(&mut connection, batch, &error, true).await,
         };
         if let Some(notifier) = &self.notifier {
             notifier.poke();
@@ -324,7 +278,7 @@ impl EventStore for PgEventStore {
         Box::pin(async move {
             let inner = Arc::clone(&store.inner);
             store
-                .bounded(async move { inner.append(&batch, &[]).await })
+                .bounded(async move { inner.append(&batch).await })
                 .await
         })
     }

@@ -1,21 +1,33 @@
 use reprise_postgres::schema::{code_version, database_version, migrator};
 use reprise_postgres::{MigrationMode, PgEventStore, SetupError};
+use sqlx::Connection;
 
 use crate::support::{config, connect, drop_schema};
 
-const TABLES: [&str; 7] = [
-    "streams",
-    "events",
-    "snapshots",
-    "subscription_checkpoints",
-    "outbox",
-    "dead_letters",
-    "saga_deadlines",
+/// Every table a migration creates: its name, the migration that creates it, and the one
+/// that drops it, if any.
+const TABLES: [(&str, i64, Option<i64>); 7] = [
+    ("streams", 1, None),
+    ("events", 1, None),
+    ("snapshots", 2, None),
+    ("subscription_checkpoints", 3, None),
+    ("outbox", 4, Some(9)),
+    ("dead_letters", 5, None),
+    ("saga_deadlines", 6, None),
 ];
+
+/// The tables that exist at schema version `version`, in [`TABLES`] order.
+fn tables_at(version: i64) -> Vec<String> {
+    TABLES
+        .iter()
+        .filter(|(_, created, dropped)| *created <= version && dropped.is_none_or(|d| version < d))
+        .map(|(name, _, _)| (*name).to_owned())
+        .collect()
+}
 
 async fn existing_tables(store: &PgEventStore) -> Vec<String> {
     let mut found = Vec::new();
-    for table in TABLES {
+    for (table, _, _) in TABLES {
         let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
             .bind(table)
             .fetch_one(store.pool())
@@ -39,7 +51,11 @@ async fn guard_exists(store: &PgEventStore) -> bool {
 async fn migrations_go_up_down_and_up_again() {
     let config = config("migrations");
     let store = connect(config.clone()).await;
-    assert_eq!(existing_tables(&store).await, TABLES);
+    assert_eq!(existing_tables(&store).await, tables_at(code_version()));
+    assert!(
+        !existing_tables(&store).await.contains(&"outbox".to_owned()),
+        "0009 drops the outbox"
+    );
     assert_eq!(
         database_version(store.pool()).await.unwrap(),
         code_version()
@@ -49,11 +65,6 @@ async fn migrations_go_up_down_and_up_again() {
     for target in (0..code_version()).rev() {
         migrator().undo(store.pool(), target).await.unwrap();
         assert_eq!(database_version(store.pool()).await.unwrap(), target);
-        // Migration 1 creates two tables (streams, events), 2-6 one table each, 7 a function.
-        let expected = match usize::try_from(target).unwrap() {
-            0 => 0,
-            n => n.min(6) + 1,
-        };
         assert_eq!(
             guard_exists(&store).await,
             target >= 7,
@@ -61,7 +72,7 @@ async fn migrations_go_up_down_and_up_again() {
         );
         assert_eq!(
             existing_tables(&store).await,
-            TABLES[..expected],
+            tables_at(target),
             "after undo to {target}"
         );
     }
@@ -69,9 +80,47 @@ async fn migrations_go_up_down_and_up_again() {
 
     // And up again from nothing: the down migrations left nothing that blocks a rerun.
     let again = connect(config).await;
-    assert_eq!(existing_tables(&again).await, TABLES);
+    assert_eq!(existing_tables(&again).await, tables_at(code_version()));
     assert!(guard_exists(&again).await);
     drop_schema(&again).await;
+}
+
+/// Messages still in the outbox would never be published once it is dropped: migration
+/// 0009 refuses to run until the previous release's relay drained them.
+#[tokio::test]
+async fn dropping_the_outbox_waits_until_it_is_drained() {
+    let store = connect(config("drop_outbox")).await;
+    migrator().undo(store.pool(), 8).await.unwrap();
+    sqlx::query("INSERT INTO outbox (topic, message_key, payload) VALUES ('orders', 'o-1', '{}')")
+        .execute(store.pool())
+        .await
+        .unwrap();
+
+    // On a dedicated connection, closed afterwards: a failed run returns without releasing
+    // sqlx's migration lock (one per database), which would block the migrations of every
+    // schema for as long as that session lives.
+    let mut connection = store.pool().acquire().await.unwrap().detach();
+    let refused = migrator().run(&mut connection).await;
+    connection.close().await.unwrap();
+    let message = format!(
+        "{:?}",
+        refused.expect_err("an undrained outbox must not be dropped")
+    );
+    assert!(message.contains("unpublished"), "{message}");
+    assert_eq!(database_version(store.pool()).await.unwrap(), 8);
+    assert!(existing_tables(&store).await.contains(&"outbox".to_owned()));
+
+    sqlx::query("UPDATE outbox SET published_at = now()")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    migrator().run(store.pool()).await.unwrap();
+    assert_eq!(
+        database_version(store.pool()).await.unwrap(),
+        code_version()
+    );
+    assert_eq!(existing_tables(&store).await, tables_at(code_version()));
+    drop_schema(&store).await;
 }
 
 #[tokio::test]
@@ -120,7 +169,7 @@ async fn verify_mode_changes_nothing_and_requires_the_current_schema() {
     );
     let applied = connect(config.clone()).await;
     let verified = connect(config.with_migrations(MigrationMode::Verify)).await;
-    assert_eq!(existing_tables(&verified).await, TABLES);
+    assert_eq!(existing_tables(&verified).await, tables_at(code_version()));
     verified.close().await;
     drop_schema(&applied).await;
 }
