@@ -26,9 +26,7 @@ use crate::effects;
 use crate::event::{
     DecodeError, Event, EventId, Metadata, NewEvent, RecordedEvent, StreamId, Upcasters,
 };
-use crate::event_store::{
-    AppendBatch, EventStore, ExpectedVersion, StoreError,
-};
+use crate::event_store::{AppendBatch, EventStore, ExpectedVersion, StoreError};
 use crate::instrument as names;
 use crate::reducer::Reducer;
 use crate::runtime::Entropy;

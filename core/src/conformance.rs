@@ -779,8 +779,7 @@ where
             Err(e) => return Err(format!("a_dropped_holder_frees_the_lease: {e}")),
         }
     }
-    let taken =
-        taken.ok_or("a_dropped_holder_frees_the_lease: a dropped holder kept the lease")?;
+    let taken = taken.ok_or("a_dropped_holder_frees_the_lease: a dropped holder kept the lease")?;
     taken.release().await;
     Ok(())
 }

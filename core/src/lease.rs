@@ -153,7 +153,10 @@ impl Leadership for InMemoryLeadership {
         let result = if self.holds() {
             Ok(())
         } else {
-            Err(LeaseError::Lost(format!("{} is held by another", self.name)))
+            Err(LeaseError::Lost(format!(
+                "{} is held by another",
+                self.name
+            )))
         };
         Box::pin(std::future::ready(result))
     }

@@ -17,8 +17,8 @@ pub mod event;
 pub mod event_bus;
 pub mod event_store;
 pub mod instrument;
-pub mod lease;
 mod interpret;
+pub mod lease;
 pub mod memory;
 pub mod reducer;
 pub mod repository;
@@ -44,7 +44,7 @@ pub use event_store::{
     AppendBatch, AppendReceipt, EventStore, ExpectedVersion, Snapshot, SnapshotPolicy, StoreError,
 };
 pub use interpret::Dependencies;
-pub use lease::{InMemoryLease, InMemoryLeases, Lease, LeaseError, Leadership};
+pub use lease::{InMemoryLease, InMemoryLeases, Leadership, Lease, LeaseError};
 pub use memory::{InMemoryEventBus, InMemoryEventStore};
 pub use reducer::{Combine, Reducer, Scope, combine, from_fn, scope};
 pub use resilience::{

@@ -69,7 +69,10 @@ impl<A: Aggregate> fmt::Debug for Repository<A> {
             .field("category", &A::CATEGORY)
             .field("snapshots", &self.snapshots)
             .field("max_decisions", &self.max_decisions)
-            .field("cached", &self.cache.as_ref().map(|c| c.entries.lock().len()))
+            .field(
+                "cached",
+                &self.cache.as_ref().map(|c| c.entries.lock().len()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -265,9 +268,7 @@ impl<A: Aggregate> Repository<A> {
         command: &A::Command,
         metadata: Metadata,
     ) -> Result<Executed<A>, CommandError<A::Error>> {
-        let decided = self
-            .decide_and_append(id, command, &metadata, &[])
-            .await?;
+        let decided = self.decide_and_append(id, command, &metadata, &[]).await?;
         match decided.rejection {
             Some(error) => Err(CommandError::Rejected(error)),
             None => Ok(Executed {

@@ -53,7 +53,7 @@ use std::time::Duration;
 
 use reprise_core::event_bus::header;
 use reprise_core::{
-    Delivery, EventId, Headers, Lease, LeaseError, Leadership, OutgoingMessage, Payload,
+    Delivery, EventId, Headers, Leadership, Lease, LeaseError, OutgoingMessage, Payload,
     RecordedEvent, Snapshot, StreamId, buggify,
 };
 
@@ -198,10 +198,7 @@ fn message(event: &RecordedEvent, topic: &Arc<str>) -> OutgoingMessage {
     // The names are distinct, so this is what `Headers::with` would build, minus its
     // duplicate scans.
     let mut headers = Vec::with_capacity(5);
-    headers.push((
-        header::EVENT_ID.to_owned(),
-        format_event_id(event.event_id),
-    ));
+    headers.push((header::EVENT_ID.to_owned(), format_event_id(event.event_id)));
     headers.push((header::EVENT_TYPE.to_owned(), event.event_type.to_string()));
     headers.push((header::STREAM.to_owned(), event.stream.as_str().to_owned()));
     headers.push((header::STREAM_VERSION.to_owned(), event.version.to_string()));

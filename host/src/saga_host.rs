@@ -113,7 +113,10 @@ impl<S: Saga> SagaHost<S> {
         dispatcher: Arc<dyn Dispatcher<S::Command>>,
         options: SagaHostOptions,
     ) -> Self {
-        assert!(options.max_instances > 0, "a saga host must hold an instance");
+        assert!(
+            options.max_instances > 0,
+            "a saga host must hold an instance"
+        );
         SagaHost {
             platform,
             dispatcher,
@@ -262,7 +265,12 @@ impl<S: Saga> SagaHost<S> {
     /// not say). See the module docs.
     async fn is_current(&self, store: &Store<SagaReducer<S>>) -> Option<bool> {
         let (stream, version) = store.with_state(|s| (s.stream(), s.version));
-        match self.platform.store.read_stream(&stream, version + 1, 1).await {
+        match self
+            .platform
+            .store
+            .read_stream(&stream, version + 1, 1)
+            .await
+        {
             Ok(newer) => Some(newer.is_empty()),
             Err(_) => None,
         }
@@ -278,8 +286,7 @@ impl<S: Saga> SagaHost<S> {
             .is_some_and(|cached| cached.store.is_same(store))
         {
             instances.by_id.remove(id);
-            self.platform
-                .note(format_args!("{}-{id} evicted", S::NAME));
+            self.platform.note(format_args!("{}-{id} evicted", S::NAME));
         }
     }
 

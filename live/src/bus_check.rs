@@ -25,10 +25,10 @@ use rdkafka::message::{Headers as _, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use reprise_core::EventId;
 use reprise_core::event_bus::header;
+use reprise_host::{ids, inbox};
 use reprise_scenarios::audit::{Finding, invariant};
 use reprise_scenarios::checkout::saga::topics;
 use reprise_scenarios::checkout::services::groups;
-use reprise_host::{ids, inbox};
 
 use crate::LiveError;
 

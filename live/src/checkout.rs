@@ -31,6 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use reprise_core::{Aggregate, EventId, EventStore, RecordedEvent, Spawner, StoreError};
+use reprise_host::{Platform, inbox};
 use reprise_kafka::{KafkaConfig, KafkaEventBus};
 use reprise_postgres::{MigrationMode, PgConfig, PgEventStore, PgLease};
 use reprise_scenarios::Bugs;
@@ -42,7 +43,6 @@ use reprise_scenarios::checkout::saga::topics;
 use reprise_scenarios::checkout::services::{self, groups};
 use reprise_scenarios::checkout::workload::{CheckoutOptions, CheckoutWorkload, run_client};
 use reprise_scenarios::checkout::{CarrierModel, CarrierOptions, PaymentProvider, resilience};
-use reprise_host::{Platform, inbox};
 use reprise_tokio::TokioRuntime;
 
 use crate::bus_check::{self, BusCheck};

@@ -184,7 +184,10 @@ async fn the_checker_reports_tampered_books_and_bogus_events() {
             topic: format!("{}.{}", run.namespace(), topics::ORDERS).into(),
             key: "order-unhandled".into(),
             payload: Payload::from_json_text("{}"),
-            headers: Headers::default().with(header::EVENT_ID, reprise_host::ids::format_event_id(message_id)),
+            headers: Headers::default().with(
+                header::EVENT_ID,
+                reprise_host::ids::format_event_id(message_id),
+            ),
         }])
         .await
         .expect("publish the unhandled command");

@@ -35,10 +35,10 @@ use crate::checkout::workload::{CheckoutOptions, CheckoutWorkload, run_client};
 use crate::checkout::{
     Carrier, CarrierModel, CarrierOptions, PaymentGateway, PaymentProvider, resilience, services,
 };
-use reprise_host::Platform;
 use crate::transfers;
 use crate::transfers::invariants::{TransfersAudit, invariant as transfers_invariant};
 use crate::transfers::services::{TransfersOptions, TransfersWorkload};
+use reprise_host::Platform;
 
 /// Dependency names (the same names the services' resilience policies use).
 pub const PAYMENT_PROVIDER: &str = resilience::PAYMENT_PROVIDER;

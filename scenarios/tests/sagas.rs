@@ -9,13 +9,13 @@ use std::time::Duration;
 use reprise_core::testing::{TestRuntime, block_on};
 use reprise_core::{Aggregate, Saga};
 use reprise_core::{InMemoryEventBus, InMemoryEventStore, SharedRuntime};
+use reprise_host::Platform as HostPlatform;
+use reprise_host::commands::{BusDispatcher, CommandRoute};
+use reprise_host::saga_host::SagaHost;
 use reprise_scenarios::checkout::order::OrderLine;
 use reprise_scenarios::checkout::saga::{
     CheckoutCommand, CheckoutInput, CheckoutSaga, Step, timeouts, topics,
 };
-use reprise_host::Platform as HostPlatform;
-use reprise_host::commands::{BusDispatcher, CommandRoute};
-use reprise_host::saga_host::SagaHost;
 use reprise_scenarios::transfers::request::TransferOrder;
 use reprise_scenarios::transfers::saga::{
     self as transfer, TransferCommand, TransferInput, TransferSaga,

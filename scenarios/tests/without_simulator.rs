@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use reprise_core::testing::TestRuntime;
 use reprise_core::{Clock, InMemoryEventBus, InMemoryEventStore, SharedRuntime, Spawner};
+use reprise_host::Platform;
 use reprise_scenarios::Bugs;
 use reprise_scenarios::checkout::invariants::CheckoutAudit;
 use reprise_scenarios::checkout::workload::{CheckoutOptions, CheckoutWorkload, run_client};
 use reprise_scenarios::checkout::{
     CarrierModel, CarrierOptions, DirectCarrier, PaymentProvider, services,
 };
-use reprise_host::Platform;
 use reprise_scenarios::transfers::invariants::TransfersAudit;
 use reprise_scenarios::transfers::services::{
     self as transfer_services, TransfersOptions, TransfersWorkload,

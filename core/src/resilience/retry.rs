@@ -258,7 +258,6 @@ impl Backoff {
     }
 }
 
-
 /// Why a retried call gave up.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryError<E> {

@@ -539,8 +539,10 @@ mod tests {
                 source_position: Some("checkout.payments/0@3".into()),
                 key: "order-o1".into(),
                 payload: Payload::from_json_text("{}"),
-                headers: Headers::default()
-                    .with(header::EVENT_ID, reprise_host::ids::format_event_id(EventId(7))),
+                headers: Headers::default().with(
+                    header::EVENT_ID,
+                    reprise_host::ids::format_event_id(EventId(7)),
+                ),
                 error: "payment-provider.charge failed after 4 attempt(s)".into(),
                 error_class: ErrorClass::Transient,
                 attempts: 4,

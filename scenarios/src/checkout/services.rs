@@ -44,11 +44,11 @@ use super::saga::{CheckoutCommand, CheckoutInput, CheckoutSaga, topics};
 use super::shipping::{Shipment, ShipmentStatus, ShippingCommand, ShippingEvent};
 use crate::bugs::{Bugs, PlantedBug};
 use crate::planted::{self, Aggregates};
-use reprise_host::{CommandHandler, Handling};
+use reprise_host::SagaHost;
 use reprise_host::commands::{self, BusDispatcher};
 use reprise_host::consume::{self, ConsumerOptions, MessageHandler};
 use reprise_host::relay::{self, RelayOptions, RelayedEvent, Route};
-use reprise_host::SagaHost;
+use reprise_host::{CommandHandler, Handling};
 use reprise_host::{Platform, inbox};
 
 /// Consumer groups (and inbox names) of the checkout.
@@ -424,7 +424,7 @@ pub fn start_inventory_service(env: &Platform, bugs: Bugs) {
 
 /// Sets a SKU's initial stock (idempotent), retrying until the store takes it.
 pub async fn initialize_stock(env: &Platform, sku: &str, quantity: u32) {
-    let cache = CommandHandler::<Inventory>::new(&env);
+    let cache = CommandHandler::<Inventory>::new(env);
     cache
         .execute_until_done(sku, &InventoryCommand::Initialize { quantity }, None)
         .await;
@@ -643,10 +643,7 @@ impl ShippingHandler {
         };
         let handled = self
             .shipments
-            .execute_until_done(&order,
-                &ShippingCommand::Create { tracking },
-                handling,
-            )
+            .execute_until_done(&order, &ShippingCommand::Create { tracking }, handling)
             .await;
         if handled.state.status.is_open() {
             self.open.lock().insert(order);
@@ -761,9 +758,7 @@ async fn run_tracker(
 
 /// Starts the shipping service (creates and cancels shipments, tracks them at the carrier).
 pub fn start_shipping_service(env: &Platform, carrier: Arc<dyn Carrier>, bugs: Bugs) {
-    let shipments = Arc::new(
-        Aggregates::new(env, bugs),
-    );
+    let shipments = Arc::new(Aggregates::new(env, bugs));
     let open: OpenShipments = Arc::default();
     env.runtime.spawn(
         "shipping-tracker",
@@ -944,7 +939,11 @@ const SUPERVISE_EVERY: Duration = Duration::from_millis(500);
 pub fn start_saga_service(env: &Platform, relay_lease: Arc<dyn Lease>, bugs: Bugs) {
     env.runtime.spawn(
         "outbox-relay",
-        Box::pin(relay::run(env.clone(), Arc::new(relay_options()), relay_lease)),
+        Box::pin(relay::run(
+            env.clone(),
+            Arc::new(relay_options()),
+            relay_lease,
+        )),
     );
     let dispatcher = Arc::new(BusDispatcher::<CheckoutCommand>::new(env.clone(), 3));
     let host = Arc::new(SagaHost::<CheckoutSaga>::new(env.clone(), dispatcher));

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use super::order::{Order, OrderCommand, OrderLine};
 use super::services::initialize_stock;
-use reprise_host::Platform;
 use reprise_host::CommandHandler;
+use reprise_host::Platform;
 
 /// The shape of a checkout workload.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,7 +138,8 @@ pub async fn run_client(env: Platform, workload: Arc<CheckoutWorkload>) {
         let due = start + planned.at;
         env.sleep(due.saturating_since(env.runtime.now())).await;
         let handled = orders
-            .execute_until_done(&planned.id,
+            .execute_until_done(
+                &planned.id,
                 &OrderCommand::Place(planned.line.clone()),
                 None,
             )

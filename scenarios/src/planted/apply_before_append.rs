@@ -12,8 +12,8 @@ use std::fmt;
 use parking_lot::Mutex;
 use reprise_core::repository::Decided;
 use reprise_core::{
-    Aggregate, AppendBatch, CommandError, EventId, ExpectedVersion, Metadata, NewEvent,
-    StoreError, Upcasters,
+    Aggregate, AppendBatch, CommandError, EventId, ExpectedVersion, Metadata, NewEvent, StoreError,
+    Upcasters,
 };
 use reprise_host::{Handling, Platform, inbox};
 

@@ -75,9 +75,7 @@ impl<A: Aggregate> Aggregates<A> {
         handling: Option<Handling<'_>>,
     ) -> Decided<A> {
         match self {
-            Aggregates::Correct(handler) => {
-                handler.execute_until_done(id, command, handling).await
-            }
+            Aggregates::Correct(handler) => handler.execute_until_done(id, command, handling).await,
             Aggregates::ApplyBeforeAppend(cache) => {
                 cache.execute_until_done(id, command, handling).await
             }

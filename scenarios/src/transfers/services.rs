@@ -12,13 +12,13 @@ use super::account::{Account, AccountCommand, AccountEvent};
 use super::request::{RequestCommand, RequestEvent, TransferOrder, TransferRequest};
 use super::saga::{TransferCommand, TransferInput, TransferSaga, topics};
 use crate::bugs::Bugs;
-use reprise_host::CommandHandler;
 use crate::planted::{self, Aggregates};
+use reprise_host::CommandHandler;
 use reprise_host::Handling;
+use reprise_host::SagaHost;
 use reprise_host::commands::{self, BusDispatcher};
 use reprise_host::consume::{self, ConsumerOptions, MessageHandler};
 use reprise_host::relay::{self, RelayOptions, RelayedEvent, Route};
-use reprise_host::SagaHost;
 use reprise_host::{Platform, inbox};
 
 /// Consumer groups (and inbox names).
@@ -173,7 +173,11 @@ const SUPERVISE_EVERY: Duration = Duration::from_millis(500);
 pub fn start_saga_service(env: &Platform, relay_lease: Arc<dyn Lease>, bugs: Bugs) {
     env.runtime.spawn(
         "outbox-relay",
-        Box::pin(relay::run(env.clone(), Arc::new(relay_options()), relay_lease)),
+        Box::pin(relay::run(
+            env.clone(),
+            Arc::new(relay_options()),
+            relay_lease,
+        )),
     );
     let dispatcher = Arc::new(BusDispatcher::<TransferCommand>::new(env.clone(), 3));
     let host = Arc::new(SagaHost::<TransferSaga>::new(env.clone(), dispatcher));
@@ -300,7 +304,8 @@ pub async fn run_client(env: Platform, workload: Arc<TransfersWorkload>) {
         env.sleep((start + planned.at).saturating_since(env.runtime.now()))
             .await;
         let handled = requests
-            .execute_until_done(&planned.id,
+            .execute_until_done(
+                &planned.id,
                 &RequestCommand::Submit(planned.order.clone()),
                 None,
             )
