@@ -44,7 +44,8 @@ impl Scenario for WallClockTimer {
             let runtime = ctx.runtime();
             let notes = ctx.clone();
             ctx.spawn("wall-clock-sleeper", async move {
-                #[allow(clippy::disallowed_methods)]
+                // The planted mistake itself.
+                #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
                 let nanos = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.subsec_nanos());
