@@ -21,6 +21,10 @@ cargo nextest run --workspace --locked --profile ci
 step "checkout on real infrastructure (tokio + PostgreSQL + broker, simulator's invariants)"
 cargo run --locked -q -p reprise-cli -- real checkout --orders 50
 
+step "the guide's example: a user's crate outside the workspace (examples/guide)"
+# Shares the workspace's target directory: same dependency versions, built once.
+CARGO_TARGET_DIR="$PWD/target" cargo test --manifest-path examples/guide/Cargo.toml --locked
+
 step "doc tests"
 cargo test --doc --workspace --locked
 
