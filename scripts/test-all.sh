@@ -15,6 +15,17 @@ step "services: Kafka-API broker (tansu)"
 eval "$(bash scripts/kafka.sh)"
 export KAFKA_BOOTSTRAP
 
+step "tools: promtool (Debian's prometheus package) for the rule and exposition checks"
+if ! command -v promtool >/dev/null 2>&1; then
+  if [[ "$(id -u)" == 0 ]]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >&2
+  else
+    echo "promtool missing and not root: install Debian's prometheus package" >&2
+    exit 1
+  fi
+fi
+promtool --version | head -1
+
 step "unit, integration and simulation tests (cargo nextest)"
 cargo nextest run --workspace --locked --profile ci
 
