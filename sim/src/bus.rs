@@ -14,6 +14,10 @@
 //!   leave and rejoin their groups; moved partitions restart at the committed offset.
 //!   A crashed node's subscriptions leave their groups because its tasks, which own
 //!   them, are dropped — so the survivors take the partitions over, as in Kafka.
+//!
+//! Trace lines name what they touch: a publish every message's topic and key, a delivery
+//! its topic, partition, offset and key, a subscription or commit its group. The hash
+//! covers those names and a publish's data: payloads and headers (see [`crate::trace`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -22,9 +26,9 @@ use reprise_core::memory::InMemorySubscription;
 use reprise_core::{BoxFuture, BusError, Delivery, EventBus, OutgoingMessage, Subscription};
 
 use crate::clock::Sleep;
-use crate::executor::{NodeIndex, Shared};
+use crate::executor::{Draw, NodeIndex, Shared};
 use crate::network::Link;
-use crate::trace::{Tag, hash_str};
+use crate::trace::{Digest, Tag, TraceMode, hash_str, mix};
 
 /// The bus's steady-state profile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,17 +88,66 @@ impl SimEventBus {
     }
 }
 
+/// Records a bus line: `op` and `subject` (the digest of what it names) in the first
+/// field, the outcome in the second.
 fn trace_bus(
     shared: &Shared,
     node: NodeIndex,
     op: u64,
+    subject: u64,
     outcome: &'static str,
     text: impl FnOnce() -> String,
 ) {
-    shared
-        .kernel
-        .lock()
-        .record(Tag::Bus, Some(node), op, hash_str(outcome), text);
+    shared.kernel.lock().record(
+        Tag::Bus,
+        Some(node),
+        mix(op, subject),
+        hash_str(outcome),
+        text,
+    );
+}
+
+/// The topics, keys, payloads and headers of a publish.
+fn publish_digest(messages: &[OutgoingMessage]) -> u64 {
+    let mut d = Digest::new(u64::from(Tag::Bus as u8));
+    for m in messages {
+        d.str(&m.topic)
+            .str(&m.key)
+            .str(m.payload.as_str())
+            .u64(m.headers.0.len() as u64);
+        for (name, value) in &m.headers.0 {
+            d.str(name).str(value);
+        }
+    }
+    d.finish()
+}
+
+/// `credits key=account-3, credits key=account-5`.
+fn render_messages(messages: &[OutgoingMessage]) -> String {
+    let mut out = String::new();
+    for (i, m) in messages.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(&m.topic);
+        out.push_str(" key=");
+        out.push_str(&m.key);
+    }
+    out
+}
+
+/// `credits/2@17 key=account-3`.
+fn render_delivery(delivery: &Delivery) -> String {
+    format!("{} key={}", delivery.coordinates(), delivery.key)
+}
+
+fn group_digest(group: &str, topics: &[String]) -> u64 {
+    let mut d = Digest::new(u64::from(Tag::Bus as u8));
+    d.str(group);
+    for topic in topics {
+        d.str(topic);
+    }
+    d.finish()
 }
 
 const OP_PUBLISH: u64 = 1;
@@ -107,56 +160,79 @@ impl EventBus for SimEventBus {
         let shared = Arc::clone(&self.shared);
         let node = self.node;
         Box::pin(async move {
-            let (latency, timeout, request_lost, refused, ack_lost) = {
+            let (latency, timeout, request_lost, refused, ack_lost, digest, names) = {
                 let mut k = shared.kernel.lock();
                 k.stats.bus_publishes += 1;
                 let options = k.env.bus;
                 let faults = k.bus_faults(node);
-                let latency = k.uniform(options.latency_min_us, options.latency_max_us) * 1000;
+                let latency = k.uniform(
+                    Draw::Latency.of(node),
+                    options.latency_min_us,
+                    options.latency_max_us,
+                ) * 1000;
                 let request_lost = k.network.request_blocked(node, Link::Bus);
-                let refused = !request_lost && k.chance(faults.publish_error_probability);
-                let ack_lost =
-                    !request_lost && !refused && k.chance(faults.publish_ack_lost_probability);
+                let refused = !request_lost
+                    && k.chance(
+                        Draw::BusPublishError.of(node),
+                        faults.publish_error_probability,
+                    );
+                let ack_lost = !request_lost
+                    && !refused
+                    && k.chance(
+                        Draw::BusPublishAckLost.of(node),
+                        faults.publish_ack_lost_probability,
+                    );
                 let count = messages.len();
                 if refused {
                     k.fault(
                         Some(node),
                         "bus.publish_error",
-                        format!("{count} message(s) refused"),
+                        format!("{count} message(s) refused: {}", render_messages(&messages)),
                     );
                 }
                 if ack_lost {
                     k.fault(
                         Some(node),
                         "bus.publish_ack_lost",
-                        format!("{count} message(s) applied, acknowledgement lost"),
+                        format!(
+                            "{count} message(s) applied, acknowledgement lost: {}",
+                            render_messages(&messages)
+                        ),
                     );
                 }
+                let mode = k.trace.mode();
+                let digest = if mode == TraceMode::Off {
+                    0
+                } else {
+                    publish_digest(&messages)
+                };
+                let names = (mode == TraceMode::Full).then(|| render_messages(&messages));
                 (
                     latency,
                     options.timeout_ms * 1_000_000,
                     request_lost,
                     refused,
                     ack_lost,
+                    digest,
+                    names.unwrap_or_default(),
                 )
             };
             Sleep::after_nanos(&shared, latency).await;
             if request_lost {
                 Sleep::after_nanos(&shared, timeout.saturating_sub(latency)).await;
-                trace_bus(&shared, node, OP_PUBLISH, "timeout", || {
-                    "publish -> timeout (request lost)".into()
+                trace_bus(&shared, node, OP_PUBLISH, digest, "timeout", || {
+                    format!("publish [{names}] -> timeout (request lost)")
                 });
                 return Err(BusError::Timeout);
             }
             if refused {
-                trace_bus(&shared, node, OP_PUBLISH, "transient", || {
-                    "publish -> transient error".into()
+                trace_bus(&shared, node, OP_PUBLISH, digest, "transient", || {
+                    format!("publish [{names}] -> transient error")
                 });
                 return Err(BusError::Transient(
                     "simulated: the broker refused the publish".into(),
                 ));
             }
-            let count = messages.len() as u64;
             shared.bus.publish_owned(messages);
             if ack_lost
                 || shared
@@ -166,14 +242,14 @@ impl EventBus for SimEventBus {
                     .response_blocked(node, Link::Bus)
             {
                 Sleep::after_nanos(&shared, timeout.saturating_sub(latency)).await;
-                trace_bus(&shared, node, OP_PUBLISH, "timeout-applied", || {
-                    format!("publish of {count} -> timeout (applied)")
+                trace_bus(&shared, node, OP_PUBLISH, digest, "timeout-applied", || {
+                    format!("publish [{names}] -> timeout (applied)")
                 });
                 return Err(BusError::Timeout);
             }
             Sleep::after_nanos(&shared, latency).await;
-            trace_bus(&shared, node, OP_PUBLISH, "ok", || {
-                format!("publish of {count} -> ok")
+            trace_bus(&shared, node, OP_PUBLISH, digest, "ok", || {
+                format!("publish [{names}] -> ok")
             });
             Ok(())
         })
@@ -198,10 +274,11 @@ impl EventBus for SimEventBus {
                     k.network.cut(node, Link::Bus),
                 )
             };
+            let digest = group_digest(&group, &topics);
             if cut {
                 Sleep::after_nanos(&shared, timeout).await;
-                trace_bus(&shared, node, OP_SUBSCRIBE, "timeout", || {
-                    format!("subscribe {group} -> timeout")
+                trace_bus(&shared, node, OP_SUBSCRIBE, digest, "timeout", || {
+                    format!("subscribe {group} {topics:?} -> timeout")
                 });
                 return Err(BusError::Timeout);
             }
@@ -209,7 +286,7 @@ impl EventBus for SimEventBus {
             let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
             let inner = shared.bus.subscribe_now(&group, &refs);
             let epoch = shared.kernel.lock().nodes[usize::from(node)].rebalance_epoch;
-            trace_bus(&shared, node, OP_SUBSCRIBE, "ok", || {
+            trace_bus(&shared, node, OP_SUBSCRIBE, digest, "ok", || {
                 format!("subscribe {group} {topics:?} -> ok")
             });
             let subscription: Box<dyn Subscription> = Box::new(SimSubscription {
@@ -254,18 +331,28 @@ impl SimSubscription {
         // group rebalances twice, as a real rejoin does.
         self.inner = self.shared.bus.subscribe_now(&self.group, &refs);
         let group = self.group.clone();
-        trace_bus(&self.shared, self.node, OP_SUBSCRIBE, "rejoin", || {
-            format!("rejoined {group} after rebalance")
-        });
+        let digest = group_digest(&group, &self.topics);
+        trace_bus(
+            &self.shared,
+            self.node,
+            OP_SUBSCRIBE,
+            digest,
+            "rejoin",
+            || format!("rejoined {group} after rebalance"),
+        );
     }
 
     fn trace_delivery(&self, delivery: &Delivery) {
         let mut k = self.shared.kernel.lock();
         k.stats.bus_deliveries += 1;
-        let coordinates =
-            (u64::from(delivery.partition) << 48) ^ delivery.offset ^ hash_str(&delivery.topic);
+        let coordinates = Digest::new(u64::from(Tag::Bus as u8))
+            .str(&delivery.topic)
+            .u64(u64::from(delivery.partition))
+            .u64(delivery.offset)
+            .str(&delivery.key)
+            .finish();
         k.record(Tag::Bus, Some(self.node), OP_DELIVER, coordinates, || {
-            format!("deliver {}", delivery.coordinates())
+            format!("deliver {}", render_delivery(delivery))
         });
     }
 }
@@ -296,11 +383,19 @@ impl Subscription for SimSubscription {
                 let (duplicate, reorder, delay) = {
                     let mut k = self.shared.kernel.lock();
                     let faults = k.bus_faults(self.node);
-                    let duplicate = k.chance(faults.duplicate_probability);
-                    let reorder = k.chance(faults.reorder_probability);
-                    let delay = k.uniform(0, faults.delivery_delay_max_ms * 1_000_000);
+                    let duplicate = k.chance(
+                        Draw::BusDuplicate.of(self.node),
+                        faults.duplicate_probability,
+                    );
+                    let reorder =
+                        k.chance(Draw::BusReorder.of(self.node), faults.reorder_probability);
+                    let delay = k.uniform(
+                        Draw::BusDelay.of(self.node),
+                        0,
+                        faults.delivery_delay_max_ms * 1_000_000,
+                    );
                     if duplicate {
-                        k.fault(Some(self.node), "bus.duplicate", delivery.coordinates());
+                        k.fault(Some(self.node), "bus.duplicate", render_delivery(&delivery));
                     }
                     (duplicate, reorder, delay)
                 };
@@ -310,8 +405,11 @@ impl Subscription for SimSubscription {
                 if reorder {
                     if let Some(later) = self.inner.try_next() {
                         let held = std::mem::replace(&mut delivery, later);
-                        let detail =
-                            format!("{} before {}", delivery.coordinates(), held.coordinates());
+                        let detail = format!(
+                            "{} before {}",
+                            render_delivery(&delivery),
+                            render_delivery(&held)
+                        );
                         self.held.push_front(held);
                         self.shared
                             .kernel
@@ -344,9 +442,17 @@ impl Subscription for SimSubscription {
                 let mut k = self.shared.kernel.lock();
                 let options = k.env.bus;
                 let faults = k.bus_faults(self.node);
-                let latency = k.uniform(options.latency_min_us, options.latency_max_us) * 1000;
+                let latency = k.uniform(
+                    Draw::Latency.of(self.node),
+                    options.latency_min_us,
+                    options.latency_max_us,
+                ) * 1000;
                 let request_lost = k.network.request_blocked(self.node, Link::Bus);
-                let lost = !request_lost && k.chance(faults.commit_lost_probability);
+                let lost = !request_lost
+                    && k.chance(
+                        Draw::BusCommitLost.of(self.node),
+                        faults.commit_lost_probability,
+                    );
                 if lost {
                     k.fault(
                         Some(self.node),
@@ -356,12 +462,18 @@ impl Subscription for SimSubscription {
                 }
                 (latency, options.timeout_ms * 1_000_000, request_lost, lost)
             };
+            let digest = group_digest(&self.group, &[]);
             Sleep::after_nanos(&self.shared, latency).await;
             if request_lost {
                 Sleep::after_nanos(&self.shared, timeout.saturating_sub(latency)).await;
-                trace_bus(&self.shared, self.node, OP_COMMIT, "timeout", || {
-                    "commit -> timeout (request lost)".into()
-                });
+                trace_bus(
+                    &self.shared,
+                    self.node,
+                    OP_COMMIT,
+                    digest,
+                    "timeout",
+                    || format!("commit {} -> timeout (request lost)", self.group),
+                );
                 return Err(BusError::Timeout);
             }
             if !lost {
@@ -379,14 +491,15 @@ impl Subscription for SimSubscription {
                     &self.shared,
                     self.node,
                     OP_COMMIT,
+                    digest,
                     "timeout-applied",
-                    || "commit -> timeout (applied)".into(),
+                    || format!("commit {} -> timeout (applied)", self.group),
                 );
                 return Err(BusError::Timeout);
             }
             Sleep::after_nanos(&self.shared, latency).await;
-            trace_bus(&self.shared, self.node, OP_COMMIT, "ok", || {
-                "commit -> ok".into()
+            trace_bus(&self.shared, self.node, OP_COMMIT, digest, "ok", || {
+                format!("commit {} -> ok", self.group)
             });
             Ok(())
         })

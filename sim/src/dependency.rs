@@ -16,16 +16,24 @@
 //!
 //! The "response lost" row is the one that double-charges customers when callers retry
 //! without an idempotency key.
+//!
+//! An *inherent* error ([`DependencyOptions::error_probability`]) is the service's own
+//! failure rate, present in every phase: it is recorded apart from injected faults
+//! ([`crate::RunReport::inherent_errors`], a `dependency.inherent_error` trace line), draws
+//! from a stream of its own, and is neither a fault fired nor something a shrinker can
+//! remove. A call's trace line names the dependency and, given
+//! [`NodeContext::call_op`](crate::NodeContext::call_op), the operation (`charge
+//! order-o01`), so failure reports find the calls about an entity.
 
 use std::sync::Arc;
 
 use reprise_core::BoxFuture;
 
 use crate::clock::Sleep;
-use crate::executor::{NodeIndex, Shared};
+use crate::executor::{Draw, NodeIndex, Shared};
 use crate::faults::dependency_index;
 use crate::network::Link;
-use crate::trace::{Tag, hash_str};
+use crate::trace::{Tag, hash_str, mix};
 
 /// A service's steady-state profile.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -107,10 +115,20 @@ enum Fate {
     Deliver,
 }
 
+/// `name` or `name operation`, for trace lines and fault details.
+fn subject(name: &str, operation: &str) -> String {
+    if operation.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name} {operation}")
+    }
+}
+
 pub(crate) fn call<T, F>(
     shared: Arc<Shared>,
     node: NodeIndex,
     name: &str,
+    operation: &str,
     call: F,
 ) -> BoxFuture<'static, Result<T, DependencyError>>
 where
@@ -118,6 +136,7 @@ where
     F: FnOnce() -> T + Send + 'static,
 {
     let name: Arc<str> = Arc::from(name);
+    let operation: Box<str> = Box::from(operation);
     Box::pin(async move {
         let decided = {
             let mut k = shared.kernel.lock();
@@ -127,9 +146,11 @@ where
                 Some(dependency) => {
                     let options = k.env.dependencies[usize::from(dependency)].options;
                     let faults = k.dependency_faults(node, dependency);
-                    let base = k
-                        .uniform(options.latency_min_ms * 1000, options.latency_max_ms * 1000)
-                        * 1000;
+                    let base = k.uniform(
+                        Draw::Latency.of(node),
+                        options.latency_min_ms * 1000,
+                        options.latency_max_ms * 1000,
+                    ) * 1000;
                     // IEEE multiplication and truncation: identical on every platform.
                     #[allow(
                         clippy::cast_precision_loss,
@@ -138,25 +159,34 @@ where
                     )]
                     let latency = (base as f64 * faults.slowdown_factor) as u64;
                     let link = Link::Dependency(dependency);
-                    let fate =
-                        if k.network.is_down(dependency) || k.network.request_blocked(node, link) {
-                            Fate::Unavailable
-                        } else if k.chance(options.error_probability) {
-                            k.fault(
-                                Some(node),
-                                "dependency.error",
-                                format!("{name} (its inherent error rate)"),
-                            );
-                            Fate::Failed
-                        } else if k.chance(faults.error_probability) {
-                            k.fault(Some(node), "dependency.error", name.to_string());
-                            Fate::Failed
-                        } else if k.chance(faults.response_lost_probability) {
-                            k.fault(Some(node), "dependency.response_lost", name.to_string());
-                            Fate::ResponseLost
-                        } else {
-                            Fate::Deliver
-                        };
+                    let fate = if k.network.is_down(dependency)
+                        || k.network.request_blocked(node, link)
+                    {
+                        Fate::Unavailable
+                    } else if k.chance(Draw::DependencyInherent.of(node), options.error_probability)
+                    {
+                        k.inherent_error(
+                            Some(node),
+                            "dependency.inherent_error",
+                            subject(&name, &operation),
+                        );
+                        Fate::Failed
+                    } else if k.chance(Draw::DependencyError.of(node), faults.error_probability) {
+                        k.fault(Some(node), "dependency.error", subject(&name, &operation));
+                        Fate::Failed
+                    } else if k.chance(
+                        Draw::DependencyResponseLost.of(node),
+                        faults.response_lost_probability,
+                    ) {
+                        k.fault(
+                            Some(node),
+                            "dependency.response_lost",
+                            subject(&name, &operation),
+                        );
+                        Fate::ResponseLost
+                    } else {
+                        Fate::Deliver
+                    };
                     Some((dependency, latency, options.timeout_ms * 1_000_000, fate))
                 }
             }
@@ -169,9 +199,9 @@ where
             k.record(
                 Tag::Dependency,
                 Some(node),
-                u64::from(dependency),
+                mix(u64::from(dependency), hash_str(&operation)),
                 hash_str(label),
-                || format!("call {name} -> {label}"),
+                || format!("call {} -> {label}", subject(&name, &operation)),
             );
         };
         match fate {

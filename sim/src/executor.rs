@@ -35,6 +35,7 @@ use crate::faults::{FaultRecord, Injector};
 use crate::lease::LeaseTable;
 use crate::network::Network;
 use crate::run::{Phase, RunStats};
+use crate::script::Script;
 use crate::trace::{Tag, Trace, TraceMode, hash_str};
 use crate::world::{Environment, Node, NodeStatus};
 
@@ -112,6 +113,8 @@ pub(crate) enum Control {
     Resume(NodeIndex, u64),
     HealPartition(u64),
     EndOutage(u64),
+    /// Carry out scripted action number `.0` (see `crate::script`).
+    Script(u32),
 }
 
 /// All mutable simulation state.
@@ -120,8 +123,8 @@ pub(crate) struct Kernel {
     pub(crate) now: u64,
     pub(crate) start: u64,
     scheduler_rng: ChaCha8Rng,
-    /// Fault and latency draws.
-    pub(crate) fault_rng: ChaCha8Rng,
+    /// Fault and latency draws: a stream per kind (and per node for per-operation kinds).
+    pub(crate) draws: Draws,
     /// What nodes get from `Entropy` (ids, jitter).
     pub(crate) entropy_rng: ChaCha8Rng,
     tasks: Vec<TaskSlot>,
@@ -141,6 +144,10 @@ pub(crate) struct Kernel {
     pub(crate) nodes: Vec<Node>,
     pub(crate) trace: Trace,
     pub(crate) faults: Vec<FaultRecord>,
+    /// Failures that are not injected faults (a dependency's inherent error rate).
+    pub(crate) inherent_errors: Vec<FaultRecord>,
+    /// Scripted actions, as scheduled and then resolved.
+    pub(crate) script: Script,
     pub(crate) stats: RunStats,
     pub(crate) network: Network,
     /// The durable lease table (survives node crashes, like the store).
@@ -176,10 +183,120 @@ pub(crate) fn rng_stream(seed: u64, stream: u64) -> ChaCha8Rng {
 }
 
 pub(crate) const STREAM_SCHEDULER: u64 = 1;
-pub(crate) const STREAM_FAULTS: u64 = 2;
+// Stream 2 drew every fault and latency until each got a stream of its own (`Draw`).
 pub(crate) const STREAM_ENTROPY: u64 = 3;
 pub(crate) const STREAM_PLAN: u64 = 4;
 pub(crate) const STREAM_WORKLOAD: u64 = 5;
+/// The first stream number of the `Draw` streams (see [`Source::stream`]).
+const STREAM_DRAWS: u64 = 0x100;
+
+/// What a draw decides, and so which streams it comes from. Every fault kind draws from
+/// streams of its own (a store timeout never consumes a bus duplicate's randomness), and
+/// so do the ordinary latencies and a dependency's inherent error rate, which are not
+/// faults: removing a fault spec, or switching off one kind, leaves every other kind's
+/// sequence of draws unchanged. Per-operation kinds (and latencies) have one stream per
+/// node, the node whose operation it is: a node's decisions do not depend on how many
+/// operations the *other* nodes made, so a fault that makes one node retry does not move
+/// the draws of the others. Nemesis kinds have one stream each (their draws happen at
+/// nemesis ticks, not per operation). Draws still happen in the order a node's operations
+/// run, so a fault that changes the schedule changes which operation gets which draw from
+/// then on.
+///
+/// Stable numbers: renumbering a kind changes every run that draws it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Draw {
+    /// Ordinary one-way latencies of the store, the bus, the lease table and services.
+    Latency = 0,
+    /// A dependency's inherent error rate ([`crate::DependencyOptions::error_probability`]).
+    DependencyInherent = 1,
+    StoreLatency = 2,
+    StoreTransient = 3,
+    StoreTimeout = 4,
+    StoreCommitUnknown = 5,
+    BusDelay = 6,
+    BusDuplicate = 7,
+    BusReorder = 8,
+    BusPublishError = 9,
+    BusPublishAckLost = 10,
+    BusCommitLost = 11,
+    DependencyError = 12,
+    DependencyResponseLost = 13,
+    /// Lease loss and its zombie window.
+    Lease = 14,
+    /// BUGGIFY points: enabling a point (one stream), then firing it (per node).
+    Buggify = 15,
+    // Nemesis kinds: the per-tick draw, the target, the duration.
+    Partition = 16,
+    Crash = 17,
+    Pause = 18,
+    ClockSkew = 19,
+    Rebalance = 20,
+    Outage = 21,
+}
+
+impl Draw {
+    const COUNT: usize = 22;
+
+    /// The stream of this kind for `node`'s operations.
+    pub(crate) fn of(self, node: NodeIndex) -> Source {
+        Source {
+            draw: self,
+            node: Some(node),
+        }
+    }
+
+    /// The one stream of this kind that belongs to no node (nemesis kinds).
+    pub(crate) fn global(self) -> Source {
+        Source {
+            draw: self,
+            node: None,
+        }
+    }
+}
+
+/// One stream: a kind of draw, and the node it belongs to (if any).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Source {
+    draw: Draw,
+    node: Option<NodeIndex>,
+}
+
+impl Source {
+    /// 0 for the node-less stream, `n + 1` for node `n`'s.
+    fn slot(self) -> usize {
+        self.node.map_or(0, |n| usize::from(n) + 1)
+    }
+
+    /// The ChaCha8 stream number: `0x100 + (kind << 17) + slot`.
+    fn stream(self) -> u64 {
+        STREAM_DRAWS + ((self.draw as u64) << 17) + self.slot() as u64
+    }
+}
+
+/// The `Draw` streams of a run, each made when first drawn from.
+pub(crate) struct Draws {
+    seed: u64,
+    streams: [Vec<Option<ChaCha8Rng>>; Draw::COUNT],
+}
+
+impl Draws {
+    fn new(seed: u64) -> Self {
+        Draws {
+            seed,
+            streams: std::array::from_fn(|_| Vec::new()),
+        }
+    }
+
+    pub(crate) fn rng(&mut self, source: Source) -> &mut ChaCha8Rng {
+        let (seed, slot) = (self.seed, source.slot());
+        let streams = &mut self.streams[source.draw as usize];
+        if streams.len() <= slot {
+            streams.resize_with(slot + 1, || None);
+        }
+        streams[slot].get_or_insert_with(|| rng_stream(seed, source.stream()))
+    }
+}
 
 impl Kernel {
     pub(crate) fn new(seed: u64, mode: TraceMode, injector: Injector, env: Environment) -> Self {
@@ -188,7 +305,7 @@ impl Kernel {
             now: start,
             start,
             scheduler_rng: rng_stream(seed, STREAM_SCHEDULER),
-            fault_rng: rng_stream(seed, STREAM_FAULTS),
+            draws: Draws::new(seed),
             entropy_rng: rng_stream(seed, STREAM_ENTROPY),
             tasks: Vec::new(),
             free: Vec::new(),
@@ -204,6 +321,8 @@ impl Kernel {
             nodes: Vec::new(),
             trace: Trace::new(mode, seed),
             faults: Vec::new(),
+            inherent_errors: Vec::new(),
+            script: Script::default(),
             stats: RunStats::default(),
             network: Network::default(),
             leases: LeaseTable::default(),
@@ -434,7 +553,7 @@ impl Kernel {
     }
 
     /// Whether a scheduled control will change what can run: a reboot, a resume, a
-    /// healed partition or an ended outage.
+    /// healed partition, an ended outage or a scripted action.
     pub(crate) fn recovery_pending(&self) -> bool {
         self.controls.values().any(|c| {
             matches!(
@@ -443,8 +562,16 @@ impl Kernel {
                     | Control::Resume(..)
                     | Control::HealPartition(_)
                     | Control::EndOutage(_)
+                    | Control::Script(_)
             )
         })
+    }
+
+    /// Whether a scripted action is still to come.
+    pub(crate) fn script_pending(&self) -> bool {
+        self.controls
+            .values()
+            .any(|c| matches!(c, Control::Script(_)))
     }
 
     pub(crate) fn pop_due_control(&mut self) -> Option<Control> {
@@ -594,5 +721,46 @@ impl Shared {
         };
         drop(timers);
         self.ready.lock().clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_and_node_has_a_stream_of_its_own() {
+        let sources = [
+            Draw::Latency.global(),
+            Draw::Latency.of(0),
+            Draw::Latency.of(1),
+            Draw::StoreTimeout.of(0),
+            Draw::BusDuplicate.of(0),
+            Draw::Outage.global(),
+            Draw::Latency.of(u16::MAX),
+            Draw::DependencyInherent.global(),
+        ];
+        let numbers: std::collections::BTreeSet<u64> = sources.iter().map(|s| s.stream()).collect();
+        assert_eq!(numbers.len(), sources.len());
+        let mut draws = Draws::new(7);
+        let firsts: std::collections::BTreeSet<u64> =
+            sources.iter().map(|&s| draws.rng(s).next_u64()).collect();
+        assert_eq!(firsts.len(), sources.len(), "streams differ");
+        // Drawing from one stream leaves the others where they were.
+        let mut a = Draws::new(7);
+        let mut b = Draws::new(7);
+        for _ in 0..10 {
+            a.rng(Draw::BusDuplicate.of(0)).next_u64();
+            a.rng(Draw::StoreTimeout.of(1)).next_u64();
+        }
+        assert_eq!(
+            a.rng(Draw::StoreTimeout.of(0)).next_u64(),
+            b.rng(Draw::StoreTimeout.of(0)).next_u64()
+        );
+        // And a stream is the seed's: the same seed, the same draws.
+        assert_eq!(
+            Draws::new(9).rng(Draw::Crash.global()).next_u64(),
+            Draws::new(9).rng(Draw::Crash.global()).next_u64()
+        );
     }
 }

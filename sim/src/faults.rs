@@ -2,9 +2,11 @@
 //! (does this append time out?) and per nemesis tick (does a node crash now?) — and
 //! records every fault at the point it fires, TigerBeetle style.
 //!
-//! Every decision draws from the run's fault RNG stream, and only when the plan makes the
-//! fault possible: a calm run draws nothing, so adding a fault to a plan never shifts the
-//! scheduling of runs that do not use it before it first applies.
+//! Every decision draws from the stream of its fault kind ([`Draw`]; per-operation kinds
+//! have one per node, nemesis kinds one each), and only when the plan makes the fault
+//! possible: a calm run draws nothing, and removing one kind of fault from a plan leaves
+//! every other kind's sequence of draws unchanged (what the shrinker relies on to remove
+//! faults one at a time without reshuffling the rest).
 //!
 //! Faults stop for good when the fault window closes ([`Injector::deactivate`]); the
 //! liveness phase runs healed.
@@ -18,7 +20,7 @@ use rand::Rng;
 use reprise_core::buggify::FaultOracle;
 use serde::Serialize;
 
-use crate::executor::{Control, Kernel, NodeIndex, Shared};
+use crate::executor::{Control, Draw, Kernel, NodeIndex, Shared, Source};
 use crate::network::Link;
 use crate::plan::{
     BusFaults, DependencyFaults, Fault, FaultPlan, FaultSpec, LeaseFaults, Nodes, Peer,
@@ -85,7 +87,7 @@ pub(crate) struct Injector {
     buggify_points: BTreeMap<&'static str, bool>,
 }
 
-const MILLI: u64 = 1_000_000;
+pub(crate) const MILLI: u64 = 1_000_000;
 
 impl Injector {
     /// Resolves `plan` against the world's nodes and dependencies.
@@ -185,6 +187,41 @@ fn resolve(
     })
 }
 
+/// The stream a nemesis spec draws from and its per-tick probability; `None` for
+/// per-operation faults.
+fn nemesis_draw(fault: &Fault) -> Option<(Draw, f64)> {
+    match *fault {
+        Fault::Partition {
+            per_tick_probability,
+            ..
+        } => Some((Draw::Partition, per_tick_probability)),
+        Fault::Crash {
+            per_tick_probability,
+            ..
+        } => Some((Draw::Crash, per_tick_probability)),
+        Fault::Pause {
+            per_tick_probability,
+            ..
+        } => Some((Draw::Pause, per_tick_probability)),
+        Fault::ClockSkew {
+            per_tick_probability,
+            ..
+        } => Some((Draw::ClockSkew, per_tick_probability)),
+        Fault::Rebalance {
+            per_tick_probability,
+        } => Some((Draw::Rebalance, per_tick_probability)),
+        Fault::DependencyOutage {
+            per_tick_probability,
+            ..
+        } => Some((Draw::Outage, per_tick_probability)),
+        Fault::Store(_)
+        | Fault::Bus(_)
+        | Fault::Dependency { .. }
+        | Fault::Lease(_)
+        | Fault::Buggify { .. } => None,
+    }
+}
+
 pub(crate) fn dependency_index(dependencies: &[DependencyEntry], name: &str) -> Option<u16> {
     dependencies
         .iter()
@@ -201,18 +238,44 @@ impl Kernel {
         self.elapsed() / MILLI
     }
 
-    /// A Bernoulli draw that consumes randomness only when the fault is possible.
-    pub(crate) fn chance(&mut self, probability: f64) -> bool {
-        probability > 0.0 && self.fault_rng.random_bool(probability)
+    /// A Bernoulli draw from `source`'s stream that consumes randomness only when the fault
+    /// is possible.
+    pub(crate) fn chance(&mut self, source: Source, probability: f64) -> bool {
+        probability > 0.0 && self.draws.rng(source).random_bool(probability)
     }
 
-    /// A uniform draw in `[min, max]`, consuming randomness only for a real range.
-    pub(crate) fn uniform(&mut self, min: u64, max: u64) -> u64 {
+    /// A uniform draw in `[min, max]` from `source`'s stream, consuming randomness only for a
+    /// real range.
+    pub(crate) fn uniform(&mut self, source: Source, min: u64, max: u64) -> u64 {
         if max <= min {
             min
         } else {
-            self.fault_rng.random_range(min..=max)
+            self.draws.rng(source).random_range(min..=max)
         }
+    }
+
+    /// Records a failure that is not an injected fault — a dependency's inherent error —
+    /// apart from the faults: in the report's `inherent_errors` and a trace line of its own.
+    pub(crate) fn inherent_error(
+        &mut self,
+        node: Option<NodeIndex>,
+        kind: &'static str,
+        detail: String,
+    ) {
+        let name = node.map(|n| Arc::clone(&self.nodes[usize::from(n)].name));
+        self.record(
+            Tag::Inherent,
+            node,
+            hash_str(kind),
+            hash_str(&detail),
+            || format!("{kind} {detail} (its own error rate, not a fault)"),
+        );
+        self.inherent_errors.push(FaultRecord {
+            at: Duration::from_nanos(self.elapsed()),
+            node: name,
+            kind,
+            detail,
+        });
     }
 
     /// Records a fault in the report and the trace.
@@ -317,12 +380,12 @@ impl Kernel {
         let enabled = match self.injector.buggify_points.get(point) {
             Some(&enabled) => enabled,
             None => {
-                let enabled = self.chance(enable);
+                let enabled = self.chance(Draw::Buggify.global(), enable);
                 self.injector.buggify_points.insert(point, enabled);
                 enabled
             }
         };
-        if enabled && self.chance(fire) {
+        if enabled && self.chance(Draw::Buggify.of(node), fire) {
             self.fault(Some(node), "buggify", point.to_owned());
             return true;
         }
@@ -345,36 +408,13 @@ impl Kernel {
             .cloned()
             .collect();
         for spec in specs {
-            let probability = match spec.fault {
-                Fault::Partition {
-                    per_tick_probability,
-                    ..
-                }
-                | Fault::Crash {
-                    per_tick_probability,
-                    ..
-                }
-                | Fault::Pause {
-                    per_tick_probability,
-                    ..
-                }
-                | Fault::ClockSkew {
-                    per_tick_probability,
-                    ..
-                }
-                | Fault::Rebalance {
-                    per_tick_probability,
-                }
-                | Fault::DependencyOutage {
-                    per_tick_probability,
-                    ..
-                } => per_tick_probability,
-                _ => 0.0,
+            let Some((draw, probability)) = nemesis_draw(&spec.fault) else {
+                continue;
             };
-            if !self.chance(probability) {
+            if !self.chance(draw.global(), probability) {
                 continue;
             }
-            if let Some(action) = self.fire_nemesis(&spec) {
+            if let Some(action) = self.fire_nemesis(&spec, draw) {
                 actions.push(action);
             }
         }
@@ -384,6 +424,7 @@ impl Kernel {
     fn pick_node(
         &mut self,
         spec: &Resolved,
+        draw: Draw,
         eligible: impl Fn(&Node) -> bool,
     ) -> Option<NodeIndex> {
         let candidates: Vec<NodeIndex> = self
@@ -396,11 +437,12 @@ impl Kernel {
         if candidates.is_empty() {
             return None;
         }
-        let i = self.uniform(0, candidates.len() as u64 - 1);
+        let i = self.uniform(draw.global(), 0, candidates.len() as u64 - 1);
         Some(candidates[usize::try_from(i).expect("index fits")])
     }
 
-    fn fire_nemesis(&mut self, spec: &Resolved) -> Option<NemesisAction> {
+    /// Fires one nemesis spec; every draw it makes comes from `draw`, its kind's stream.
+    fn fire_nemesis(&mut self, spec: &Resolved, draw: Draw) -> Option<NemesisAction> {
         let up = |n: &Node| n.status == NodeStatus::Up;
         match &spec.fault {
             Fault::Partition {
@@ -410,7 +452,7 @@ impl Kernel {
                 max_duration_ms,
                 ..
             } => {
-                let node = self.pick_node(spec, |n| n.status != NodeStatus::Crashed)?;
+                let node = self.pick_node(spec, draw, |n| n.status != NodeStatus::Crashed)?;
                 let dependencies =
                     u16::try_from(self.env.dependencies.len()).expect("dependency count fits u16");
                 let link = match peer {
@@ -419,15 +461,18 @@ impl Kernel {
                     Peer::Dependency(_) => Link::Dependency(spec.dependency.expect("resolved")),
                     Peer::AnyDependency if dependencies == 0 => return None,
                     Peer::AnyDependency => Link::Dependency(
-                        u16::try_from(self.uniform(0, u64::from(dependencies) - 1)).expect("fits"),
+                        u16::try_from(self.uniform(draw.global(), 0, u64::from(dependencies) - 1))
+                            .expect("fits"),
                     ),
-                    Peer::Any => match self.uniform(0, 1 + u64::from(dependencies)) {
-                        0 => Link::Store,
-                        1 => Link::Bus,
-                        d => Link::Dependency(u16::try_from(d - 2).expect("fits")),
-                    },
+                    Peer::Any => {
+                        match self.uniform(draw.global(), 0, 1 + u64::from(dependencies)) {
+                            0 => Link::Store,
+                            1 => Link::Bus,
+                            d => Link::Dependency(u16::try_from(d - 2).expect("fits")),
+                        }
+                    }
                 };
-                let duration = self.uniform(*min_duration_ms, *max_duration_ms);
+                let duration = self.uniform(draw.global(), *min_duration_ms, *max_duration_ms);
                 let id = self.network.partition(node, link, *direction);
                 self.schedule(self.now + duration * MILLI, Control::HealPartition(id));
                 let target = self.link_name(link);
@@ -443,10 +488,10 @@ impl Kernel {
                 max_downtime_ms,
                 ..
             } => {
-                let node = self.pick_node(spec, |n| {
+                let node = self.pick_node(spec, draw, |n| {
                     n.options.crashable && n.status != NodeStatus::Crashed
                 })?;
-                let downtime = self.uniform(*min_downtime_ms, *max_downtime_ms);
+                let downtime = self.uniform(draw.global(), *min_downtime_ms, *max_downtime_ms);
                 Some(NemesisAction::Crash {
                     node,
                     downtime_nanos: downtime * MILLI,
@@ -457,30 +502,26 @@ impl Kernel {
                 max_duration_ms,
                 ..
             } => {
-                let node = self.pick_node(spec, |n| n.options.pausable && up(n))?;
-                let duration = self.uniform(*min_duration_ms, *max_duration_ms);
-                let n = &mut self.nodes[usize::from(node)];
-                n.status = NodeStatus::Paused;
-                n.pause_seq += 1;
-                let seq = n.pause_seq;
-                self.schedule(self.now + duration * MILLI, Control::Resume(node, seq));
+                let node = self.pick_node(spec, draw, |n| n.options.pausable && up(n))?;
+                let duration = self.uniform(draw.global(), *min_duration_ms, *max_duration_ms);
+                self.pause_node(node, duration * MILLI);
                 self.fault(Some(node), "node.pause", format!("for {duration}ms"));
                 None
             }
             Fault::ClockSkew { max_skew_ms, .. } => {
-                let node = self.pick_node(spec, |n| n.options.clock_skew)?;
+                let node = self.pick_node(spec, draw, |n| n.options.clock_skew)?;
                 let max = i64::try_from(*max_skew_ms).unwrap_or(i64::MAX / 2);
                 let skew_ms = if max == 0 {
                     0
                 } else {
-                    self.fault_rng.random_range(-max..=max)
+                    self.draws.rng(draw.global()).random_range(-max..=max)
                 };
                 self.nodes[usize::from(node)].skew_nanos = skew_ms.saturating_mul(1_000_000);
                 self.fault(Some(node), "clock.skew", format!("{skew_ms:+}ms"));
                 None
             }
             Fault::Rebalance { .. } => {
-                let node = self.pick_node(spec, up)?;
+                let node = self.pick_node(spec, draw, up)?;
                 self.nodes[usize::from(node)].rebalance_epoch += 1;
                 self.fault(
                     Some(node),
@@ -499,10 +540,11 @@ impl Kernel {
                     Some(d) => d,
                     None if dependencies == 0 => return None,
                     None => {
-                        u16::try_from(self.uniform(0, u64::from(dependencies) - 1)).expect("fits")
+                        u16::try_from(self.uniform(draw.global(), 0, u64::from(dependencies) - 1))
+                            .expect("fits")
                     }
                 };
-                let duration = self.uniform(*min_duration_ms, *max_duration_ms);
+                let duration = self.uniform(draw.global(), *min_duration_ms, *max_duration_ms);
                 let id = self.network.outage(dependency);
                 self.schedule(self.now + duration * MILLI, Control::EndOutage(id));
                 let name = Arc::clone(&self.env.dependencies[usize::from(dependency)].name);
@@ -519,6 +561,15 @@ impl Kernel {
             | Fault::Lease(_)
             | Fault::Buggify { .. } => None,
         }
+    }
+
+    /// Pauses `node` for `nanos` (a later pause of the node supersedes this one's resume).
+    pub(crate) fn pause_node(&mut self, node: NodeIndex, nanos: u64) {
+        let n = &mut self.nodes[usize::from(node)];
+        n.status = NodeStatus::Paused;
+        n.pause_seq += 1;
+        let seq = n.pause_seq;
+        self.schedule(self.now + nanos, Control::Resume(node, seq));
     }
 
     pub(crate) fn link_name(&self, link: Link) -> String {

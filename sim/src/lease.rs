@@ -32,7 +32,7 @@ use std::sync::Arc;
 use reprise_core::{BoxFuture, Leadership, Lease, LeaseError};
 
 use crate::clock::Sleep;
-use crate::executor::{Kernel, NodeIndex, Shared};
+use crate::executor::{Draw, Kernel, NodeIndex, Shared};
 use crate::network::Link;
 use crate::trace::{Tag, hash_str};
 
@@ -167,8 +167,16 @@ impl Trip {
         let mut k = shared.kernel.lock();
         k.stats.lease_ops += 1;
         let options = k.env.store;
-        let out_nanos = k.uniform(options.latency_min_us, options.latency_max_us) * 1000;
-        let back_nanos = k.uniform(options.latency_min_us, options.latency_max_us) * 1000;
+        let out_nanos = k.uniform(
+            Draw::Latency.of(node),
+            options.latency_min_us,
+            options.latency_max_us,
+        ) * 1000;
+        let back_nanos = k.uniform(
+            Draw::Latency.of(node),
+            options.latency_min_us,
+            options.latency_max_us,
+        ) * 1000;
         Trip {
             out_nanos,
             back_nanos,
@@ -367,10 +375,10 @@ impl SimLeadership {
             return Verdict::Lost("it was freed or is held by another");
         }
         let faults = k.lease_faults(node);
-        if !k.chance(faults.loss_probability) {
+        if !k.chance(Draw::Lease.of(node), faults.loss_probability) {
             return Verdict::Held;
         }
-        let window_ms = k.uniform(0, faults.zombie_max_ms);
+        let window_ms = k.uniform(Draw::Lease.of(node), 0, faults.zombie_max_ms);
         k.leases.held.remove(name);
         k.fault(
             Some(node),

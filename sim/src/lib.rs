@@ -36,6 +36,16 @@
 //! In a `#[test]`, sweep seeds with [`sim_test!`] (`REPRISE_SEEDS=1000 cargo test …`,
 //! replay one with `REPRISE_SEED=<n>`).
 //!
+//! Besides a plan's random faults, a scenario (or a test's scenario) can script one exact
+//! fault at one exact moment ([`script`]): `world.at(ms(200)).crash("orders")`, then
+//! `restart`, `pause`, `partition`/`repair`/`repair_all`, `dependency_down`/`dependency_up`,
+//! `skew_clock`, `rebalance` — or `world.schedule(at, Action::…)`. Each is recorded as a
+//! `script.*` fault, and the liveness phase heals them like the plan's.
+//!
+//! After the run, [`RunReport::event_store`] and [`RunReport::event_bus`] hold the final
+//! durable state for checks of your own; during the run, checkers read the same through
+//! [`WorldView`].
+//!
 //! ## Map (one file per simulated resource)
 //!
 //! | module | role |
@@ -43,6 +53,7 @@
 //! | `executor` | tasks, ready set, seeded scheduler, timer heap |
 //! | `clock` | virtual time, per-node skew, the node runtime |
 //! | `network` | partitions (symmetric, one-way) and outages |
+//! | [`script`] | scripted faults at chosen times ([`World::at`], [`Action`]) |
 //! | `store` / `bus` / `dependency` | the simulated event store, event bus and external services |
 //! | `lease` | the simulated lease table (leadership), with loss and zombie windows |
 //! | [`plan`] | declarative fault plans and swarm mode |
@@ -76,21 +87,35 @@
 //! ```
 //!
 //! The seed itself is never shrunk — a seed is not a size, and another seed is another
-//! execution. Removing a fault changes the rest of the run (the fault and latency draws
-//! share one stream, and faults change the schedule), so each candidate is a different
-//! execution judged only by its failure: see [the module docs](mod@shrink) for what that
-//! means for the result. Failure messages ([`harness::failure_message_with`]) end with
+//! execution. Every fault kind draws from a stream of its own, so removing one leaves the
+//! others' draws as they were; but a fault that fired changed the schedule, so each
+//! candidate is still a different execution from that point on, judged only by its
+//! failure: see [the module docs](mod@shrink) for what that means for the result. Failure messages ([`harness::failure_message_with`]) end with
 //! the `reprise shrink` command.
 //!
 //! ## Guarantees and their limits
 //!
-//! - Same (scenario code, seed, plan, config) ⇒ same trace hash. The scheduler, the faults,
-//!   the node entropy, the workload and the swarm draw use separate ChaCha8 streams of the
-//!   seed; only integer arithmetic and IEEE basic operations touch the draws (no `ln`,
-//!   whose last bit varies between libms).
+//! - Same (scenario code, seed, plan, config) ⇒ same trace hash. Separate ChaCha8 streams
+//!   of the seed drive the scheduler, node entropy, the workload, the swarm draw, the
+//!   ordinary latencies (store, bus, lease table, services), each dependency's inherent
+//!   error rate, and every fault kind on its own (store transient / timeout /
+//!   commit-unknown / extra latency, each bus fault, dependency errors and lost responses,
+//!   lease loss, BUGGIFY, and each nemesis kind: partition, crash, pause, clock skew,
+//!   rebalance, outage). Latencies and per-operation kinds have one stream per node (the
+//!   node whose operation it is), nemesis kinds one each. A stream is
+//!   `ChaCha8Rng::seed_from_u64(seed)` with a stream number derived from the kind and the
+//!   node, so removing one fault kind from a plan leaves every other kind's draws
+//!   unchanged, and one node's retries do not move another node's draws. Only integer arithmetic and IEEE basic operations touch the draws (no
+//!   `ln`, whose last bit varies between libms).
+//! - The hash covers data, not just which operations ran: trace lines name the streams,
+//!   topics, keys, groups, dependencies and operations they touch, and appends and
+//!   publishes fold in their events' ids, types, payloads and metadata and their messages'
+//!   payloads and headers ([`trace`]).
 //! - Scenario code must keep its side of the contract: no wall clock, no OS randomness, no
 //!   `HashMap` iteration, no threads (the workspace `clippy.toml` enforces most of it).
-//!   [`check_determinism`] catches the rest and names the first divergent trace event.
+//!   [`check_determinism`] catches the rest — a timer set from the wall clock, a wall-clock
+//!   value written into an event and never read back — and names the first divergent trace
+//!   event.
 //! - BUGGIFY points ([`buggify`](fn@reprise_core::buggify)) see the run's oracle on the thread running
 //!   the simulation; run one simulation per thread (parallel runs on separate threads are
 //!   fine).
@@ -106,6 +131,7 @@ mod lease;
 mod network;
 pub mod plan;
 mod run;
+pub mod script;
 pub mod shrink;
 mod store;
 pub mod testing_scenario;
@@ -125,6 +151,7 @@ pub use run::{
     Budget, Divergence, Outcome, Phase, RunReport, RunStats, SimConfig, SimError,
     check_determinism, run, try_run,
 };
+pub use script::{Action, ScriptAt};
 pub use shrink::{FailureSignature, ShrinkError, ShrinkOptions, ShrinkReport, shrink};
 pub use store::StoreOptions;
 pub use trace::{TraceLine, TraceMode, summary_line};

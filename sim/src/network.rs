@@ -77,6 +77,27 @@ impl Network {
         before != self.outages.len()
     }
 
+    /// Heals every partition of `node`; returns how many.
+    pub(crate) fn heal_node(&mut self, node: NodeIndex) -> usize {
+        let before = self.partitions.len();
+        self.partitions.retain(|p| p.node != node);
+        before - self.partitions.len()
+    }
+
+    /// Heals every partition (outages stay); returns how many.
+    pub(crate) fn heal_partitions(&mut self) -> usize {
+        let n = self.partitions.len();
+        self.partitions.clear();
+        n
+    }
+
+    /// Ends every outage of `dependency`; returns how many.
+    pub(crate) fn end_outages_of(&mut self, dependency: u16) -> usize {
+        let before = self.outages.len();
+        self.outages.retain(|o| o.dependency != dependency);
+        before - self.outages.len()
+    }
+
     /// Heals every partition and ends every outage.
     pub(crate) fn heal_all(&mut self) -> usize {
         let n = self.partitions.len() + self.outages.len();
@@ -140,5 +161,17 @@ mod tests {
         net.partition(2, Link::Dependency(1), Direction::Both);
         assert_eq!(net.heal_all(), 2);
         assert!(!net.cut(2, Link::Dependency(1)));
+        net.partition(0, Link::Store, Direction::Both);
+        net.partition(0, Link::Bus, Direction::Both);
+        net.partition(1, Link::Bus, Direction::Both);
+        net.outage(2);
+        net.outage(2);
+        net.outage(3);
+        assert_eq!(net.heal_node(0), 2);
+        assert!(net.cut(1, Link::Bus), "other nodes keep their partitions");
+        assert_eq!(net.end_outages_of(2), 2);
+        assert!(net.is_down(3), "other dependencies stay down");
+        assert_eq!(net.heal_partitions(), 1);
+        assert!(net.is_down(3), "healing partitions ends no outage");
     }
 }

@@ -249,10 +249,24 @@ pub struct RunReport {
     /// The concrete plan (a swarm plan's draw for this seed).
     pub plan: FaultPlan,
     pub outcome: Outcome,
+    /// The faults injected: by the plan, and by the scenario's script (`script.*`).
     pub faults: Vec<FaultRecord>,
+    /// Failures that are not injected faults: calls failed by a dependency's inherent
+    /// error rate ([`crate::DependencyOptions::error_probability`],
+    /// `dependency.inherent_error`). They happen in every phase and under every plan, so
+    /// they are neither counted as faults fired nor shrunk.
+    pub inherent_errors: Vec<FaultRecord>,
     pub stats: RunStats,
     /// The readable trace, with [`TraceMode::Full`].
     pub trace: Option<Vec<TraceLine>>,
+    /// The durable event store as the run left it, for checks after the run
+    /// (`read_all_now`, `read_stream_now`, …). Not serialized.
+    #[serde(skip)]
+    pub event_store: Arc<InMemoryEventStore>,
+    /// The durable event bus as the run left it (`messages`, `committed`, `lag`). Not
+    /// serialized.
+    #[serde(skip)]
+    pub event_bus: Arc<InMemoryEventBus>,
 }
 
 impl RunReport {
@@ -358,6 +372,7 @@ fn prepare(shared: &Arc<Shared>, plan: FaultPlan, config: &SimConfig) -> Result<
         }
         k.schedule(start + nanos(config.check_every), Control::SafetyCheck);
         k.schedule(start + nanos(config.fault_window), Control::EndFaultWindow);
+        k.resolve_script(config.fault_window)?;
         u16::try_from(k.nodes.len()).expect("node count fits u16")
     };
     for node in 0..nodes {
@@ -454,6 +469,7 @@ fn end_fault_window(shared: &Arc<Shared>, config: &SimConfig, reason: &'static s
                     | Control::EndOutage(_)
                     | Control::Restart(..)
                     | Control::Resume(..)
+                    | Control::Script(_)
             )
         });
         let crashed: Vec<u16> = (0..k.nodes.len())
@@ -497,7 +513,9 @@ fn handle(
                     NemesisAction::Crash {
                         node,
                         downtime_nanos,
-                    } => world::crash(shared, node, downtime_nanos),
+                    } => {
+                        world::crash(shared, node, Some(downtime_nanos), "node.crash");
+                    }
                 }
             }
         }
@@ -506,8 +524,11 @@ fn handle(
                 return Next::Finish(outcome);
             }
             let in_liveness = phase(shared) == Phase::Liveness;
-            if (in_liveness || config.settle_early) && checker.check_liveness(&view(shared)).is_ok()
-            {
+            // A scripted action still to come keeps the fault phase open: the script asked
+            // for that fault at that moment.
+            let may_settle =
+                in_liveness || (config.settle_early && !shared.kernel.lock().script_pending());
+            if may_settle && checker.check_liveness(&view(shared)).is_ok() {
                 if in_liveness {
                     return Next::Finish(settled(shared, checker));
                 }
@@ -563,6 +584,7 @@ fn handle(
                 k.record(Tag::Fault, None, 1, id, || format!("outage #{id} over"));
             }
         }
+        Control::Script(index) => crate::script::execute(shared, index),
     }
     Next::Continue
 }
@@ -646,8 +668,11 @@ fn report(shared: &Arc<Shared>, scenario: &'static str, seed: u64, outcome: Outc
         plan: k.injector.plan().cloned().unwrap_or_else(FaultPlan::calm),
         outcome,
         faults: std::mem::take(&mut k.faults),
+        inherent_errors: std::mem::take(&mut k.inherent_errors),
         stats,
         trace: k.trace.take_lines(),
+        event_store: Arc::clone(&shared.store),
+        event_bus: Arc::clone(&shared.bus),
     }
 }
 

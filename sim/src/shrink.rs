@@ -38,30 +38,35 @@
 //!
 //! ## What to expect: the search is chaotic, not monotone
 //!
-//! ddmin assumes that removing a fault leaves the rest of the run alone. Here it does not,
-//! for two reasons, and a user reading a shrunk plan should know them:
+//! ddmin assumes that removing a fault leaves the rest of the run alone. Here it does so
+//! only partly, and a user reading a shrunk plan should know where it stops:
 //!
-//! - **One stream for every fault and latency draw.** The scheduler, node entropy, the
-//!   workload and the swarm draw have separate ChaCha8 streams, but the injector draws
-//!   *every* fault decision **and** the base latencies of the store, the bus and the
-//!   services from one `faults` stream, and a probability draws only when it is non-zero.
-//!   Removing a spec, or zeroing one probability, therefore shifts every later draw of
-//!   that stream — other faults fire at other moments, operations take other latencies.
-//!   The execution is identical only up to the first operation that consulted what was
-//!   removed.
-//! - **Faults change the schedule.** Even with a stream per spec, a fault that fired
-//!   changes which tasks are ready and so what the scheduler's stream picks afterwards.
+//! - **One stream per fault kind (and node).** Every fault kind draws from ChaCha8 streams
+//!   of its own (store timeouts, bus duplicates, crashes, … — see `Draw` in the
+//!   executor), as do the ordinary latencies and a dependency's inherent error rate;
+//!   per-operation kinds and latencies have one stream per node; and a probability draws
+//!   only when it is non-zero. Removing a spec, zeroing one of its fault kinds or
+//!   narrowing it to one node therefore leaves every *other* kind's (and node's) sequence
+//!   of decisions as it was: a kind that never fired can be removed without changing the
+//!   run at all, and the nemesis keeps crashing the same nodes at the same ticks.
+//! - **Faults change the schedule.** A fault that fired changes which tasks are ready and
+//!   so what the scheduler's stream picks afterwards; per-operation draws are made in the
+//!   order operations run, so from that point on the same draw lands on a different
+//!   operation.
 //!
-//! So each candidate is a *different execution* of the same seed and the same workload,
-//! judged only by whether it fails the same way. Consequences: the shrunk plan is
-//! 1-minimal only with respect to the candidates tried (removing one more spec made *that*
-//! execution pass, not every execution); the shrunk run's faults are not a subset of the
-//! original's; and the shrunk plan is tied to its seed — under another seed it may pass.
-//! In practice this works well: a bug that needs redelivery keeps failing as long as some
-//! redelivery fault stays on, and the search lands on the one family that matters.
-//! (Separate streams per fault kind would make the prefix before the first removed fault
-//! identical and shrinking steadier; that would change every existing seed's execution,
-//! so it is a deliberate, versioned change, not one to slip in.)
+//! So a candidate is the same execution up to the first moment a removed fault had fired,
+//! and a *different execution* of the same seed and workload after it, judged only by
+//! whether it fails the same way. Consequences: the shrunk plan is 1-minimal only with
+//! respect to the candidates tried (removing one more spec made *that* execution pass, not
+//! every execution); the shrunk run's faults are not always a subset of the original's;
+//! and the shrunk plan is tied to its seed — under another seed it may pass. In practice
+//! this works well: a bug that needs redelivery keeps failing as long as some redelivery
+//! fault stays on, and the search lands on the one family that matters.
+//!
+//! The fault count a shrink reports ([`ShrinkReport::summary`]) counts injected faults
+//! only — the plan's and a scenario's scripted ones. A dependency's inherent error rate
+//! is not a fault ([`RunReport::inherent_errors`]): it cannot be shrunk away, so it is not
+//! counted.
 //!
 //! ## Why the seed is not shrunk
 //!

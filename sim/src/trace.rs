@@ -8,6 +8,13 @@
 //! only in [`TraceMode::Full`] — when someone replays a seed with `--trace` or the
 //! determinism self-check needs to name the first divergent step.
 //!
+//! The hash covers data, not only which operations ran: an append's line folds in the
+//! streams it names and every event's id, type, schema version, payload bytes and
+//! metadata; a publish's line every message's topic, key, payload and headers (a
+//! digest fed straight from the bytes, no formatting). A handler that writes a
+//! wall-clock value into an event it never reads back still changes the hash, and
+//! [`crate::check_determinism`] names that append.
+//!
 //! Two runs of the same (seed, scenario, plan) must produce the same hash; the per-line
 //! hashes kept in full mode let [`crate::check_determinism`] point at the first line where
 //! they stop agreeing.
@@ -81,6 +88,10 @@ pub(crate) enum Tag {
     Check = 12,
     SpawnRefused = 13,
     Lease = 14,
+    /// A dependency failing on its own (its inherent error rate): not an injected fault.
+    Inherent = 15,
+    /// A scripted action that found nothing to act on (e.g. pausing a crashed node).
+    ScriptSkipped = 16,
 }
 
 /// The recorder. Lives inside the executor's kernel; every component records through it.
@@ -161,6 +172,63 @@ pub(crate) fn hash_str(s: &str) -> u64 {
     xxh3_64(s.as_bytes())
 }
 
+/// Combines two fields into one (`a` then `b`; not symmetric).
+pub(crate) fn mix(a: u64, b: u64) -> u64 {
+    xxh3_64_with_seed(&b.to_le_bytes(), a)
+}
+
+/// Folds variable-length data — the streams an operation names, the events it appends,
+/// the messages it publishes — into one field of a trace event: the bytes are fed straight
+/// into chained xxh3 (each piece hashed with the digest so far as its seed), without
+/// formatting or allocating. Field boundaries count: `("ab", "c")` and `("a", "bc")`
+/// digest differently.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Digest(u64);
+
+impl Digest {
+    /// A digest for one kind of subject (`domain` keeps e.g. a stream name and a topic of
+    /// the same spelling apart).
+    pub(crate) fn new(domain: u64) -> Self {
+        Digest(domain)
+    }
+
+    pub(crate) fn bytes(&mut self, bytes: &[u8]) -> &mut Self {
+        self.0 = xxh3_64_with_seed(bytes, self.0);
+        self
+    }
+
+    pub(crate) fn str(&mut self, s: &str) -> &mut Self {
+        self.bytes(s.as_bytes())
+    }
+
+    pub(crate) fn u64(&mut self, value: u64) -> &mut Self {
+        self.bytes(&value.to_le_bytes())
+    }
+
+    pub(crate) fn u128(&mut self, value: u128) -> &mut Self {
+        self.bytes(&value.to_le_bytes())
+    }
+
+    /// An optional value: absence and every present value digest differently.
+    pub(crate) fn opt_u128(&mut self, value: Option<u128>) -> &mut Self {
+        match value {
+            None => self.u64(0),
+            Some(v) => self.u64(1).u128(v),
+        }
+    }
+
+    pub(crate) fn opt_str(&mut self, value: Option<&str>) -> &mut Self {
+        match value {
+            None => self.u64(0),
+            Some(v) => self.u64(1).str(v),
+        }
+    }
+
+    pub(crate) fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// [`hash_str`] of the text `args` renders to, without building the string: the pieces
 /// are streamed into the hasher as they are formatted (streaming xxh3 gives the one-shot
 /// result, so this equals `hash_str(&args.to_string())`).
@@ -236,6 +304,27 @@ mod tests {
             hash_fmt(format_args!("{long}-{long}")),
             hash_str(&format!("{long}-{long}"))
         );
+    }
+
+    #[test]
+    fn digests_see_every_byte_and_every_boundary() {
+        let digest = |parts: &[&str]| {
+            let mut d = Digest::new(1);
+            for part in parts {
+                d.str(part);
+            }
+            d.finish()
+        };
+        assert_eq!(digest(&["ab", "c"]), digest(&["ab", "c"]));
+        assert_ne!(digest(&["ab", "c"]), digest(&["a", "bc"]));
+        assert_ne!(digest(&["ab", "c"]), digest(&["ab", "d"]));
+        assert_ne!(digest(&["ab"]), digest(&["ab", ""]));
+        assert_ne!(Digest::new(1).finish(), Digest::new(2).finish());
+        let (mut none, mut empty) = (Digest::new(1), Digest::new(1));
+        none.opt_str(None);
+        empty.opt_str(Some(""));
+        assert_ne!(none.finish(), empty.finish());
+        assert_ne!(mix(1, 2), mix(2, 1));
     }
 
     #[test]

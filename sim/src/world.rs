@@ -28,6 +28,7 @@ use crate::clock::NodeRuntime;
 use crate::dependency::{self, DependencyError, DependencyOptions};
 use crate::executor::{NodeIndex, Shared, TaskKey};
 use crate::lease::{LeaseOptions, SimLease};
+use crate::script::{Action, ScriptAt};
 use crate::store::{SimEventStore, StoreOptions};
 use crate::trace::{Tag, TraceMode, hash_fmt, hash_str};
 
@@ -244,6 +245,20 @@ impl World {
     pub fn random_u64(&mut self) -> u64 {
         self.workload_rng.next_u64()
     }
+
+    /// Schedules a scripted fault (or repair) at `at` of simulated time since the start of
+    /// the run. See [`crate::script`] for the rules; [`World::at`] is the shorthand.
+    ///
+    /// Names are checked when the run starts: an unknown node or dependency, or a moment
+    /// outside the fault window, makes [`crate::try_run`] fail.
+    pub fn schedule(&mut self, at: Duration, action: Action) {
+        self.shared.kernel.lock().script.push(at, action);
+    }
+
+    /// Scripted actions at `at`: `world.at(ms(200)).crash("orders").partition(…)`.
+    pub fn at(&mut self, at: Duration) -> ScriptAt<'_> {
+        ScriptAt { world: self, at }
+    }
 }
 
 /// What a node's boot function and tasks use to reach the world. Cheap to clone.
@@ -346,10 +361,28 @@ impl NodeContext {
 
     /// Calls the external service `dependency`: `call` runs the scenario's model of the
     /// service (e.g. charging a payment-gateway ledger) when — and only if — the request
-    /// reaches it. See [`DependencyError`] for the outcomes.
+    /// reaches it. See [`DependencyError`] for the outcomes. The trace line names the
+    /// dependency; [`call_op`](Self::call_op) names the operation too.
     pub fn call<T, F>(
         &self,
         dependency: &str,
+        call: F,
+    ) -> BoxFuture<'static, Result<T, DependencyError>>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        self.call_op(dependency, "", call)
+    }
+
+    /// [`call`](Self::call), naming the operation in the trace and in fault details:
+    /// `ctx.call_op("payments", &format!("charge order-{id}"), …)` makes the call's lines
+    /// show up among the lines touching `order-{id}` in a failure report. The operation
+    /// is folded into the trace hash.
+    pub fn call_op<T, F>(
+        &self,
+        dependency: &str,
+        operation: &str,
         call: F,
     ) -> BoxFuture<'static, Result<T, DependencyError>>
     where
@@ -360,6 +393,7 @@ impl NodeContext {
             Arc::clone(self.shared()),
             self.runtime.node,
             dependency,
+            operation,
             call,
         )
     }
@@ -428,34 +462,44 @@ pub(crate) fn boot(shared: &Arc<Shared>, node: NodeIndex) {
     boot(NodeContext::new(Arc::clone(shared), node, incarnation));
 }
 
-/// Crashes `node`: drops its tasks (after unlocking) and schedules the reboot.
-pub(crate) fn crash(shared: &Arc<Shared>, node: NodeIndex, downtime_nanos: u64) {
+/// Crashes `node`: drops its tasks (after unlocking) and, with `restart_after`, schedules
+/// the reboot (without, it stays down until rebooted explicitly or by the liveness heal).
+/// Records the fault as `kind`. Returns `false` (and does nothing) if it was down already.
+pub(crate) fn crash(
+    shared: &Arc<Shared>,
+    node: NodeIndex,
+    restart_after: Option<u64>,
+    kind: &'static str,
+) -> bool {
     let dropped = {
         let mut k = shared.kernel.lock();
         let n = &mut k.nodes[usize::from(node)];
         if n.status == NodeStatus::Crashed {
-            return;
+            return false;
         }
         n.status = NodeStatus::Crashed;
         n.incarnation += 1;
         let incarnation = n.incarnation;
         let tasks = k.kill_tasks_of(node);
         let count = tasks.len();
-        let at = k.now + downtime_nanos;
-        k.schedule(at, crate::executor::Control::Restart(node, incarnation));
-        k.fault(
-            Some(node),
-            "node.crash",
-            format!(
-                "{count} task(s) dropped, down for {}ms",
-                downtime_nanos / 1_000_000
-            ),
-        );
+        let detail = match restart_after {
+            Some(downtime) => {
+                let at = k.now.saturating_add(downtime);
+                k.schedule(at, crate::executor::Control::Restart(node, incarnation));
+                format!(
+                    "{count} task(s) dropped, down for {}ms",
+                    downtime / 1_000_000
+                )
+            }
+            None => format!("{count} task(s) dropped, down until restarted"),
+        };
+        k.fault(Some(node), kind, detail);
         // Its database sessions die with it.
         k.leases_of_crashed_node(node);
         tasks
     };
     drop(dropped);
+    true
 }
 
 /// Resumes a paused node.
