@@ -112,6 +112,9 @@ pub struct SweepOutcome {
     pub jobs: usize,
     /// How often each fault kind fired — BUGGIFY points by name (`buggify:<point>`).
     pub faults: BTreeMap<String, FaultCount>,
+    /// Errors of dependencies' own error rates: part of the scenario, not injected, so
+    /// counted apart from the faults.
+    pub inherent_errors: FaultCount,
 }
 
 /// The command lines a failure message prints, for one program.
@@ -255,6 +258,7 @@ struct SeedResult {
     sim_time: Duration,
     failure: Option<Failure>,
     faults: BTreeMap<String, u64>,
+    inherent_errors: u64,
     panicked: bool,
     checked: bool,
     diverged: bool,
@@ -312,6 +316,7 @@ fn run_seed(
                     reproduce: commands.replay(scenario.name(), seed),
                 }),
                 faults: BTreeMap::new(),
+                inherent_errors: 0,
                 panicked: true,
                 checked: false,
                 diverged: false,
@@ -344,6 +349,7 @@ fn run_seed(
         passed: failure.is_none(),
         sim_time: report.stats.sim_time,
         faults: count_faults(&report),
+        inherent_errors: report.inherent_errors.len() as u64,
         failure,
         panicked: false,
         checked: check_twice,
@@ -404,6 +410,7 @@ pub fn sweep(scenario: &dyn Scenario, request: &SweepRequest<'_>) -> SweepOutcom
         time_compression: 0.0,
         jobs,
         faults: BTreeMap::new(),
+        inherent_errors: FaultCount::default(),
     };
     let mut simulated = Duration::ZERO;
     let mut listed: BTreeMap<u64, Failure> = BTreeMap::new();
@@ -420,6 +427,10 @@ pub fn sweep(scenario: &dyn Scenario, request: &SweepRequest<'_>) -> SweepOutcom
                 outcome.panics += u64::from(result.panicked);
                 outcome.determinism_checked += u64::from(result.checked);
                 outcome.nondeterministic += u64::from(result.diverged);
+                if result.inherent_errors > 0 {
+                    outcome.inherent_errors.runs += 1;
+                    outcome.inherent_errors.total += result.inherent_errors;
+                }
                 for (name, n) in result.faults {
                     let count = outcome.faults.entry(name).or_default();
                     count.runs += 1;
@@ -561,6 +572,12 @@ fn print_faults(outcome: &SweepOutcome) {
     }
     if !points.is_empty() {
         println!("BUGGIFY points fired: {}", line(&points));
+    }
+    if outcome.inherent_errors.total > 0 {
+        println!(
+            "dependencies' own error rates (not faults): {}x in {} runs",
+            outcome.inherent_errors.total, outcome.inherent_errors.runs
+        );
     }
 }
 

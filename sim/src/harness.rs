@@ -1,6 +1,8 @@
 //! Seed sweeps for users' own `#[test]`s.
 //!
-//! ```ignore
+//! ```no_run
+//! # use reprise_sim::{FaultPlan, SimConfig};
+//! # use reprise_sim::testing_scenario::TokenTransfers as MyScenario;
 //! #[test]
 //! fn transfers_conserve_money() {
 //!     reprise_sim::sim_test!(MyScenario::default(), SimConfig::new(0).with_plan(FaultPlan::swarm()));
@@ -10,6 +12,12 @@
 //! - `REPRISE_SEEDS=<count>` sets how many seeds a sweep runs (default
 //!   [`DEFAULT_SEEDS`]); seeds are `REPRISE_SEED_START..` (default 1).
 //! - `REPRISE_SEED=<n>` runs exactly one seed: the reproduction path.
+//! - `REPRISE_DETERMINISM=<all|none|n>`: how many seeds [`sweep`] runs twice to check that
+//!   the run is a pure function of its seed (default: one in
+//!   [`DEFAULT_DETERMINISM_SAMPLE`], the first seed always). A mismatch fails the test with
+//!   the first divergent step — a timer or a value taken from the wall clock shows up here.
+//! - A seed that **panics** fails the test with the seed and its reproduction command
+//!   (the panic's own message is printed above it by the test harness).
 //!
 //! A failing seed panics with everything needed to act on it: the seed, the broken
 //! invariant, the simulated time, the faults so far, the last trace lines (the seed is
@@ -26,6 +34,29 @@ use crate::trace::{TraceLine, TraceMode};
 
 /// Seeds per sweep when `REPRISE_SEEDS` is not set.
 pub const DEFAULT_SEEDS: u64 = 100;
+
+/// By default [`sweep`] runs one seed in this many twice (see the module docs).
+pub const DEFAULT_DETERMINISM_SAMPLE: u64 = 50;
+
+/// Reads `REPRISE_DETERMINISM`: `Some(n)` checks one seed in `n` (`all` is 1), `None`
+/// checks none.
+///
+/// # Panics
+/// On a value that is none of `all`, `none` or a positive number.
+#[must_use]
+pub fn determinism_sample_from_env() -> Option<u64> {
+    match std::env::var("REPRISE_DETERMINISM") {
+        Err(_) => Some(DEFAULT_DETERMINISM_SAMPLE),
+        Ok(v) => match v.trim() {
+            "all" => Some(1),
+            "none" => None,
+            n => match n.parse::<u64>() {
+                Ok(n) if n > 0 => Some(n),
+                _ => panic!("REPRISE_DETERMINISM={v} is not all, none or a positive number"),
+            },
+        },
+    }
+}
 
 /// How many trace lines a failure message shows.
 pub const TRACE_TAIL_LINES: usize = 40;
@@ -119,16 +150,54 @@ pub fn find_failure(
     None
 }
 
-/// Sweeps the seeds chosen by the environment ([`Seeds::from_env`]) and panics with
-/// [`failure_message`] at the first failure. Prefer the [`crate::sim_test!`] macro, which
+/// Sweeps the seeds chosen by the environment ([`Seeds::from_env`]), re-running a sample
+/// of them to check determinism ([`determinism_sample_from_env`]), and panics with
+/// [`failure_message`] at the first failure, the first panicking seed (with its
+/// reproduction command) or the first nondeterministic one (with the divergent step). Prefer the [`crate::sim_test!`] macro, which
 /// fills in the package name.
 ///
 /// # Panics
 /// On the first failing seed.
 pub fn sweep(scenario: &dyn Scenario, config: &SimConfig, package: &str) {
     let repro = Repro::current_test(package);
-    if let Some(report) = find_failure(scenario, config, Seeds::from_env().iter()) {
-        panic!("{}", failure_message(&report, &repro));
+    let sample = determinism_sample_from_env();
+    for (index, seed) in Seeds::from_env().iter().enumerate() {
+        let seeded = config.clone().with_seed(seed);
+        let reproduce = format!(
+            "REPRISE_SEED={seed} cargo test -p {} {}",
+            repro.package, repro.test
+        );
+        let report = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run(scenario, &seeded)
+        })) {
+            Ok(report) => report,
+            Err(payload) => {
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                panic!(
+                    "simulation of {} panicked at seed={seed}: {message}\n  reproduce:\n    {reproduce}",
+                    scenario.name()
+                );
+            }
+        };
+        if !report.passed() {
+            let full = run(scenario, &seeded.with_trace(TraceMode::Full));
+            panic!("{}", failure_message(&full, &repro));
+        }
+        let index = index as u64;
+        if sample.is_some_and(|n| index % n == 0) {
+            if let Err(divergence) = crate::run::check_determinism(scenario, &seeded) {
+                panic!(
+                    "simulation of {} is not deterministic at seed={seed}: the same seed ran \
+                     twice gave different traces (a wall clock, OS randomness or a HashMap's \
+                     order reached the run?)\n{divergence}\n  reproduce:\n    {reproduce}",
+                    scenario.name()
+                );
+            }
+        }
     }
 }
 

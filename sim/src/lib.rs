@@ -12,24 +12,43 @@
 //!
 //! ## In five minutes
 //!
-//! ```ignore
-//! use reprise_sim::{FaultPlan, NodeOptions, Scenario, ScenarioRun, SimConfig, World};
+//! ```
+//! use reprise_sim::{
+//!     DependencyOptions, FaultPlan, NodeOptions, Scenario, ScenarioRun, SimConfig, Violation,
+//!     World, WorldView,
+//! };
 //!
 //! struct Checkout;
+//!
+//! /// The invariants of one run: read the durable store and bus through the view.
+//! struct Invariants;
+//! impl ScenarioRun for Invariants {
+//!     fn check_safety(&self, view: &WorldView<'_>) -> Result<(), Violation> {
+//!         let _events = view.event_store().read_all_now(1, usize::MAX);
+//!         Ok(())
+//!     }
+//!     fn check_liveness(&self, _: &WorldView<'_>) -> Result<(), Violation> {
+//!         Ok(())
+//!     }
+//! }
+//!
 //! impl Scenario for Checkout {
 //!     fn name(&self) -> &'static str { "checkout" }
 //!     fn description(&self) -> &'static str { "orders, payments, stock" }
 //!     fn setup(&self, world: &mut World) -> Box<dyn ScenarioRun> {
 //!         world.add_dependency("payments", DependencyOptions::default());
 //!         world.add_node("orders", NodeOptions::default(), |ctx| {
-//!             // Called at start and after every restart: build stores from ctx.runtime(),
-//!             // ctx.event_store(), ctx.event_bus(); spawn tasks with ctx.spawn(..).
+//!             // Called at start and after every restart: build services from
+//!             // ctx.runtime(), ctx.event_store(), ctx.event_bus(); spawn their tasks.
+//!             let store = ctx.event_store();
+//!             ctx.spawn("orders", async move { drop(store) });
 //!         });
-//!         Box::new(MyInvariants::default())
+//!         Box::new(Invariants)
 //!     }
 //! }
 //!
 //! let report = reprise_sim::run(&Checkout, &SimConfig::new(42).with_plan(FaultPlan::swarm()));
+//! assert!(report.passed());
 //! println!("{}", report.summary()); // seed=42 hash=…
 //! ```
 //!
@@ -76,7 +95,10 @@
 //! every candidate a full deterministic re-run, within a run budget
 //! ([`ShrinkOptions::max_runs`], default 200).
 //!
-//! ```ignore
+//! ```no_run
+//! # use reprise_sim::{FaultPlan, ShrinkOptions, SimConfig};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let scenario = reprise_sim::testing_scenario::TokenTransfers::default();
 //! let config = SimConfig::new(17).with_plan(FaultPlan::swarm());
 //! let shrunk = reprise_sim::shrink(&scenario, &config, &ShrinkOptions::default())?;
 //! println!("{shrunk}");            // what each accepted reduction removed
@@ -84,6 +106,7 @@
 //! // Replays the shrunk failure hash for hash (also from plan.json, `--plan plan.json`):
 //! let replay = reprise_sim::run(&scenario, &shrunk.replay_config(&config));
 //! assert_eq!(replay.hash, shrunk.shrunk.hash);
+//! # Ok(()) }
 //! ```
 //!
 //! The seed itself is never shrunk — a seed is not a size, and another seed is another

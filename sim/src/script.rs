@@ -1,7 +1,13 @@
 //! Scripted faults: one exact fault at one exact moment, beside (or instead of) a plan's
 //! random ones — the surface turmoil and FoundationDB users know, on this executor.
 //!
-//! ```ignore
+//! ```no_run
+//! # use std::time::Duration;
+//! # use reprise_sim::{Action, DependencyOptions, Direction, NodeOptions, Peer, ScenarioRun, World};
+//! # fn boot_orders(_: reprise_sim::NodeContext) {}
+//! # fn my_checks() -> Box<dyn ScenarioRun> { unimplemented!() }
+//! # struct S;
+//! # impl S {
 //! fn setup(&self, world: &mut World) -> Box<dyn ScenarioRun> {
 //!     world.add_node("orders", NodeOptions::default(), boot_orders);
 //!     world.add_dependency("payments", DependencyOptions::default());
@@ -12,8 +18,9 @@
 //!     world.at(ms(600)).repair("orders");
 //!     world.at(ms(400)).dependency_down("payments", ms(1_000));
 //!     world.schedule(ms(500), Action::Pause { node: "orders".into(), duration: ms(50) });
-//!     Box::new(MyChecks::default())
+//!     my_checks()
 //! }
+//! # }
 //! ```
 //!
 //! Each action runs at its simulated time (relative to the start of the run) as a control
