@@ -287,13 +287,16 @@ mod tests {
             .with_delays(Duration::from_millis(10), Duration::from_millis(100))
             .without_jitter();
         let mut backoff = Backoff::new(policy);
-        let pauses: Vec<_> = (0..6).map(|_| backoff.next_pause(&runtime)).collect();
-        let ms = Duration::from_millis;
-        assert_eq!(pauses, [ms(10), ms(20), ms(40), ms(40), ms(40), ms(40)]);
+        // backon computes in floating point: compare to the microsecond.
+        let micros = |d: Duration| (d.as_nanos() + 500) / 1_000;
+        let pauses: Vec<u128> = (0..6)
+            .map(|_| micros(backoff.next_pause(&runtime)))
+            .collect();
+        assert_eq!(pauses, [10_000, 20_000, 40_000, 40_000, 40_000, 40_000]);
         assert_eq!(backoff.failures(), 6);
         backoff.reset();
         assert_eq!(backoff.failures(), 0);
-        assert_eq!(backoff.next_pause(&runtime), ms(10));
+        assert_eq!(micros(backoff.next_pause(&runtime)), 10_000);
     }
 
     #[test]
