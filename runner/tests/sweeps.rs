@@ -60,6 +60,48 @@ impl Scenario for WallClockTimer {
     }
 }
 
+/// Token transfers plus a node that writes the wall clock into an event it never reads
+/// back: nothing in the run's behaviour changes, only the data.
+struct WallClockInAnEvent(TokenTransfers);
+
+impl Scenario for WallClockInAnEvent {
+    fn name(&self) -> &'static str {
+        "wall-clock-in-an-event"
+    }
+
+    fn description(&self) -> &'static str {
+        "token transfers plus an audit event stamped with the wall clock"
+    }
+
+    fn setup(&self, world: &mut World) -> Box<dyn ScenarioRun> {
+        world.add_node("auditor", NodeOptions::default(), |ctx| {
+            let store = ctx.event_store();
+            ctx.spawn("audit", async move {
+                // The planted mistake itself.
+                #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                let event = reprise_core::NewEvent {
+                    event_id: reprise_core::EventId(1),
+                    event_type: "Audited".into(),
+                    schema_version: 1,
+                    payload: reprise_core::Payload::from_json_text(format!(r#"{{"at":{nanos}}}"#)),
+                    metadata: reprise_core::Metadata::default(),
+                };
+                let _ = store
+                    .append(reprise_core::AppendBatch::single(
+                        reprise_core::StreamId::of("audit", "1"),
+                        reprise_core::ExpectedVersion::Any,
+                        vec![event],
+                    ))
+                    .await;
+            });
+        });
+        self.0.setup(world)
+    }
+}
+
 fn request(seeds: u64, determinism: DeterminismSample) -> SweepRequest<'static> {
     SweepRequest {
         config: SimConfig::new(1).with_plan(FaultPlan::calm()),
@@ -119,6 +161,20 @@ fn a_wall_clock_timer_is_caught_by_the_default_determinism_sample() {
         "{:?}",
         outcome.failures
     );
+}
+
+#[test]
+fn a_wall_clock_value_written_into_an_event_is_caught_by_the_default_sample() {
+    let outcome = sweep::sweep(
+        &WallClockInAnEvent(TokenTransfers::default()),
+        &request(
+            60,
+            DeterminismSample::Every(sweep::DEFAULT_DETERMINISM_SAMPLE),
+        ),
+    );
+    assert_eq!(outcome.determinism_checked, 2, "seeds 1 and 51 run twice");
+    assert_eq!(outcome.nondeterministic, 2, "{outcome:?}");
+    assert_eq!(outcome.failed, 2);
 }
 
 #[test]
