@@ -5,7 +5,7 @@
 # `payment-provider`, `carrier`. See docs/deployment.md.
 #
 #   docker build -t reprise-shop .
-#   docker build --build-arg FEATURES=otel -t reprise-shop .   # OTLP export (OTEL_EXPORTER_OTLP_ENDPOINT)
+#   docker build --build-arg FEATURES= -t reprise-shop .       # without OTLP export (default: otel)
 #   docker run --rm reprise-shop migrate --check
 #
 # The build context is the repository root, but only the workspace's sources are copied
@@ -50,7 +50,7 @@ COPY migrations migrations
 
 # Cargo features of reprise-shop (space- or comma-separated). Empty while the service
 # declares no `otel` feature; deploy/tests requires `otel` here as soon as it does.
-ARG FEATURES=""
+ARG FEATURES="otel"
 # The release profile keeps line tables (readable backtraces) and makes an ~80 MB binary;
 # stripped it is ~12 MB. STRIP=false keeps them.
 ARG STRIP=true

@@ -339,6 +339,238 @@ impl fmt::Debug for Upcasters {
     }
 }
 
+pub mod trace {
+    //! W3C trace context (`traceparent`) as plain data, and the *current* one of a task.
+    //!
+    //! Propagation needs no tracing backend: a [`TraceParent`] is parsed from an HTTP
+    //! header or a bus message's `traceparent` header, carried by events in
+    //! [`Metadata::traceparent`](super::Metadata::traceparent), and written back into the
+    //! headers of what the work causes. Inside a process it travels as the *current*
+    //! context of a future ([`in_trace`], read with [`current`]): set while the future is
+    //! polled, so it follows the work across await points and threads and costs one
+    //! thread-local read where nothing sets it (the simulator never does).
+    //!
+    //! New span ids come from the environment's [`Entropy`] ([`continue_trace`]) — or, once
+    //! an OpenTelemetry layer is installed ([`install_span_ids`]), from the `tracing` span
+    //! that represents the work, so the ids on the wire are those of the exported spans.
+
+    use std::cell::Cell;
+    use std::fmt;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::OnceLock;
+    use std::task::{Context, Poll};
+
+    use crate::runtime::Entropy;
+
+    /// A W3C `traceparent`: trace id, the id of the span that is the parent of whatever
+    /// receives it, and the trace flags (bit 0: sampled).
+    #[derive(Clone, Copy, PartialEq, Eq, Hash)]
+    pub struct TraceParent {
+        pub trace_id: u128,
+        pub span_id: u64,
+        pub flags: u8,
+    }
+
+    /// Trace flag bit 0.
+    pub const SAMPLED: u8 = 0x01;
+
+    impl TraceParent {
+        /// A new trace's first span (sampled). Zero ids are invalid in W3C, so a zero is
+        /// replaced by 1.
+        #[must_use]
+        pub fn root(trace_id: u128, span_id: u64) -> Self {
+            TraceParent {
+                trace_id: trace_id.max(1),
+                span_id: span_id.max(1),
+                flags: SAMPLED,
+            }
+        }
+
+        /// A child span of this one: same trace and flags, span id `span_id`.
+        #[must_use]
+        pub fn child(self, span_id: u64) -> Self {
+            TraceParent {
+                span_id: span_id.max(1),
+                ..self
+            }
+        }
+
+        #[must_use]
+        pub fn is_sampled(self) -> bool {
+            self.flags & SAMPLED != 0
+        }
+
+        /// Parses a `traceparent` header (W3C Trace Context, level 1): version `00` exactly
+        /// `00-<32 hex>-<16 hex>-<2 hex>`; a higher version may carry more fields after
+        /// those; version `ff`, upper-case hex and all-zero ids are invalid.
+        #[must_use]
+        pub fn parse(text: &str) -> Option<Self> {
+            let text = text.trim();
+            let bytes = text.as_bytes();
+            if bytes.len() < 55 || bytes[2] != b'-' || bytes[35] != b'-' || bytes[52] != b'-' {
+                return None;
+            }
+            let version = hex(&text[0..2])?;
+            if version == 0xff || (version == 0 && bytes.len() != 55) {
+                return None;
+            }
+            if bytes.len() > 55 && bytes[55] != b'-' {
+                return None;
+            }
+            let trace_id = hex(&text[3..35])?;
+            let span_id = u64::try_from(hex(&text[36..52])?).ok()?;
+            let flags = u8::try_from(hex(&text[53..55])?).ok()?;
+            (trace_id != 0 && span_id != 0).then_some(TraceParent {
+                trace_id,
+                span_id,
+                flags,
+            })
+        }
+
+        /// The trace id as 32 lower-case hex digits (for log fields).
+        #[must_use]
+        pub fn trace_id_hex(self) -> String {
+            format!("{:032x}", self.trace_id)
+        }
+    }
+
+    /// Lower-case hex only (W3C); at most 32 digits.
+    fn hex(text: &str) -> Option<u128> {
+        if text.is_empty()
+            || text.len() > 32
+            || !text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return None;
+        }
+        u128::from_str_radix(text, 16).ok()
+    }
+
+    impl fmt::Display for TraceParent {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(
+                f,
+                "00-{:032x}-{:016x}-{:02x}",
+                self.trace_id, self.span_id, self.flags
+            )
+        }
+    }
+
+    impl fmt::Debug for TraceParent {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            fmt::Display::fmt(self, f)
+        }
+    }
+
+    thread_local! {
+        static CURRENT: Cell<Option<TraceParent>> = const { Cell::new(None) };
+    }
+
+    /// The trace context of the work being polled on this thread, if any.
+    #[must_use]
+    pub fn current() -> Option<TraceParent> {
+        CURRENT.with(Cell::get)
+    }
+
+    /// Restores the previous current context when dropped (also on a panic).
+    struct Restore(Option<TraceParent>);
+
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CURRENT.with(|c| c.set(self.0));
+        }
+    }
+
+    /// Makes `context` the current one while `f` runs.
+    pub fn enter<T>(context: Option<TraceParent>, f: impl FnOnce() -> T) -> T {
+        let _restore = Restore(CURRENT.with(|c| c.replace(context)));
+        f()
+    }
+
+    /// A future with a current trace context: see [`in_trace`].
+    #[must_use = "futures do nothing unless polled"]
+    pub struct InTrace<F> {
+        context: Option<TraceParent>,
+        inner: Pin<Box<F>>,
+    }
+
+    impl<F> fmt::Debug for InTrace<F> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("InTrace")
+                .field("context", &self.context)
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl<F: Future> Future for InTrace<F> {
+        type Output = F::Output;
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+            let context = self.context;
+            enter(context, || self.inner.as_mut().poll(cx))
+        }
+    }
+
+    /// `future`, with `context` as the [`current`] trace context whenever it is polled.
+    pub fn in_trace<F: Future>(context: Option<TraceParent>, future: F) -> InTrace<F> {
+        InTrace {
+            context,
+            inner: Box::pin(future),
+        }
+    }
+
+    /// Lets a tracing backend own span ids (an OpenTelemetry layer: the ids on the wire
+    /// must be those of the exported spans). See [`install_span_ids`].
+    pub trait SpanIds: Send + Sync + 'static {
+        /// Makes `span` a child of `parent` (a new root without one) in the backend and
+        /// returns the span's own context; `None` when the backend does not record
+        /// `span` (then the caller makes up an id).
+        fn adopt(&self, span: &tracing::Span, parent: Option<TraceParent>) -> Option<TraceParent>;
+    }
+
+    static SPAN_IDS: OnceLock<Box<dyn SpanIds>> = OnceLock::new();
+
+    /// Installs the process's [`SpanIds`] (once; later calls are refused: `false`).
+    pub fn install_span_ids(ids: Box<dyn SpanIds>) -> bool {
+        SPAN_IDS.set(ids).is_ok()
+    }
+
+    /// The context of `span`, a new span continuing `parent`: the installed [`SpanIds`]'
+    /// answer, or `parent` with a span id drawn from `entropy`. Records the ids in the
+    /// span's `trace_id` field when it has one.
+    pub fn continue_trace(
+        span: &tracing::Span,
+        parent: TraceParent,
+        entropy: &dyn Entropy,
+    ) -> TraceParent {
+        let context = SPAN_IDS
+            .get()
+            .and_then(|ids| ids.adopt(span, Some(parent)))
+            .unwrap_or_else(|| parent.child(entropy.next_u64()));
+        record(span, context);
+        context
+    }
+
+    /// The context of `span`, the first span of a new trace (the installed [`SpanIds`]'
+    /// answer, or fresh ids from `entropy`).
+    pub fn start_trace(span: &tracing::Span, entropy: &dyn Entropy) -> TraceParent {
+        let context = SPAN_IDS
+            .get()
+            .and_then(|ids| ids.adopt(span, None))
+            .unwrap_or_else(|| TraceParent::root(entropy.next_id(), entropy.next_u64()));
+        record(span, context);
+        context
+    }
+
+    fn record(span: &tracing::Span, context: TraceParent) {
+        if !span.is_disabled() {
+            span.record("trace_id", tracing::field::display(context.trace_id_hex()));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,5 +666,77 @@ mod tests {
             EventId(0xabc).to_string(),
             "00000000-0000-0000-0000-000000000abc"
         );
+    }
+
+    mod traceparent {
+        use super::super::trace::{self, TraceParent};
+
+        const EXAMPLE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+        #[test]
+        fn parses_and_formats_the_w3c_example() {
+            let parsed = TraceParent::parse(EXAMPLE).unwrap();
+            assert_eq!(parsed.trace_id, 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736);
+            assert_eq!(parsed.span_id, 0x00f0_67aa_0ba9_02b7);
+            assert!(parsed.is_sampled());
+            assert_eq!(parsed.to_string(), EXAMPLE);
+            assert_eq!(
+                TraceParent::parse(&format!(" {EXAMPLE} ")),
+                Some(parsed),
+                "surrounding whitespace is allowed"
+            );
+        }
+
+        #[test]
+        fn refuses_invalid_headers() {
+            for bad in [
+                "",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+                "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+                "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+                "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                "0x-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            ] {
+                assert_eq!(TraceParent::parse(bad), None, "{bad:?}");
+            }
+            // A later version may append fields.
+            let future = format!("01{}-what-comes-next", &EXAMPLE[2..]);
+            assert!(TraceParent::parse(&future).is_some());
+        }
+
+        #[test]
+        fn children_keep_the_trace_and_roots_have_nonzero_ids() {
+            let parent = TraceParent::parse(EXAMPLE).unwrap();
+            let child = parent.child(7);
+            assert_eq!(
+                (child.trace_id, child.span_id, child.flags),
+                (parent.trace_id, 7, 1)
+            );
+            let root = TraceParent::root(0, 0);
+            assert_eq!((root.trace_id, root.span_id), (1, 1));
+            assert_eq!(
+                root.to_string(),
+                "00-00000000000000000000000000000001-0000000000000001-01"
+            );
+        }
+
+        #[test]
+        fn the_current_context_follows_the_future_and_is_restored() {
+            let context = TraceParent::parse(EXAMPLE).unwrap();
+            assert_eq!(trace::current(), None);
+            let seen = futures::executor::block_on(trace::in_trace(Some(context), async {
+                let outer = trace::current();
+                let inner = trace::in_trace(None, async { trace::current() }).await;
+                (outer, inner, trace::current())
+            }));
+            assert_eq!(seen, (Some(context), None, Some(context)));
+            assert_eq!(trace::current(), None);
+            assert_eq!(trace::enter(Some(context), trace::current), Some(context));
+            assert_eq!(trace::current(), None);
+        }
     }
 }

@@ -9,12 +9,14 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use reprise_core::event::trace::{self, TraceParent};
 use reprise_core::event_bus::header;
 use reprise_core::{
     BoxFuture, Delivery, DispatchError, Dispatcher, EventId, Headers, OutgoingMessage, Payload,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
 use crate::Platform;
 use crate::ids::format_event_id;
@@ -58,22 +60,67 @@ impl<C> BusDispatcher<C> {
     }
 }
 
-/// The bus message for `command`, with message id `id`.
+/// The bus message for `command`, with message id `id`, carrying the [current] trace
+/// context (if any) in its `traceparent` header.
 ///
 /// # Errors
 /// If the command does not serialize.
+///
+/// [current]: reprise_core::event::trace::current
 pub fn encode<C: CommandRoute + Serialize>(
     command: &C,
     id: EventId,
 ) -> Result<OutgoingMessage, serde_json::Error> {
+    encode_traced(command, id, trace::current())
+}
+
+/// [`encode`] with an explicit trace context (`None`: no `traceparent` header).
+///
+/// # Errors
+/// If the command does not serialize.
+pub fn encode_traced<C: CommandRoute + Serialize>(
+    command: &C,
+    id: EventId,
+    trace: Option<TraceParent>,
+) -> Result<OutgoingMessage, serde_json::Error> {
+    let mut headers = Headers::default()
+        .with(header::EVENT_ID, format_event_id(id))
+        .with(header::EVENT_TYPE, command.name());
+    if let Some(trace) = trace {
+        headers.insert(header::TRACEPARENT, trace.to_string());
+    }
     Ok(OutgoingMessage {
         topic: command.topic().into(),
         key: command.key().into(),
         payload: Payload::encode(command)?,
-        headers: Headers::default()
-            .with(header::EVENT_ID, format_event_id(id))
-            .with(header::EVENT_TYPE, command.name()),
+        headers,
     })
+}
+
+/// The dispatcher's span for a command sent under a trace context: a `send` span
+/// (OpenTelemetry messaging conventions), child of `parent`.
+fn send_span<C: CommandRoute>(
+    platform: &Platform,
+    command: &C,
+    id: EventId,
+    parent: TraceParent,
+) -> (tracing::Span, TraceParent) {
+    let topic = command.topic();
+    let span = tracing::info_span!(
+        "reprise.command.send",
+        otel.name = %format_args!("send {topic}"),
+        otel.kind = "producer",
+        messaging.system = "kafka",
+        messaging.operation.type = "send",
+        messaging.operation.name = "send",
+        messaging.destination.name = topic,
+        messaging.message.id = %format_event_id(id),
+        messaging.kafka.message.key = %command.key(),
+        reprise.command = command.name(),
+        trace_id = tracing::field::Empty,
+    );
+    let context = trace::continue_trace(&span, parent, platform.runtime.as_ref());
+    (span, context)
 }
 
 /// The command in a delivery.
@@ -92,9 +139,13 @@ where
         let env = self.platform.clone();
         let attempts = self.publish_attempts;
         let id = EventId(env.runtime.next_id());
-        Box::pin(async move {
-            let message =
-                encode(&command, id).map_err(|e| DispatchError::Refused(e.to_string()))?;
+        // Under a trace (the saga reacting to a traced event), the command is sent in a
+        // span of its own, whose context the message carries.
+        let traced = trace::current().map(|parent| send_span(&env, &command, id, parent));
+        let span = traced.as_ref().map(|(span, _)| span.clone());
+        let send = async move {
+            let message = encode_traced(&command, id, traced.map(|(_, context)| context))
+                .map_err(|e| DispatchError::Refused(e.to_string()))?;
             let topic: Arc<str> = Arc::clone(&message.topic);
             let mut last_error = None;
             let mut backoff = env.backoff();
@@ -123,6 +174,10 @@ where
                 command.key()
             ));
             Err(DispatchError::Unavailable(error))
-        })
+        };
+        match span {
+            Some(span) => Box::pin(send.instrument(span)),
+            None => Box::pin(send),
+        }
     }
 }

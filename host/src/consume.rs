@@ -35,7 +35,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use reprise_core::event::trace::{self, TraceParent};
+use reprise_core::event_bus::header;
 use reprise_core::{BoxFuture, BusError, Delivery, Subscription, buggify};
+use tracing::Instrument;
 
 use crate::Platform;
 
@@ -119,6 +122,54 @@ async fn subscribe(platform: &Platform, options: &ConsumerOptions) -> Box<dyn Su
     }
 }
 
+/// The consumer's span for a traced delivery (one with a `traceparent` header): a
+/// `process` span (OpenTelemetry messaging conventions), child of the producer's span,
+/// and the context it gives what the handler causes.
+#[must_use]
+pub fn process_span(
+    platform: &Platform,
+    group: &str,
+    delivery: &Delivery,
+) -> Option<(tracing::Span, TraceParent)> {
+    let parent = TraceParent::parse(delivery.headers.get(header::TRACEPARENT)?)?;
+    let span = tracing::info_span!(
+        "reprise.consume",
+        otel.name = %format_args!("process {}", delivery.topic),
+        otel.kind = "consumer",
+        messaging.system = "kafka",
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.destination.name = &*delivery.topic,
+        messaging.consumer.group.name = group,
+        messaging.destination.partition.id = delivery.partition,
+        messaging.kafka.offset = delivery.offset,
+        messaging.kafka.message.key = &*delivery.key,
+        messaging.message.id = delivery.headers.get(header::EVENT_ID),
+        reprise.message.type = delivery.headers.get(header::EVENT_TYPE),
+        trace_id = tracing::field::Empty,
+    );
+    let context = trace::continue_trace(&span, parent, platform.runtime.as_ref());
+    Some((span, context))
+}
+
+/// Hands `delivery` to `handler`; a traced delivery inside its [`process_span`], with the
+/// span's context current (so the events and commands it causes carry it).
+async fn handle(
+    platform: &Platform,
+    options: &ConsumerOptions,
+    handler: &dyn MessageHandler,
+    delivery: &Delivery,
+) {
+    match process_span(platform, &options.group, delivery) {
+        None => handler.handle(delivery).await,
+        Some((span, context)) => {
+            trace::in_trace(Some(context), handler.handle(delivery))
+                .instrument(span)
+                .await;
+        }
+    }
+}
+
 /// Runs the consumer forever (until its task is dropped: a crash, or a shutdown).
 pub async fn run(platform: Platform, options: ConsumerOptions, handler: Arc<dyn MessageHandler>) {
     let mut subscription = subscribe(&platform, &options).await;
@@ -144,7 +195,7 @@ pub async fn run(platform: Platform, options: ConsumerOptions, handler: Arc<dyn 
             }
         };
         backoff.reset();
-        handler.handle(&delivery).await;
+        handle(&platform, &options, handler.as_ref(), &delivery).await;
         if buggify(POINT_PAUSE_BEFORE_ACK) {
             let nanos = u64::try_from(MAX_BUGGIFY_PAUSE.as_nanos()).unwrap_or(u64::MAX);
             platform

@@ -92,6 +92,9 @@ impl<A: Aggregate> CommandHandler<A> {
     ) -> Result<Decided<A>, CommandError<A::Error>> {
         let metadata = Metadata {
             causation_id: handling.map(|h| h.message.0),
+            // The current trace context (the consumer's span, when the message was traced):
+            // the events continue the trace.
+            traceparent: reprise_core::event::trace::current().map(|t| t.to_string()),
             ..Metadata::default()
         };
         let companions: Vec<Companion> = handling

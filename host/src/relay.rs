@@ -51,6 +51,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use reprise_core::event::trace::{self, TraceParent};
 use reprise_core::event_bus::header;
 use reprise_core::{
     Delivery, EventId, Headers, Leadership, Lease, LeaseError, OutgoingMessage, Payload,
@@ -194,10 +195,12 @@ impl RelayedEvent {
     }
 }
 
-fn message(event: &RecordedEvent, topic: &Arc<str>) -> OutgoingMessage {
+/// The message for `event`. `trace` is the context of the relay's send span for it (see
+/// [`send_span`]); `traceparent` header when given.
+fn message(event: &RecordedEvent, topic: &Arc<str>, trace: Option<TraceParent>) -> OutgoingMessage {
     // The names are distinct, so this is what `Headers::with` would build, minus its
     // duplicate scans.
-    let mut headers = Vec::with_capacity(5);
+    let mut headers = Vec::with_capacity(6);
     headers.push((header::EVENT_ID.to_owned(), format_event_id(event.event_id)));
     headers.push((header::EVENT_TYPE.to_owned(), event.event_type.to_string()));
     headers.push((header::STREAM.to_owned(), event.stream.as_str().to_owned()));
@@ -207,6 +210,9 @@ fn message(event: &RecordedEvent, topic: &Arc<str>) -> OutgoingMessage {
             header::CAUSATION_ID.to_owned(),
             format_event_id(EventId(causation)),
         ));
+    }
+    if let Some(trace) = trace {
+        headers.push((header::TRACEPARENT.to_owned(), trace.to_string()));
     }
     let headers = Headers(headers);
     OutgoingMessage {
@@ -253,6 +259,36 @@ pub async fn run(platform: Platform, options: Arc<RelayOptions>, lease: Arc<dyn 
         platform.note(format_args!("relay {name} steps down: {reason}"));
         tracing::info!(relay = name, %reason, "relay stepped down");
     }
+}
+
+/// The relay's span for publishing a traced event (one whose metadata carries a
+/// `traceparent`): a `send` span (OpenTelemetry messaging conventions), child of the span
+/// that appended the event, whose context the message's `traceparent` header carries.
+/// Untraced events get neither span nor header.
+pub fn send_span(
+    platform: &Platform,
+    relay: &str,
+    event: &RecordedEvent,
+    topic: &str,
+) -> Option<(tracing::Span, TraceParent)> {
+    let parent = TraceParent::parse(event.metadata.traceparent.as_deref()?)?;
+    let span = tracing::info_span!(
+        "reprise.relay.send",
+        otel.name = %format_args!("send {topic}"),
+        otel.kind = "producer",
+        messaging.system = "kafka",
+        messaging.operation.type = "send",
+        messaging.operation.name = "send",
+        messaging.destination.name = topic,
+        messaging.message.id = %format_event_id(event.event_id),
+        messaging.kafka.message.key = event.stream.as_str(),
+        reprise.relay = relay,
+        reprise.event.type = &*event.event_type,
+        reprise.position = event.position,
+        trace_id = tracing::field::Empty,
+    );
+    let context = trace::continue_trace(&span, parent, platform.runtime.as_ref());
+    Some((span, context))
 }
 
 fn error_counter(relay: &str, stage: &'static str) -> metrics::Counter {
@@ -307,18 +343,31 @@ async fn lead(
             "read_all returned a position before {next}"
         );
         let last_position = last.position;
+        let route = |e: &RecordedEvent| {
+            let category = e.stream.category();
+            options.routes.iter().find(|r| &*r.category == category)
+        };
+        // Traced events get a send span each, held until the batch is published; its
+        // context goes into the message's header. Untraced batches (the simulator's) pay
+        // one scan.
+        let traced: Vec<Option<(tracing::Span, TraceParent)>> =
+            if events.iter().any(|e| e.metadata.traceparent.is_some()) {
+                events
+                    .iter()
+                    .map(|e| route(e).and_then(|r| send_span(platform, name, e, &r.topic)))
+                    .collect()
+            } else {
+                Vec::new()
+            };
         // Built afresh for every attempt instead of cloned: the first attempt, which
         // nearly always succeeds, then costs no copy of the batch.
         let build = || -> Vec<OutgoingMessage> {
             events
                 .iter()
-                .filter_map(|e| {
-                    let category = e.stream.category();
-                    options
-                        .routes
-                        .iter()
-                        .find(|r| &*r.category == category)
-                        .map(|r| message(e, &r.topic))
+                .enumerate()
+                .filter_map(|(i, e)| {
+                    let trace = traced.get(i).and_then(|t| t.as_ref().map(|(_, c)| *c));
+                    route(e).map(|r| message(e, &r.topic, trace))
                 })
                 .collect()
         };
@@ -342,6 +391,8 @@ async fn lead(
                 }
             }
         }
+        // The send spans end once the broker confirmed the batch.
+        drop(traced);
         backoff.reset();
         published.increment(count);
         #[allow(clippy::cast_precision_loss)]

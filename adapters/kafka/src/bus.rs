@@ -21,6 +21,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use reprise_core::event_bus::{EventBus, OutgoingMessage, Subscription};
 use reprise_core::{BoxFuture, BusError};
+use tracing::Instrument;
 
 use crate::config::{ConfigError, KafkaConfig};
 use crate::consumer::KafkaSubscription;
@@ -201,8 +202,41 @@ impl KafkaEventBus {
         self.publish_raw(&raw).await
     }
 
-    /// Publishes raw messages in order and awaits every delivery report.
+    /// Publishes raw messages in order and awaits every delivery report, inside a
+    /// `reprise.kafka.publish` span (`debug`; OpenTelemetry messaging attributes: a
+    /// producer span, `messaging.system = kafka`, the destination when the batch has one
+    /// topic, the batch size, and `error.type` when it fails).
     pub(crate) async fn publish_raw(
+        &self,
+        messages: &[RawMessage<'_>],
+    ) -> Result<Vec<Receipt>, BusError> {
+        let topic = messages
+            .first()
+            .map(|m| m.topic)
+            .filter(|first| messages.iter().all(|m| m.topic == *first));
+        let span = tracing::debug_span!(
+            "reprise.kafka.publish",
+            otel.name = %format_args!("send {}", topic.unwrap_or("(several topics)")),
+            otel.kind = "producer",
+            messaging.system = "kafka",
+            messaging.operation.type = "send",
+            messaging.operation.name = "send",
+            messaging.destination.name = topic,
+            messaging.batch.message_count = messages.len(),
+            messaging.client.id = %self.config().client_id,
+            "error.type" = tracing::field::Empty,
+        );
+        let result = self
+            .publish_raw_untraced(messages)
+            .instrument(span.clone())
+            .await;
+        if let Err(error) = &result {
+            span.record("error.type", error.kind());
+        }
+        result
+    }
+
+    async fn publish_raw_untraced(
         &self,
         messages: &[RawMessage<'_>],
     ) -> Result<Vec<Receipt>, BusError> {

@@ -36,6 +36,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use reprise_core::event_bus::{Delivery, Headers, Subscription};
 use reprise_core::{BoxFuture, BusError, Payload};
+use tracing::Instrument;
 
 use crate::bus::{KafkaEventBus, RawMessage};
 use crate::dead_letter::{self, Failure};
@@ -307,7 +308,14 @@ impl KafkaSubscription {
                 .or_insert_with(|| metrics::counter!(m::CONSUMED_TOTAL, "group" => self.group.to_string(), "topic" => topic.clone()))
                 .increment(1);
             match Self::decode(&message)? {
-                Decoded::Delivery(delivery) => return Ok(delivery),
+                Decoded::Delivery(delivery) => {
+                    let span = tracing::Span::current();
+                    span.record("messaging.destination.name", topic.as_str());
+                    span.record("messaging.destination.partition.id", partition);
+                    span.record("messaging.kafka.offset", offset);
+                    span.record("messaging.kafka.message.key", &*delivery.key);
+                    return Ok(delivery);
+                }
                 Decoded::Poison(reason) => {
                     let headers: Vec<(&str, Option<&[u8]>)> = message
                         .headers()
@@ -385,8 +393,25 @@ impl KafkaSubscription {
 }
 
 impl Subscription for KafkaSubscription {
+    /// Inside a `reprise.kafka.receive` span (`debug`; OpenTelemetry messaging
+    /// attributes, the delivery's coordinates recorded once it arrived). The span covers
+    /// the wait: the work a message causes is traced by its consumer, as a child of the
+    /// context in the message's `traceparent` header.
     fn next(&mut self) -> BoxFuture<'_, Result<Delivery, BusError>> {
-        Box::pin(self.next_delivery())
+        let span = tracing::debug_span!(
+            "reprise.kafka.receive",
+            otel.name = "receive",
+            otel.kind = "consumer",
+            messaging.system = "kafka",
+            messaging.operation.type = "receive",
+            messaging.operation.name = "poll",
+            messaging.consumer.group.name = %self.group,
+            messaging.destination.name = tracing::field::Empty,
+            messaging.destination.partition.id = tracing::field::Empty,
+            messaging.kafka.offset = tracing::field::Empty,
+            messaging.kafka.message.key = tracing::field::Empty,
+        );
+        Box::pin(self.next_delivery().instrument(span))
     }
 
     fn ack(&mut self, delivery: &Delivery) {

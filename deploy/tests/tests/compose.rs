@@ -137,7 +137,7 @@ fn the_service_finds_its_dependencies_and_waits_for_the_migration() {
         env["SHOP_CARRIER_URL"],
         format!("http://carrier:{}", contract::CARRIER_PORT)
     );
-    assert_eq!(env["OTEL_EXPORTER_OTLP_ENDPOINT"], "http://jaeger:4317");
+    assert_eq!(env["OTEL_EXPORTER_OTLP_ENDPOINT"], "http://jaeger:4318");
     // The database of the postgres service, reached by its service name.
     let pg = environment(&doc["services"]["postgres"]);
     let url = format!(

@@ -65,7 +65,7 @@ use crate::catalog::{Catalog, MAX_QUANTITY};
 use crate::health;
 use crate::problem::{Problem, json};
 use crate::serve::{Lifecycle, Running};
-use crate::telemetry;
+use crate::{telemetry, trace};
 
 /// Largest request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -93,6 +93,8 @@ struct Inner {
     lifecycle: Arc<Lifecycle>,
     prometheus: PrometheusHandle,
     catalog: Catalog,
+    /// Span ids of the requests' server spans.
+    entropy: crate::trace::ProcessEntropy,
 }
 
 impl std::fmt::Debug for AppState {
@@ -110,6 +112,7 @@ impl AppState {
             lifecycle,
             prometheus,
             catalog,
+            entropy: crate::trace::ProcessEntropy::default(),
         }))
     }
 
@@ -181,9 +184,16 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         .into_response()
     } else {
         let _in_flight = lifecycle.enter();
-        // Every log line of the request (and every store span it starts) nests here.
-        let span = tracing::info_span!("http", method, route = %route);
-        next.run(request).instrument(span).await
+        // Every log line of the request (and every store span it starts) nests here; its
+        // trace context (the request's `traceparent`, or a new trace) is current while
+        // the request is handled, so the order's events carry it (`crate::trace`).
+        let (span, context) =
+            trace::server_span(method, &route, request.headers(), &state.0.entropy);
+        let response = reprise_core::event::trace::in_trace(Some(context), next.run(request))
+            .instrument(span.clone())
+            .await;
+        trace::record_status(&span, response.status().as_u16());
+        response
     };
     metrics::histogram!(
         telemetry::HTTP_DURATION,

@@ -149,15 +149,62 @@ pub fn announce(address: SocketAddr) {
     let _ = stdout.flush();
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+/// What `init_tracing` installed that needs a flush at exit (OpenTelemetry's exporter).
+#[derive(Debug)]
+struct Telemetry {
+    #[cfg(feature = "otel")]
+    otel: Option<crate::otel::Otel>,
+}
+
+impl Telemetry {
+    fn shutdown(self) {
+        #[cfg(feature = "otel")]
+        if let Some(otel) = self.otel {
+            otel.shutdown();
+        }
+    }
+}
+
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"))
+}
+
+/// Logs to stderr (`RUST_LOG`); with the `otel` feature and an OTLP endpoint configured,
+/// spans are also exported (`crate::otel`) as `service`.
+#[cfg_attr(not(feature = "otel"), allow(unused_variables))]
+fn init_tracing(service: &'static str, runtime: &tokio::runtime::Runtime) -> Telemetry {
+    #[cfg(feature = "otel")]
+    if crate::otel::enabled() {
+        use tracing_subscriber::Layer as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        match crate::otel::init(service, runtime.handle().clone()) {
+            Ok((otel, layer)) => {
+                let logs = tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(false)
+                    .with_target(false)
+                    .with_filter(log_filter());
+                let _ = tracing_subscriber::registry()
+                    .with(logs)
+                    .with(layer.with_filter(crate::otel::filter()))
+                    .try_init();
+                return Telemetry { otel: Some(otel) };
+            }
+            Err(error) => eprintln!("reprise-shop: OpenTelemetry disabled: {error}"),
+        }
+    }
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(log_filter())
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .with_target(false)
         .try_init();
+    Telemetry {
+        #[cfg(feature = "otel")]
+        otel: None,
+    }
 }
 
 fn invalid(problems: &[String]) -> ExitCode {
@@ -178,7 +225,6 @@ fn parse_listen(listen: &str) -> Result<SocketAddr, String> {
 #[must_use]
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("reprise-shop")
@@ -190,7 +236,15 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let service = match &cli.command {
+        Command::PaymentProvider(_) => "reprise-shop-payment-provider",
+        Command::Carrier(_) => "reprise-shop-carrier",
+        _ => "reprise-shop",
+    };
+    let telemetry = init_tracing(service, &runtime);
     let code = runtime.block_on(run(cli.command));
+    // Queued spans are exported while the runtime (which sends them) still runs.
+    telemetry.shutdown();
     // Blocking librdkafka calls still running must not hold the exit past the deadline.
     runtime.shutdown_timeout(Duration::from_millis(300));
     code

@@ -37,6 +37,9 @@ use reprise_scenarios::checkout::gateway::{
 use reprise_scenarios::checkout::{Carrier, PaymentGateway};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
+
+use crate::trace;
 
 /// Largest answer body read from a provider.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -68,6 +71,8 @@ pub struct HttpService {
     name: &'static str,
     base: Arc<str>,
     timeout: Duration,
+    /// Span ids of the client spans.
+    entropy: Arc<trace::ProcessEntropy>,
 }
 
 impl fmt::Debug for HttpService {
@@ -98,6 +103,7 @@ impl HttpService {
             name,
             base: base.trim_end_matches('/').into(),
             timeout,
+            entropy: Arc::default(),
         }
     }
 
@@ -115,13 +121,43 @@ impl HttpService {
         let uri = format!("{}{path}", self.base);
         let unavailable =
             |what: String| ExternalError::Unavailable(format!("{}: {what}", self.name));
-        let request = Request::builder()
+        // Under a trace (a service handling a traced command), the call is a client span
+        // whose context the provider gets in `traceparent`.
+        let traced = trace::client_span(self.name, method.as_str(), &uri, self.entropy.as_ref());
+        let mut request = Request::builder()
             .method(method)
             .uri(&uri)
             .header(ACCEPT, "application/json")
-            .header(CONTENT_TYPE, "application/json")
+            .header(CONTENT_TYPE, "application/json");
+        if let Some((_, context)) = &traced {
+            request = request.header(trace::TRACEPARENT, context.to_string());
+        }
+        let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| unavailable(format!("bad request to {uri}: {e}")))?;
+        let Some((span, _)) = traced else {
+            return self.exchange(request, &uri).await;
+        };
+        let answer = self.exchange(request, &uri).instrument(span.clone()).await;
+        if let Err(error) = &answer {
+            let kind = match error {
+                ExternalError::Timeout => "timeout",
+                _ => "unavailable",
+            };
+            span.record("error.type", kind);
+            span.record("otel.status_code", "ERROR");
+        }
+        answer
+    }
+
+    /// One exchange within the call timeout.
+    async fn exchange<Answer: DeserializeOwned>(
+        &self,
+        request: Request<Full<Bytes>>,
+        uri: &str,
+    ) -> Result<Answer, ExternalError> {
+        let unavailable =
+            |what: String| ExternalError::Unavailable(format!("{}: {what}", self.name));
         let exchange = async {
             let response = self
                 .client
@@ -129,6 +165,7 @@ impl HttpService {
                 .await
                 .map_err(|e| unavailable(format!("{uri}: {}", error_chain(&e))))?;
             let status = response.status();
+            tracing::Span::current().record("http.response.status_code", status.as_u16());
             let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
                 .collect()
                 .await

@@ -25,6 +25,8 @@
 //! | [`providers`] | the fake payment provider and carrier: the scenario's models served over HTTP, with latency, errors and outages |
 //! | [`catalog`] | the default catalog, stocked idempotently at start |
 //! | [`migrate`] | `migrate` and `migrate --check` |
+//! | [`trace`] | W3C trace context from the HTTP request through store, bus and services to the provider calls |
+//! | `otel` | (feature `otel`) OpenTelemetry: the spans exported over OTLP/HTTP |
 //!
 //! `docs/production-service.md` is the operator's guide.
 
@@ -43,7 +45,10 @@ pub mod config;
 pub mod gateway;
 pub mod health;
 pub mod migrate;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod problem;
 pub mod providers;
 pub mod serve;
 pub mod telemetry;
+pub mod trace;

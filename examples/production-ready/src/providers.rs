@@ -380,12 +380,44 @@ pub async fn serve_until_signal(
     let address = listener.local_addr().map_err(|e| format!("{what}: {e}"))?;
     crate::cli::announce(address);
     tracing::info!(%address, "{what} listening");
+    let entropy = Arc::new(crate::trace::ProcessEntropy::default());
+    let router = router.layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            traced(Arc::clone(&entropy), request, next)
+        },
+    ));
     axum::serve(listener, router)
         .with_graceful_shutdown(async {
             crate::serve::signal().await;
         })
         .await
         .map_err(|e| format!("{what}: {e}"))
+}
+
+/// A request that carries a `traceparent` (a call from a traced service) is answered
+/// inside a server span continuing it; others (health checks, curl) make no span.
+async fn traced(
+    entropy: Arc<crate::trace::ProcessEntropy>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if crate::trace::extract(request.headers()).is_none() {
+        return next.run(request).await;
+    }
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let (span, context) =
+        crate::trace::server_span(&method, &route, request.headers(), entropy.as_ref());
+    let response = tracing::Instrument::instrument(
+        reprise_core::event::trace::in_trace(Some(context), next.run(request)),
+        span.clone(),
+    )
+    .await;
+    crate::trace::record_status(&span, response.status().as_u16());
+    response
 }
 
 #[cfg(test)]

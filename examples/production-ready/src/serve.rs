@@ -420,12 +420,21 @@ async fn start(config: &ServeConfig, lifecycle: &Lifecycle) -> Result<Arc<Runnin
         )),
     );
 
-    let shared = runtime.shared();
+    // Every task spawned for the services keeps the trace context of its spawner, and
+    // every appended event carries the context of its append (`crate::trace`).
+    let shared = crate::trace::TracedRuntime::shared(runtime.shared());
+    let traced = |store: Arc<dyn EventStore>| -> Arc<dyn EventStore> {
+        Arc::new(crate::trace::TracedStore::new(
+            store,
+            Arc::clone(&shared) as Arc<dyn Entropy>,
+            &schema,
+        ))
+    };
     let dead_letters: Arc<dyn DeadLetterQueue> = Arc::new(PgDeadLetterQueue::new(&api_store));
     let resilience =
         Arc::new(resilience::resilience().with_dead_letters(Arc::clone(&dead_letters)));
     let platform = |store: Arc<dyn EventStore>, bus: ShopBus, service: &'static str| {
-        Platform::new(Arc::clone(&shared), store, Arc::new(bus))
+        Platform::new(Arc::clone(&shared), traced(store), Arc::new(bus))
             .with_resilience(Arc::clone(&resilience))
             .with_notes(notes(service))
     };

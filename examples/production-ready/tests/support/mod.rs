@@ -193,6 +193,8 @@ pub struct Shop {
     pub payment: Proc,
     pub carrier: Proc,
     pub service: Option<Proc>,
+    /// Extra environment of every process (the providers and the service).
+    pub env: Vec<(&'static str, String)>,
 }
 
 /// How to start a [`Shop`].
@@ -200,6 +202,8 @@ pub struct Shop {
 pub struct ShopOptions {
     pub grace_ms: Option<u64>,
     pub provider_args: Vec<String>,
+    /// Extra environment of every process (the providers and the service).
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl Shop {
@@ -215,12 +219,18 @@ impl Shop {
         assert!(status.success(), "migrate failed: {out}{err}");
         let mut payment_args = vec!["payment-provider", "--listen", "127.0.0.1:0"];
         payment_args.extend(options.provider_args.iter().map(String::as_str));
-        let payment = Proc::spawn(&dir, "payment", &payment_args, &[], Duration::from_secs(20));
+        let payment = Proc::spawn(
+            &dir,
+            "payment",
+            &payment_args,
+            &options.env,
+            Duration::from_secs(20),
+        );
         let carrier = Proc::spawn(
             &dir,
             "carrier",
             &["carrier", "--listen", "127.0.0.1:0"],
-            &[],
+            &options.env,
             Duration::from_secs(20),
         );
         let mut shop = Shop {
@@ -231,6 +241,7 @@ impl Shop {
             payment,
             carrier,
             service: None,
+            env: options.env.clone(),
         };
         shop.start_service("service", options.grace_ms).await;
         shop
@@ -250,6 +261,7 @@ impl Shop {
         if let Some(grace) = grace_ms {
             envs.push(("SHOP_SHUTDOWN_GRACE_MS", grace.to_string()));
         }
+        envs.extend(self.env.iter().cloned());
         let service = Proc::spawn(&self.dir, name, &["serve"], &envs, Duration::from_secs(30));
         let url = service.url.clone();
         self.service = Some(service);
