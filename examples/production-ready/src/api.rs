@@ -48,10 +48,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use reprise_core::repository::Companion;
+use reprise_core::repository::Repository;
 use reprise_core::{
-    Aggregate, CommandError, Entropy, Event, EventId, EventStore, Metadata, NewEvent,
-    RecordedEvent, Saga, StreamId, Timestamp,
+    Aggregate, CommandError, Entropy, Event, EventId, Metadata, NewEvent, RecordedEvent, Saga,
+    StreamId, Timestamp,
 };
+use reprise_host::Platform;
+use reprise_scenarios::checkout::inventory::Inventory;
 use reprise_scenarios::checkout::order::{Order, OrderCommand, OrderEvent, OrderLine, OrderStatus};
 use reprise_scenarios::checkout::payment::Payment;
 use reprise_scenarios::checkout::saga::CheckoutSaga;
@@ -64,7 +67,7 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
 use crate::catalog::{Catalog, MAX_QUANTITY};
 use crate::health;
 use crate::problem::{Problem, json};
-use crate::serve::{Lifecycle, Running};
+use crate::serve::Lifecycle;
 use crate::{telemetry, trace};
 
 /// Largest request body.
@@ -85,6 +88,45 @@ const FRAMEWORK_EVENTS: &str = "reprise.";
 /// Events read per stream for an order's history.
 const HISTORY_LIMIT: usize = 512;
 
+/// What the order routes need: a platform (store, runtime, shared resilience, backoff),
+/// the two repositories and the catalog. [`crate::serve`] builds it on PostgreSQL; any
+/// [`EventStore`] will do, which is how the API runs under a simulated network in the
+/// tests (`tests/turmoil.rs`, on the in-memory store).
+#[derive(Clone)]
+pub struct OrderDesk {
+    /// `store` is the API's pool; `resilience` is the process's, shared with the services,
+    /// so an open breaker refuses orders.
+    pub platform: Platform,
+    pub orders: Repository<Order>,
+    pub stock: Repository<Inventory>,
+    pub catalog: Catalog,
+}
+
+impl std::fmt::Debug for OrderDesk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrderDesk")
+            .field("platform", &self.platform)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OrderDesk {
+    /// The repositories over `platform.store`; the order repository caches 4,096 orders.
+    #[must_use]
+    pub fn new(platform: Platform, catalog: Catalog) -> Self {
+        let entropy: Arc<dyn Entropy> = platform.runtime.clone();
+        let orders = Repository::<Order>::new(Arc::clone(&platform.store), Arc::clone(&entropy))
+            .with_cache(4096);
+        let stock = Repository::<Inventory>::new(Arc::clone(&platform.store), entropy);
+        OrderDesk {
+            platform,
+            orders,
+            stock,
+            catalog,
+        }
+    }
+}
+
 /// The state every handler gets.
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -93,6 +135,9 @@ struct Inner {
     lifecycle: Arc<Lifecycle>,
     prometheus: PrometheusHandle,
     catalog: Catalog,
+    /// Set when the API runs without the rest of the service (tests): the desk to use
+    /// instead of the running service's.
+    desk: Option<OrderDesk>,
     /// Span ids of the requests' server spans.
     entropy: crate::trace::ProcessEntropy,
 }
@@ -106,25 +151,48 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
+    /// The service's state: the order routes answer 503 until `lifecycle` is running.
     #[must_use]
     pub fn new(lifecycle: Arc<Lifecycle>, prometheus: PrometheusHandle, catalog: Catalog) -> Self {
         AppState(Arc::new(Inner {
             lifecycle,
             prometheus,
             catalog,
+            desk: None,
             entropy: crate::trace::ProcessEntropy::default(),
         }))
     }
 
-    /// The running service, or the 503 to answer while it starts.
-    fn running(&self) -> Result<&Arc<Running>, Problem> {
-        self.0.lifecycle.running().ok_or_else(|| {
-            Problem::unavailable(
-                "starting",
-                "Starting",
-                "the service is still starting (see /health/startup)",
-            )
-        })
+    /// The order routes on `desk` alone — no services, relay or broker behind them (the
+    /// health routes still report the lifecycle, which never starts). For tests that put
+    /// the HTTP layer under a simulated network.
+    #[must_use]
+    pub fn for_desk(desk: OrderDesk, prometheus: PrometheusHandle) -> Self {
+        AppState(Arc::new(Inner {
+            lifecycle: Arc::new(Lifecycle::new()),
+            prometheus,
+            catalog: desk.catalog.clone(),
+            desk: Some(desk),
+            entropy: crate::trace::ProcessEntropy::default(),
+        }))
+    }
+
+    /// The order desk, or the 503 to answer while the service starts.
+    fn desk(&self) -> Result<&OrderDesk, Problem> {
+        if let Some(desk) = &self.0.desk {
+            return Ok(desk);
+        }
+        self.0
+            .lifecycle
+            .running()
+            .map(|running| &running.desk)
+            .ok_or_else(|| {
+                Problem::unavailable(
+                    "starting",
+                    "Starting",
+                    "the service is still starting (see /health/startup)",
+                )
+            })
     }
 }
 
@@ -505,11 +573,12 @@ async fn place_order_inner(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
-    let running = state.running()?;
+    let desk = state.desk()?;
     let request = parse_body(headers, body)?;
     let key = idempotency_key(headers)?;
     let validated = validate(&request, &state.0.catalog)?;
-    if let (check, Some(left)) = health::breakers(running) {
+    let resilience = &desk.platform.resilience;
+    if let (check, Some(left)) = health::breakers(resilience, desk.platform.runtime.now()) {
         // An open breaker fails every charge or shipment for a while: accepting orders
         // now would only produce cancellations.
         return Err(Problem::unavailable(
@@ -523,7 +592,7 @@ async fn place_order_inner(
         )
         .retry_after(left.as_secs().max(1)));
     }
-    match tokio::time::timeout(PLACE_TIMEOUT, place(running, validated, key)).await {
+    match tokio::time::timeout(PLACE_TIMEOUT, place(desk, validated, key)).await {
         Ok(result) => result,
         Err(_) => Err(Problem::unavailable(
             "store-unavailable",
@@ -577,12 +646,10 @@ fn store_problem(error: &impl std::fmt::Display) -> Problem {
     .retry_after(2)
 }
 
-async fn load_request(
-    running: &Running,
-    order_id: &str,
-) -> Result<Option<OrderRequested>, Problem> {
+async fn load_request(desk: &OrderDesk, order_id: &str) -> Result<Option<OrderRequested>, Problem> {
     let stream = StreamId::of(REQUEST_CATEGORY, order_id);
-    let events = running
+    let events = desk
+        .platform
         .store
         .read_stream(&stream, 1, 1)
         .await
@@ -614,15 +681,15 @@ fn replay(
 }
 
 async fn place(
-    running: &Running,
+    desk: &OrderDesk,
     validated: Validated,
     key: Option<String>,
 ) -> Result<Response, Problem> {
-    let id = order_id(&validated.customer, key.as_deref(), &running.runtime);
+    let id = order_id(&validated.customer, key.as_deref(), &*desk.platform.runtime);
     let order_id = format!("{id:032x}");
     let fingerprint = validated.fingerprint();
     if key.is_some()
-        && let Some(existing) = load_request(running, &order_id).await?
+        && let Some(existing) = load_request(desk, &order_id).await?
     {
         return replay(&existing, &order_id, &fingerprint);
     }
@@ -651,10 +718,10 @@ async fn place(
         amount: validated.amount,
         card: validated.card,
     });
-    let mut backoff = running.platform.backoff();
+    let mut backoff = desk.platform.backoff();
     let mut attempt = 1;
     let decided = loop {
-        let outcome = running
+        let outcome = desk
             .orders
             .decide_and_append(
                 &order_id,
@@ -670,7 +737,7 @@ async fn place(
             {
                 tracing::debug!(order_id, %error, attempt, "placing an order failed; retrying");
                 attempt += 1;
-                running.platform.pause(&mut backoff).await;
+                desk.platform.pause(&mut backoff).await;
             }
             Err(error) => return Err(store_problem(&error)),
         }
@@ -687,7 +754,7 @@ async fn place(
     }
     // Placed before: this is a copy of the same request that lost the race, or a retry
     // whose first attempt committed without an answer.
-    match load_request(running, &order_id).await? {
+    match load_request(desk, &order_id).await? {
         Some(existing) => replay(&existing, &order_id, &fingerprint),
         None => Ok(accepted(&order_id, true)),
     }
@@ -775,7 +842,7 @@ fn order_not_found(id: &str) -> Problem {
 }
 
 async fn get_order_inner(state: &AppState, id: &str) -> Result<Response, Problem> {
-    let running = state.running()?;
+    let desk = state.desk()?;
     if !is_order_id(id) {
         return Err(order_not_found(id));
     }
@@ -789,7 +856,7 @@ async fn get_order_inner(state: &AppState, id: &str) -> Result<Response, Problem
     let reads = futures::future::join_all(
         streams
             .iter()
-            .map(|stream| running.store.read_stream(stream, 1, HISTORY_LIMIT)),
+            .map(|stream| desk.platform.store.read_stream(stream, 1, HISTORY_LIMIT)),
     )
     .await;
     let mut events = Vec::new();
@@ -857,18 +924,13 @@ struct CatalogItem {
 }
 
 async fn catalog(State(state): State<AppState>) -> Response {
-    let running = match state.running() {
-        Ok(running) => running,
+    let desk = match state.desk() {
+        Ok(desk) => desk,
         Err(problem) => return problem.into_response(),
     };
-    let loads = futures::future::join_all(
-        running
-            .catalog
-            .items()
-            .map(|item| running.stock.load(item.sku)),
-    )
-    .await;
-    let items: Vec<CatalogItem> = running
+    let loads =
+        futures::future::join_all(desk.catalog.items().map(|item| desk.stock.load(item.sku))).await;
+    let items: Vec<CatalogItem> = desk
         .catalog
         .items()
         .zip(loads)

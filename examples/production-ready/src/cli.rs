@@ -286,7 +286,7 @@ async fn run(command: Command) -> ExitCode {
                 return ExitCode::from(1);
             };
             let router = providers::payment_router(
-                PaymentProvider::new(args.decline_every),
+                std::sync::Arc::new(PaymentProvider::new(args.decline_every)),
                 Faults::new(faults, entropy),
             );
             finish(providers::serve_until_signal("payment provider", listen, router).await)

@@ -25,10 +25,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
 use hyper::header::{ACCEPT, CONTENT_TYPE};
-use hyper::{Method, Request};
+use hyper::{Method, Request, Response};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use reprise_core::BoxFuture;
 use reprise_scenarios::checkout::gateway::{
@@ -62,12 +63,32 @@ pub struct ShipmentRegistered {
     pub tracking: String,
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+/// A hyper-util client over any connector, behind one object type so that
+/// [`HttpService`] stays a plain type: production uses [`HttpConnector`], the tests a
+/// connector onto a simulated network (`tests/turmoil.rs`).
+trait Exchange: Send + Sync {
+    fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> BoxFuture<'static, Result<Response<Incoming>, hyper_util::client::legacy::Error>>;
+}
+
+impl<C> Exchange for Client<C, Full<Bytes>>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+{
+    fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> BoxFuture<'static, Result<Response<Incoming>, hyper_util::client::legacy::Error>> {
+        Box::pin(self.request(request))
+    }
+}
 
 /// One external HTTP service: a base URL, a shared connection pool, a per-call timeout.
 #[derive(Clone)]
 pub struct HttpService {
-    client: HttpClient,
+    client: Arc<dyn Exchange>,
     name: &'static str,
     base: Arc<str>,
     timeout: Duration,
@@ -93,13 +114,28 @@ impl HttpService {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(timeout));
+        Self::with_connector(name, base, timeout, connector)
+    }
+
+    /// The same over another connector: anything hyper-util's client accepts (a
+    /// simulated network in the tests, a TLS connector in a fork that needs one).
+    #[must_use]
+    pub fn with_connector<C>(
+        name: &'static str,
+        base: &str,
+        timeout: Duration,
+        connector: C,
+    ) -> Self
+    where
+        C: Connect + Clone + Send + Sync + 'static,
+    {
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(32)
             .build(connector);
         HttpService {
-            client,
+            client: Arc::new(client),
             name,
             base: base.trim_end_matches('/').into(),
             timeout,
@@ -161,7 +197,7 @@ impl HttpService {
         let exchange = async {
             let response = self
                 .client
-                .request(request)
+                .send(request)
                 .await
                 .map_err(|e| unavailable(format!("{uri}: {}", error_chain(&e))))?;
             let status = response.status();

@@ -26,7 +26,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use reprise_core::resilience::BreakerState;
-use reprise_core::{Clock, Timestamp};
+use reprise_core::{Clock, Resilience, Timestamp};
 use reprise_scenarios::checkout::resilience::{CARRIER, PAYMENT_PROVIDER};
 use reprise_scenarios::checkout::services::groups;
 use serde::Serialize;
@@ -175,7 +175,8 @@ pub async fn ready(lifecycle: &Lifecycle) -> Report {
             checks.insert("postgres", postgres);
             checks.insert("broker", broker);
             checks.insert("consumers", consumers(running));
-            checks.insert("breakers", breakers(running).0);
+            let resilience = &running.desk.platform.resilience;
+            checks.insert("breakers", breakers(resilience, running.runtime.now()).0);
         }
         None => {
             for name in ["postgres", "broker", "consumers", "breakers"] {
@@ -232,13 +233,11 @@ fn consumers(running: &Running) -> Check {
 
 /// The breakers' check, and how long until the last open one lets a probe through.
 #[must_use]
-pub fn breakers(running: &Running) -> (Check, Option<Duration>) {
-    let now: Timestamp = running.runtime.now();
+pub fn breakers(resilience: &Resilience, now: Timestamp) -> (Check, Option<Duration>) {
     let mut open_for: Option<Duration> = None;
     let mut parts = Vec::new();
     for dependency in [PAYMENT_PROVIDER, CARRIER] {
-        let state = running
-            .resilience
+        let state = resilience
             .breaker(dependency)
             .map_or(BreakerState::Closed, |b| b.state(now));
         match state {

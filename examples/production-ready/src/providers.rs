@@ -224,7 +224,7 @@ async fn live() -> Response {
 // ---------------------------------------------------------------------------------------
 
 struct PaymentState {
-    provider: PaymentProvider,
+    provider: Arc<PaymentProvider>,
     faults: Faults,
 }
 
@@ -294,8 +294,9 @@ async fn books(State(state): State<Arc<PaymentState>>) -> Response {
     json(StatusCode::OK, &state.provider.with_books(BooksSummary::of))
 }
 
-/// The payment provider's router.
-pub fn payment_router(provider: PaymentProvider, faults: Faults) -> Router {
+/// The payment provider's router. `provider` is shared so that whoever started it can read
+/// its books (the tests do).
+pub fn payment_router(provider: Arc<PaymentProvider>, faults: Faults) -> Router {
     let state = Arc::new(PaymentState { provider, faults });
     Router::new()
         .route("/charges", post(charge))

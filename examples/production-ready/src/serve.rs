@@ -48,21 +48,19 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use reprise_core::resilience::DeadLetterQueue;
 use reprise_core::resilience::dead_letter::export_stats_every;
-use reprise_core::{Clock, Entropy, EventStore, Repository, Resilience, Spawner};
+use reprise_core::{Clock, Entropy, EventStore, Resilience, Spawner};
 use reprise_host::Platform;
 use reprise_kafka::KafkaEventBus;
 use reprise_live::runtime::ScopedRuntime;
 use reprise_postgres::{MigrationMode, PgDeadLetterQueue, PgEventStore, PgLease, SetupError};
 use reprise_scenarios::Bugs;
-use reprise_scenarios::checkout::inventory::Inventory;
-use reprise_scenarios::checkout::order::Order;
 use reprise_scenarios::checkout::resilience;
 use reprise_scenarios::checkout::saga::topics;
 use reprise_scenarios::checkout::services;
 use reprise_tokio::TokioRuntime;
 use tokio::sync::oneshot;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, OrderDesk};
 use crate::bus::ShopBus;
 use crate::catalog::Catalog;
 use crate::config::{ServeConfig, pg_address};
@@ -234,8 +232,9 @@ pub struct Running {
     pub config: ServeConfig,
     /// Every service task runs on it; [`ScopedRuntime::stop`] ends them all.
     pub runtime: ScopedRuntime,
-    /// The API's platform (its own pool; the shared resilience).
-    pub platform: Platform,
+    /// The order routes' platform (the API's own pool, the shared resilience) and
+    /// repositories.
+    pub desk: OrderDesk,
     /// The API's pool (reads, health).
     pub store: PgEventStore,
     /// Every pool of the process, closed last at shutdown.
@@ -243,9 +242,6 @@ pub struct Running {
     /// The bus of the process (admin client); its siblings are the services'.
     pub bus: ShopBus,
     pub resilience: Arc<Resilience>,
-    pub orders: Repository<Order>,
-    pub stock: Repository<Inventory>,
-    pub catalog: Catalog,
 }
 
 impl fmt::Debug for Running {
@@ -535,21 +531,14 @@ async fn start(config: &ServeConfig, lifecycle: &Lifecycle) -> Result<Arc<Runnin
         ),
     );
 
-    let entropy: Arc<dyn Entropy> = Arc::new(runtime.clone());
-    let orders_repository =
-        Repository::<Order>::new(Arc::clone(&api.store), Arc::clone(&entropy)).with_cache(4096);
-    let stock = Repository::<Inventory>::new(Arc::clone(&api.store), entropy);
     Ok(Arc::new(Running {
         config: config.clone(),
         runtime,
-        platform: api,
+        desk: OrderDesk::new(api, catalog),
         store: api_store,
         stores,
         bus,
         resilience,
-        orders: orders_repository,
-        stock,
-        catalog,
     }))
 }
 
