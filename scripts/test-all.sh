@@ -26,8 +26,13 @@ if ! command -v promtool >/dev/null 2>&1; then
 fi
 promtool --version | head -1
 
+# The shop's `otel` feature is on for the whole run, so its OTLP test (one trace per
+# order, received by an OTLP server inside the test) runs too. It adds only the
+# exporter's crates: with and without it, the shared crates have the same features.
+FEATURES=(--features reprise-shop/otel)
+
 step "unit, integration and simulation tests (cargo nextest)"
-cargo nextest run --workspace --locked --profile ci
+cargo nextest run --workspace --locked --profile ci "${FEATURES[@]}"
 
 step "checkout on real infrastructure (tokio + PostgreSQL + broker, simulator's invariants)"
 cargo run --locked -q -p reprise-cli -- real checkout --orders 50
@@ -37,7 +42,7 @@ step "the guide's example: a user's crate outside the workspace (examples/guide)
 CARGO_TARGET_DIR="$PWD/target" cargo test --manifest-path examples/guide/Cargo.toml --locked
 
 step "doc tests"
-cargo test --doc --workspace --locked
+cargo test --doc --workspace --locked "${FEATURES[@]}"
 
 step "determinism self-check (same seed twice, identical trace hash)"
 cargo run --locked -q -p reprise-cli -- check-determinism checkout --seeds 200 --plan swarm

@@ -250,9 +250,48 @@ pub fn main() -> ExitCode {
     code
 }
 
+/// With neither a database nor a broker given, PostgreSQL and Redpanda in containers, the
+/// schema migrated; the containers go when the returned guard is dropped (at exit).
+#[cfg(feature = "testcontainers")]
+async fn containers_if_needed(
+    args: &mut crate::config::ServeArgs,
+) -> Result<Option<crate::containers::Containers>, String> {
+    if args.database_url.is_some() || args.kafka_bootstrap.is_some() {
+        return Ok(None);
+    }
+    tracing::info!(
+        "no DATABASE_URL nor KAFKA_BOOTSTRAP: starting PostgreSQL and Redpanda in Docker"
+    );
+    let containers = crate::containers::start().await?;
+    let migrate = MigrateArgs {
+        database_url: Some(containers.database_url.clone()),
+        schema: args.schema.clone(),
+        check: false,
+    };
+    crate::migrate::migrate(&migrate)
+        .await
+        .map_err(|e| format!("migrating the container's database: {e}"))?;
+    tracing::info!(
+        kafka_bootstrap = %containers.kafka_bootstrap,
+        "containers started; they are removed when the service stops"
+    );
+    args.database_url = Some(containers.database_url.clone());
+    args.kafka_bootstrap = Some(containers.kafka_bootstrap.clone());
+    Ok(Some(containers))
+}
+
 async fn run(command: Command) -> ExitCode {
     match command {
-        Command::Serve(args) => {
+        #[cfg_attr(not(feature = "testcontainers"), allow(unused_mut))]
+        Command::Serve(mut args) => {
+            #[cfg(feature = "testcontainers")]
+            let _containers = match containers_if_needed(&mut args).await {
+                Ok(containers) => containers,
+                Err(error) => {
+                    eprintln!("reprise-shop: {error}");
+                    return ExitCode::from(1);
+                }
+            };
             let config = match args.validate() {
                 Ok(config) => config,
                 Err(problems) => return invalid(&problems),

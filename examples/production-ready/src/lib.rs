@@ -27,6 +27,7 @@
 //! | [`migrate`] | `migrate` and `migrate --check` |
 //! | [`trace`] | W3C trace context from the HTTP request through store, bus and services to the provider calls |
 //! | `otel` | (feature `otel`) OpenTelemetry: the spans exported over OTLP/HTTP |
+//! | `containers` | (feature `testcontainers`) PostgreSQL and Redpanda in Docker when `serve` is given neither |
 //!
 //! `docs/production-service.md` is the operator's guide.
 
@@ -42,6 +43,8 @@ pub mod bus;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "testcontainers")]
+pub mod containers;
 pub mod gateway;
 pub mod health;
 pub mod migrate;
