@@ -3,8 +3,10 @@
 //!
 //! ```text
 //! reprise list
-//! reprise run <scenario> --seed N [--plan P] [--trace]
-//! reprise sweep <scenario> --seeds N [--start S] [--plan P] [--jobs J] [--json] [--determinism all|none|N]
+//! reprise run <scenario> --seed N [--plan P] [--trace] [--save-trace FILE]
+//! reprise sweep <scenario> --seeds N [--start S] [--plan P] [--jobs J] [--json [FILE]] [--determinism all|none|N] [--shard K/N] [--coverage]
+//! reprise merge FILE... [--json [FILE]] [--coverage]
+//! reprise diff [<scenario>] [--seed A] [--seed-b B] [--plan P] [--plan-b Q] [--trace-a FILE] [--trace-b FILE] [--context N]
 //! reprise check-determinism <scenario> --seeds N [--start S] [--plan P] [--jobs J]
 //! reprise shrink <scenario> --seed N [--plan P] [--max-runs R] [--out FILE]
 //! reprise plan <name>

@@ -12,6 +12,7 @@
 pub mod aggregate;
 pub mod buggify;
 pub mod conformance;
+pub mod coverage;
 pub mod effect;
 pub mod event;
 pub mod event_bus;
@@ -35,6 +36,7 @@ pub use aggregate::{
     Aggregate, AggregateAction, AggregateReducer, AggregateRoot, CommandError, Repository,
 };
 pub use buggify::buggify;
+pub use coverage::Situation;
 pub use effect::{Effect, EffectDescription, EffectId, Effects};
 pub use event::{
     DecodeError, Event, EventId, Metadata, NewEvent, Payload, RecordedEvent, StreamId, Upcasters,

@@ -16,12 +16,33 @@
 use std::fmt;
 
 use reprise_core::repository::{Companion, Decided};
-use reprise_core::{Aggregate, CommandError, EventId, Metadata, Repository, buggify};
+use reprise_core::{
+    Aggregate, CommandError, EventId, Metadata, Repository, Situation, StoreError, buggify,
+    sometimes,
+};
 
 use crate::{Platform, inbox};
 
 /// BUGGIFY: drop the cached aggregate before loading it.
 pub const POINT_EVICT_BEFORE_LOAD: &str = "handler.evict-before-load";
+
+/// A redelivered message found its inbox marker: the handler's effect did not happen twice.
+pub const DUPLICATE_DEDUPLICATED: Situation = Situation::new(
+    "host.inbox.duplicate-deduplicated",
+    "a message handled before was delivered again and the inbox marker absorbed it",
+);
+
+/// An append whose outcome was unknown (timed out) was retried to an answer.
+pub const COMMIT_UNKNOWN_RESOLVED: Situation = Situation::new(
+    "host.handler.commit-unknown-resolved",
+    "a command's append timed out (outcome unknown) and a retry settled it",
+);
+
+/// ... and the retry found the timed-out append had been committed after all.
+pub const COMMIT_UNKNOWN_WAS_COMMITTED: Situation = Situation::new(
+    "host.handler.commit-unknown-was-committed",
+    "a retried command found its timed-out append already committed (inbox marker present)",
+);
 
 /// Aggregates kept in memory per handler unless configured otherwise.
 pub const DEFAULT_CACHE_CAPACITY: usize = 10_000;
@@ -111,6 +132,10 @@ impl<A: Aggregate> CommandHandler<A> {
             .repository
             .decide_and_append(id, command, &metadata, &companions)
             .await?;
+        sometimes!(
+            DUPLICATE_DEDUPLICATED.name,
+            decided.duplicate && handling.is_some()
+        );
         if !decided.events.is_empty() {
             let types: Vec<&str> = decided
                 .events
@@ -137,10 +162,19 @@ impl<A: Aggregate> CommandHandler<A> {
         handling: Option<Handling<'_>>,
     ) -> Decided<A> {
         let mut backoff = self.platform.backoff();
+        let mut outcome_unknown = false;
         loop {
             match self.execute(id, command, handling).await {
-                Ok(decided) => return decided,
+                Ok(decided) => {
+                    sometimes!(COMMIT_UNKNOWN_RESOLVED.name, outcome_unknown);
+                    sometimes!(
+                        COMMIT_UNKNOWN_WAS_COMMITTED.name,
+                        outcome_unknown && decided.duplicate
+                    );
+                    return decided;
+                }
                 Err(error) => {
+                    outcome_unknown |= matches!(error, CommandError::Store(StoreError::Timeout));
                     tracing::debug!(category = A::CATEGORY, id, %error, "command not handled yet; retrying");
                     self.platform.pause(&mut backoff).await;
                 }

@@ -47,3 +47,11 @@ pub const FAULT_POINTS: [&str; 8] = [
     relay::POINT_SKIP_CHECKPOINT,
     relay::POINT_PAUSE_BEFORE_CHECKPOINT,
 ];
+
+/// The situations this crate's code can reach ([`reprise_core::sometimes!`]): scenarios
+/// running the host declare them, so a coverage report names those no run reached.
+pub const SITUATIONS: [reprise_core::Situation; 3] = [
+    handler::DUPLICATE_DEDUPLICATED,
+    handler::COMMIT_UNKNOWN_RESOLVED,
+    handler::COMMIT_UNKNOWN_WAS_COMMITTED,
+];

@@ -1,7 +1,8 @@
 //! # reprise-runner
 //!
 //! The simulation command line as a library: one call turns a crate's scenarios into a
-//! program with `list`, `run`, `sweep`, `check-determinism`, `shrink` and `plan` —
+//! program with `list`, `run`, `sweep`, `merge`, `diff`, `check-determinism`, `shrink`
+//! and `plan` —
 //! progress bars, `--json`, parallel sweeps in bounded memory, panics reported as failing
 //! seeds, sampled determinism checks, and failure messages whose replay and shrink
 //! commands name *that* program, so they work as printed.
@@ -31,7 +32,10 @@
 // into a run.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+pub mod diff;
+pub mod merge;
 pub mod registry;
+pub mod shard;
 pub mod sweep;
 
 use std::process::ExitCode;
@@ -42,7 +46,8 @@ use reprise_sim::shrink::{ShrinkOptions, shrink};
 use reprise_sim::{RunReport, Scenario, SimConfig, TraceMode};
 
 pub use registry::Registry;
-pub use sweep::{Commands, DeterminismSample, SweepOutcome};
+pub use shard::Shard;
+pub use sweep::{Commands, Coverage, DeterminismSample, SweepOutcome};
 
 /// The simulation commands. See the crate docs.
 #[derive(Subcommand, Debug, Clone)]
@@ -59,6 +64,38 @@ pub enum SimCommand {
         plan: String,
         #[arg(long)]
         trace: bool,
+        /// Save the run's full trace to FILE (JSON lines, stable across builds) for a
+        /// later `diff`.
+        #[arg(long, value_name = "FILE")]
+        save_trace: Option<std::path::PathBuf>,
+    },
+    /// Compare two runs and show their first divergent event: two seeds, two plans, or a
+    /// run against a trace saved by `run --save-trace` (e.g. by another build). Exits 0
+    /// when they are identical, 1 when they diverge.
+    Diff {
+        /// The scenario to run (not needed when both sides are saved traces).
+        scenario: Option<String>,
+        /// Side A's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Side B's seed (default: side A's).
+        #[arg(long)]
+        seed_b: Option<u64>,
+        /// Side A's plan.
+        #[arg(long, default_value = "swarm")]
+        plan: String,
+        /// Side B's plan (default: side A's).
+        #[arg(long)]
+        plan_b: Option<String>,
+        /// Side A from a saved trace instead of a run.
+        #[arg(long, value_name = "FILE")]
+        trace_a: Option<std::path::PathBuf>,
+        /// Side B from a saved trace instead of a run.
+        #[arg(long, value_name = "FILE")]
+        trace_b: Option<std::path::PathBuf>,
+        /// Events shown before the divergence, and after it on each side.
+        #[arg(long, default_value_t = 5)]
+        context: usize,
     },
     /// Run many seeds in parallel; exits non-zero if any seed fails (a panic or a
     /// nondeterministic seed included).
@@ -73,12 +110,33 @@ pub enum SimCommand {
         /// Worker threads (default and maximum: the number of cores).
         #[arg(long)]
         jobs: Option<usize>,
-        /// Print the summary as JSON on stdout.
-        #[arg(long)]
-        json: bool,
+        /// The summary as JSON: on stdout (`--json`), or written to FILE with the human
+        /// summary still printed (`--json FILE`, what `merge` reads).
+        #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
+        json: Option<std::path::PathBuf>,
         /// Seeds run twice to check determinism: `all`, `none`, or N for one seed in N.
         #[arg(long, default_value_t = sweep::DEFAULT_DETERMINISM_SAMPLE.to_string())]
         determinism: String,
+        /// Run only shard K of N (1-based): the seeds `start + i` with `i mod N = K - 1`.
+        #[arg(long, value_name = "K/N")]
+        shard: Option<String>,
+        /// Report which declared `sometimes!` situations were reached (and which never
+        /// were) and which BUGGIFY points never fired.
+        #[arg(long)]
+        coverage: bool,
+    },
+    /// Merge the `--json FILE` results of a sweep's shards into the summary of the whole
+    /// sweep; exits non-zero if any seed failed.
+    Merge {
+        /// The shards' JSON results (one per shard, any order).
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+        /// The merged summary as JSON: on stdout, or written to FILE.
+        #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
+        json: Option<std::path::PathBuf>,
+        /// Include the coverage report (see `sweep --coverage`).
+        #[arg(long)]
+        coverage: bool,
     },
     /// Run each seed twice in this process and compare the traces step by step.
     CheckDeterminism {
@@ -158,7 +216,44 @@ pub fn execute(command: SimCommand, registry: &Registry) -> Result<ExitCode, Str
             seed,
             plan,
             trace,
-        } => run_one(registry, &scenario, seed, &plan, trace),
+            save_trace,
+        } => run_one(
+            registry,
+            &scenario,
+            seed,
+            &plan,
+            trace,
+            save_trace.as_deref(),
+        ),
+        SimCommand::Diff {
+            scenario,
+            seed,
+            seed_b,
+            plan,
+            plan_b,
+            trace_a,
+            trace_b,
+            context,
+        } => {
+            let a = diff_side(
+                registry,
+                scenario.as_deref(),
+                seed,
+                &plan,
+                trace_a.as_deref(),
+                "A",
+            )?;
+            let b = diff_side(
+                registry,
+                scenario.as_deref(),
+                seed_b.or(seed),
+                plan_b.as_deref().unwrap_or(&plan),
+                trace_b.as_deref(),
+                "B",
+            )?;
+            print!("{}", diff::render(&a, &b, context));
+            Ok(exit(diff::first_divergence(&a, &b).is_none()))
+        }
         SimCommand::Sweep {
             scenario,
             seeds,
@@ -167,15 +262,21 @@ pub fn execute(command: SimCommand, registry: &Registry) -> Result<ExitCode, Str
             jobs,
             json,
             determinism,
+            shard,
+            coverage,
         } => {
             let determinism = DeterminismSample::parse(&determinism)?;
+            let shard = shard.as_deref().map(Shard::parse).transpose()?;
             let (scenario, config) = checked_setup(registry, &scenario, &plan, start, seeds)?;
+            let share = shard.map_or(seeds, |s| s.share(seeds));
             let request = sweep::SweepRequest {
                 config,
                 start,
                 seeds,
-                jobs: jobs_for(jobs, seeds)?,
-                json,
+                shard,
+                jobs: jobs_for(jobs, share.max(1))?,
+                json: is_stdout(json.as_deref()),
+                coverage,
                 determinism,
                 commands: Commands {
                     program: registry.program(),
@@ -183,8 +284,14 @@ pub fn execute(command: SimCommand, registry: &Registry) -> Result<ExitCode, Str
                 },
             };
             let outcome = sweep::sweep(scenario, &request);
+            write_json(json.as_deref(), &outcome)?;
             Ok(exit(outcome.failed == 0))
         }
+        SimCommand::Merge {
+            files,
+            json,
+            coverage,
+        } => merge_files(registry, &files, json.as_deref(), coverage),
         SimCommand::CheckDeterminism {
             scenario,
             seeds,
@@ -210,6 +317,60 @@ pub fn execute(command: SimCommand, registry: &Registry) -> Result<ExitCode, Str
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `--json` without a file (or `--json -`): JSON on stdout instead of the human summary.
+fn is_stdout(json: Option<&std::path::Path>) -> bool {
+    json.is_some_and(|path| path.as_os_str() == "-")
+}
+
+/// Writes `outcome` to the `--json FILE`, if one was given.
+fn write_json(json: Option<&std::path::Path>, outcome: &SweepOutcome) -> Result<(), String> {
+    match json {
+        Some(path) if !is_stdout(Some(path)) => {
+            std::fs::write(path, sweep::to_json(outcome) + "\n")
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            eprintln!("sweep result written to {}", path.display());
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn merge_files(
+    registry: &Registry,
+    files: &[std::path::PathBuf],
+    json: Option<&std::path::Path>,
+    coverage: bool,
+) -> Result<ExitCode, String> {
+    let mut parts = Vec::with_capacity(files.len());
+    for path in files {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let part: SweepOutcome = serde_json::from_str(&text)
+            .map_err(|e| format!("{} is not a sweep result: {e}", path.display()))?;
+        parts.push(part);
+    }
+    let merged = merge::merge(parts)?;
+    if is_stdout(json) {
+        println!("{}", sweep::to_json(&merged));
+    } else {
+        let commands = Commands {
+            program: registry.program(),
+            plan: &merged.plan,
+        };
+        // The first failure is replayed in detail when this program knows the scenario
+        // and the plan (a shard may have run another program or a plan file not here).
+        let scenario = registry.scenario_named(&merged.scenario).ok();
+        let config = registry
+            .plan_named(&merged.plan)
+            .ok()
+            .map(|plan| SimConfig::new(merged.start).with_plan(plan));
+        let replay = scenario.zip(config.as_ref());
+        sweep::print_summary(&merged, replay, &commands, coverage);
+        write_json(json, &merged)?;
+    }
+    Ok(exit(merged.failed == 0))
 }
 
 fn exit(ok: bool) -> ExitCode {
@@ -276,12 +437,48 @@ fn list(registry: &Registry) {
     }
 }
 
+/// One side of a `diff`: a saved trace, or a run of the scenario with a full trace.
+fn diff_side(
+    registry: &Registry,
+    scenario: Option<&str>,
+    seed: Option<u64>,
+    plan: &str,
+    saved: Option<&std::path::Path>,
+    side: &str,
+) -> Result<diff::Side, String> {
+    if let Some(path) = saved {
+        return diff::load(path);
+    }
+    let (Some(scenario), Some(seed)) = (scenario, seed) else {
+        return Err(format!(
+            "side {side} needs a scenario and a seed (`diff <scenario> --seed N`), or a saved \
+             trace (--trace-{})",
+            side.to_lowercase()
+        ));
+    };
+    let scenario = registry.scenario_named(scenario)?;
+    let config = SimConfig::new(seed)
+        .with_plan(registry.plan_named(plan)?)
+        .with_trace(TraceMode::Full);
+    let report = {
+        let _quiet = sweep::QuietPanics::install();
+        sweep::catch(|| reprise_sim::try_run(scenario, &config))
+    }
+    .map_err(|panic| format!("side {side}: seed {seed} panicked: {panic}"))?
+    .map_err(|e| e.to_string())?;
+    Ok(diff::Side::of_run(
+        format!("{} seed {seed} plan {plan}", scenario.name()),
+        &report,
+    ))
+}
+
 fn run_one(
     registry: &Registry,
     scenario: &str,
     seed: u64,
     plan_name: &str,
     trace: bool,
+    save_trace: Option<&std::path::Path>,
 ) -> Result<ExitCode, String> {
     let scenario = registry.scenario_named(scenario)?;
     let plan = registry.plan_named(plan_name)?;
@@ -289,7 +486,7 @@ fn run_one(
         program: registry.program(),
         plan: plan_name,
     };
-    let mode = if trace {
+    let mode = if trace || save_trace.is_some() {
         TraceMode::Full
     } else {
         TraceMode::Hash
@@ -310,7 +507,15 @@ fn run_one(
             return Ok(ExitCode::FAILURE);
         }
     };
-    if let Some(lines) = &report.trace {
+    if let Some(path) = save_trace {
+        diff::save(path, &report, plan_name)?;
+        eprintln!(
+            "trace saved to {} ({} events)",
+            path.display(),
+            report.trace.as_ref().map_or(0, Vec::len)
+        );
+    }
+    if let Some(lines) = report.trace.as_ref().filter(|_| trace) {
         for line in lines {
             println!("{line}");
         }

@@ -14,6 +14,15 @@
 //! twice and the two trace hashes must match (the hash covers what ran *and* the data
 //! appended and published); a mismatch is a failure that names the first divergent step.
 //! `--determinism all|none|N` changes the rate.
+//!
+//! **Coverage comes with every sweep**: each run counts its `sometimes!` hits (apart
+//! from its trace, so the hashes are those of a run without them) and the summary says in
+//! how many runs each declared situation was reached — and which were never reached,
+//! the point of declaring them — beside the fault kinds and BUGGIFY points that fired.
+//!
+//! **A sweep can be one shard of a larger one** ([`crate::shard`]): it runs its share of
+//! the range, and its JSON result carries everything [`crate::merge`] needs to rebuild
+//! the unsharded summary.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -24,7 +33,9 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use reprise_sim::{RunReport, Scenario, SimConfig, TraceMode};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::shard::Shard;
 
 /// Failing seeds listed in a summary (the smallest seeds); the rest are counted.
 pub const MAX_LISTED_FAILURES: usize = 100;
@@ -38,6 +49,16 @@ pub enum DeterminismSample {
     Every(u64),
     All,
     None,
+}
+
+impl std::fmt::Display for DeterminismSample {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeterminismSample::Every(n) => write!(f, "{n}"),
+            DeterminismSample::All => f.write_str("all"),
+            DeterminismSample::None => f.write_str("none"),
+        }
+    }
 }
 
 impl DeterminismSample {
@@ -69,7 +90,7 @@ impl DeterminismSample {
 }
 
 /// One failing seed, as the summary lists it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
     pub seed: u64,
     pub hash: String,
@@ -80,7 +101,7 @@ pub struct Failure {
 }
 
 /// How often one fault kind fired in a sweep.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FaultCount {
     /// Runs in which it fired at least once.
     pub runs: u64,
@@ -88,13 +109,119 @@ pub struct FaultCount {
     pub total: u64,
 }
 
+impl FaultCount {
+    /// Adds another sweep's count of the same kind.
+    pub fn add(&mut self, other: FaultCount) {
+        self.runs += other.runs;
+        self.total += other.total;
+    }
+
+    fn add_run(&mut self, firings: u64) {
+        if firings > 0 {
+            self.runs += 1;
+            self.total += firings;
+        }
+    }
+}
+
+/// How often one `sometimes!` situation was reached in a sweep.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SometimesCount {
+    /// Runs that reached it at least once (0: not reached).
+    pub runs: u64,
+    /// Hits in all runs.
+    pub total: u64,
+    /// Declared by the scenario; an undeclared one was hit by code the scenario did not
+    /// announce (still worth knowing, never "not reached").
+    pub declared: bool,
+    pub description: String,
+}
+
+/// What a sweep reached: `sometimes!` situations and the declared BUGGIFY points (the
+/// faults that fired are [`SweepOutcome::faults`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Coverage {
+    /// Every declared situation (reached or not) and every undeclared one that was hit.
+    pub sometimes: BTreeMap<String, SometimesCount>,
+    /// The BUGGIFY points the scenario declared, to name those that never fired.
+    pub fault_points: Vec<String>,
+}
+
+impl Coverage {
+    /// The declared situations and points of `scenario`, none reached yet.
+    #[must_use]
+    pub fn declared(scenario: &dyn Scenario) -> Self {
+        let mut coverage = Coverage::default();
+        for situation in scenario.situations() {
+            coverage.sometimes.insert(
+                situation.name.to_owned(),
+                SometimesCount {
+                    declared: true,
+                    description: situation.description.to_owned(),
+                    ..SometimesCount::default()
+                },
+            );
+        }
+        coverage.fault_points = scenario
+            .fault_points()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        coverage.fault_points.sort();
+        coverage.fault_points.dedup();
+        coverage
+    }
+
+    /// Folds one run's hits.
+    pub fn add_run(&mut self, hits: &[(&'static str, u64)]) {
+        for &(name, n) in hits {
+            if n == 0 {
+                continue;
+            }
+            let count = self.sometimes.entry(name.to_owned()).or_default();
+            count.runs += 1;
+            count.total += n;
+        }
+    }
+
+    /// Folds another sweep's coverage (another shard, another batch of seeds).
+    pub fn merge(&mut self, other: &Coverage) {
+        for (name, theirs) in &other.sometimes {
+            let ours = self.sometimes.entry(name.clone()).or_default();
+            ours.runs += theirs.runs;
+            ours.total += theirs.total;
+            ours.declared |= theirs.declared;
+            if ours.description.is_empty() {
+                ours.description.clone_from(&theirs.description);
+            }
+        }
+        self.fault_points.extend(other.fault_points.iter().cloned());
+        self.fault_points.sort();
+        self.fault_points.dedup();
+    }
+
+    /// Declared situations no run reached.
+    pub fn not_reached(&self) -> impl Iterator<Item = (&String, &SometimesCount)> {
+        self.sometimes
+            .iter()
+            .filter(|(_, c)| c.declared && c.runs == 0)
+    }
+}
+
 /// What a sweep found.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SweepOutcome {
     pub scenario: String,
     pub plan: String,
+    /// The sweep's range: `seeds` seeds from `start` (all shards of one sweep share it).
     pub start: u64,
     pub seeds: u64,
+    /// The share of the range this result covers, if it is one shard's.
+    #[serde(default)]
+    pub shard: Option<Shard>,
+    /// The determinism sample (`all`, `none`, or one seed in N).
+    #[serde(default)]
+    pub determinism: String,
     pub passed: u64,
     /// Failing seeds in all (panics and nondeterminism included).
     pub failed: u64,
@@ -115,6 +242,16 @@ pub struct SweepOutcome {
     /// Errors of dependencies' own error rates: part of the scenario, not injected, so
     /// counted apart from the faults.
     pub inherent_errors: FaultCount,
+    #[serde(default)]
+    pub coverage: Coverage,
+}
+
+impl SweepOutcome {
+    /// Seeds this result ran: its shard's share of the range, or the whole range.
+    #[must_use]
+    pub fn ran(&self) -> u64 {
+        self.shard.map_or(self.seeds, |s| s.share(self.seeds))
+    }
 }
 
 /// The command lines a failure message prints, for one program.
@@ -218,11 +355,13 @@ impl Drop for QuietPanics {
     }
 }
 
-/// Runs `f(index, seed)` for `seeds` seeds from `start` on `jobs` threads; `fold` receives
-/// every result as it comes, under one lock.
+/// Runs `f(index, seed)` for the `seeds` seeds from `start` that `shard` owns (all of
+/// them without one) on `jobs` threads; `fold` receives every result as it comes, under
+/// one lock. `index` is the seed's place in the whole range, shard or not.
 fn parallel<T>(
     start: u64,
     seeds: u64,
+    shard: Option<Shard>,
     jobs: usize,
     bar: &ProgressBar,
     f: impl Fn(u64, u64) -> T + Sync,
@@ -230,14 +369,16 @@ fn parallel<T>(
 ) {
     let next = AtomicU64::new(0);
     let fold = Mutex::new(fold);
+    let count = shard.map_or(seeds, |s| s.share(seeds));
     std::thread::scope(|scope| {
         for _ in 0..jobs {
             scope.spawn(|| {
                 loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= seeds {
+                    let j = next.fetch_add(1, Ordering::Relaxed);
+                    if j >= count {
                         break;
                     }
+                    let i = shard.map_or(j, |s| s.index_of(j));
                     let seed = start + i;
                     let value = f(i, seed);
                     (fold
@@ -259,6 +400,7 @@ struct SeedResult {
     failure: Option<Failure>,
     faults: BTreeMap<String, u64>,
     inherent_errors: u64,
+    coverage: Vec<(&'static str, u64)>,
     panicked: bool,
     checked: bool,
     diverged: bool,
@@ -317,6 +459,7 @@ fn run_seed(
                 }),
                 faults: BTreeMap::new(),
                 inherent_errors: 0,
+                coverage: Vec::new(),
                 panicked: true,
                 checked: false,
                 diverged: false,
@@ -350,6 +493,7 @@ fn run_seed(
         sim_time: report.stats.sim_time,
         faults: count_faults(&report),
         inherent_errors: report.inherent_errors.len() as u64,
+        coverage: report.coverage,
         failure,
         panicked: false,
         checked: check_twice,
@@ -363,8 +507,13 @@ pub struct SweepRequest<'a> {
     pub config: SimConfig,
     pub start: u64,
     pub seeds: u64,
+    /// Run only this shard's share of the range.
+    pub shard: Option<Shard>,
     pub jobs: usize,
+    /// Print the summary as JSON on stdout instead of the human summary.
     pub json: bool,
+    /// Add the coverage report to the human summary.
+    pub coverage: bool,
     pub determinism: DeterminismSample,
     pub commands: Commands<'a>,
 }
@@ -375,21 +524,31 @@ pub fn sweep(scenario: &dyn Scenario, request: &SweepRequest<'_>) -> SweepOutcom
         config,
         start,
         seeds,
+        shard,
         jobs,
         json,
+        coverage,
         determinism,
         commands,
     } = request;
-    let (start, seeds, jobs) = (*start, *seeds, *jobs);
+    let (start, seeds, shard, jobs) = (*start, *seeds, *shard, *jobs);
     if !json {
+        let part = shard.map_or_else(String::new, |s| {
+            format!(
+                " (shard {s}: the {} seeds start + i with i mod {} = {})",
+                s.share(seeds),
+                s.count,
+                s.index - 1
+            )
+        });
         eprintln!(
-            "sweeping {} under plan {}: seeds {start}..={} on {jobs} thread(s)",
+            "sweeping {} under plan {}: seeds {start}..={}{part} on {jobs} thread(s)",
             scenario.name(),
             commands.plan,
             start + (seeds - 1)
         );
     }
-    let bar = progress(seeds, *json);
+    let bar = progress(shard.map_or(seeds, |s| s.share(seeds)), *json);
     let began = Instant::now();
     // Bulk sweeps only need pass/fail and the hash.
     let base = config.clone().with_trace(TraceMode::Hash);
@@ -398,6 +557,8 @@ pub fn sweep(scenario: &dyn Scenario, request: &SweepRequest<'_>) -> SweepOutcom
         plan: commands.plan.to_owned(),
         start,
         seeds,
+        shard,
+        determinism: determinism.to_string(),
         passed: 0,
         failed: 0,
         failures: Vec::new(),
@@ -411,6 +572,7 @@ pub fn sweep(scenario: &dyn Scenario, request: &SweepRequest<'_>) -> SweepOutcom
         jobs,
         faults: BTreeMap::new(),
         inherent_errors: FaultCount::default(),
+        coverage: Coverage::declared(scenario),
     };
     let mut simulated = Duration::ZERO;
     let mut listed: BTreeMap<u64, Failure> = BTreeMap::new();
@@ -419,6 +581,7 @@ pub fn sweep(scenario: &dyn Scenario, request: &SweepRequest<'_>) -> SweepOutcom
         parallel(
             start,
             seeds,
+            shard,
             jobs,
             &bar,
             |index, seed| run_seed(scenario, &base, seed, determinism.covers(index), commands),
@@ -427,15 +590,11 @@ pub fn sweep(scenario: &dyn Scenario, request: &SweepRequest<'_>) -> SweepOutcom
                 outcome.panics += u64::from(result.panicked);
                 outcome.determinism_checked += u64::from(result.checked);
                 outcome.nondeterministic += u64::from(result.diverged);
-                if result.inherent_errors > 0 {
-                    outcome.inherent_errors.runs += 1;
-                    outcome.inherent_errors.total += result.inherent_errors;
-                }
+                outcome.inherent_errors.add_run(result.inherent_errors);
                 for (name, n) in result.faults {
-                    let count = outcome.faults.entry(name).or_default();
-                    count.runs += 1;
-                    count.total += n;
+                    outcome.faults.entry(name).or_default().add_run(n);
                 }
+                outcome.coverage.add_run(&result.coverage);
                 if result.passed {
                     outcome.passed += 1;
                 } else {
@@ -457,33 +616,41 @@ pub fn sweep(scenario: &dyn Scenario, request: &SweepRequest<'_>) -> SweepOutcom
     outcome.wall_seconds = wall.as_secs_f64();
     #[allow(clippy::cast_precision_loss)]
     {
-        outcome.runs_per_second = seeds as f64 / wall.as_secs_f64().max(1e-9);
+        outcome.runs_per_second = outcome.ran() as f64 / wall.as_secs_f64().max(1e-9);
         outcome.time_compression =
             simulated.as_secs_f64() / (wall.as_secs_f64() * jobs as f64).max(1e-9);
     }
     outcome.simulated_seconds = simulated.as_secs_f64();
     if *json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&outcome).expect("plain data")
-        );
+        println!("{}", to_json(&outcome));
     } else {
-        print_summary(scenario, config, &outcome, commands);
+        print_summary(&outcome, Some((scenario, config)), commands, *coverage);
     }
     outcome
 }
 
-fn print_summary(
-    scenario: &dyn Scenario,
-    config: &SimConfig,
+/// A sweep result as `--json` prints it and `merge` reads it.
+#[must_use]
+pub fn to_json(outcome: &SweepOutcome) -> String {
+    serde_json::to_string_pretty(outcome).expect("plain data")
+}
+
+/// Prints the human summary of `outcome`. With `replay` (the scenario and the sweep's
+/// configuration), the first failure is replayed with a full trace and explained.
+pub fn print_summary(
     outcome: &SweepOutcome,
+    replay: Option<(&dyn Scenario, &SimConfig)>,
     commands: &Commands<'_>,
+    coverage: bool,
 ) {
+    let shard = outcome
+        .shard
+        .map_or_else(String::new, |s| format!(" [shard {s}]"));
     println!(
-        "{}: {} of {} seeds passed under plan {} ({:.1}s wall, {:.0} runs/s, {:.0}x time compression per core)",
+        "{}: {} of {} seeds passed under plan {}{shard} ({:.1}s wall, {:.0} runs/s, {:.0}x time compression per core)",
         outcome.scenario,
         outcome.passed,
-        outcome.seeds,
+        outcome.ran(),
         outcome.plan,
         outcome.wall_seconds,
         outcome.runs_per_second,
@@ -494,6 +661,9 @@ fn print_summary(
         outcome.determinism_checked, outcome.nondeterministic, outcome.panics
     );
     print_faults(outcome);
+    if coverage {
+        print_coverage(outcome);
+    }
     if outcome.failures.is_empty() {
         return;
     }
@@ -525,6 +695,9 @@ fn print_summary(
             "  … and {unlisted} more failing seed(s) (only the first {MAX_LISTED_FAILURES} are listed)"
         );
     }
+    let Some((scenario, config)) = replay else {
+        return;
+    };
     // The first failure in full: replayed with a full trace (same seed, same run).
     let first = &outcome.failures[0];
     let replay = config
@@ -541,6 +714,53 @@ fn print_summary(
             "\nfirst failure in detail: seed {} panicked: {panic}\n  replay: {}",
             first.seed, first.reproduce
         ),
+    }
+}
+
+/// The `--coverage` section: each declared situation reached (in how many runs) or not,
+/// undeclared ones that were hit, and the declared BUGGIFY points that never fired.
+fn print_coverage(outcome: &SweepOutcome) {
+    let coverage = &outcome.coverage;
+    let ran = outcome.passed + outcome.failed - outcome.panics;
+    let declared = coverage.sometimes.values().filter(|c| c.declared).count();
+    let reached = coverage
+        .sometimes
+        .values()
+        .filter(|c| c.declared && c.runs > 0)
+        .count();
+    println!("\ncoverage: {reached} of {declared} declared situation(s) reached in {ran} run(s)");
+    let width = coverage
+        .sometimes
+        .keys()
+        .map(String::len)
+        .max()
+        .unwrap_or(0);
+    for (name, count) in &coverage.sometimes {
+        let status = match (count.declared, count.runs) {
+            (true, 0) => "not reached".to_owned(),
+            (declared, runs) => format!(
+                "{runs} run(s), {}x{}",
+                count.total,
+                if declared { "" } else { " (undeclared)" }
+            ),
+        };
+        println!("  {name:<width$}  {status}");
+    }
+    let missing: Vec<(&String, &SometimesCount)> = coverage.not_reached().collect();
+    if !missing.is_empty() {
+        println!("not reached ({}):", missing.len());
+        for (name, count) in missing {
+            println!("  {name}: {}", count.description);
+        }
+    }
+    let never: Vec<&str> = coverage
+        .fault_points
+        .iter()
+        .filter(|p| !outcome.faults.contains_key(&format!("buggify:{p}")))
+        .map(String::as_str)
+        .collect();
+    if !never.is_empty() {
+        println!("BUGGIFY points never fired: {}", never.join(", "));
     }
 }
 
@@ -604,6 +824,7 @@ pub fn check_determinism(
         parallel(
             start,
             seeds,
+            None,
             jobs,
             &bar,
             |_, seed| {

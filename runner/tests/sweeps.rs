@@ -107,8 +107,10 @@ fn request(seeds: u64, determinism: DeterminismSample) -> SweepRequest<'static> 
         config: SimConfig::new(1).with_plan(FaultPlan::calm()),
         start: 1,
         seeds,
+        shard: None,
         jobs: 2,
         json: true,
+        coverage: false,
         determinism,
         commands: Commands {
             program: "my-sims",

@@ -19,6 +19,7 @@ use reprise_core::{
     BoxFuture, BusError, Delivery, EventBus, InMemoryEventBus, InMemoryEventStore, OutgoingMessage,
     Resilience, Subscription,
 };
+use reprise_core::{Situation, sometimes};
 use reprise_sim::{
     DependencyError, DependencyOptions, NodeContext, NodeOptions, Phase, RunReport, Scenario,
     ScenarioRun, Violation, World, WorldView,
@@ -31,6 +32,7 @@ use crate::checkout::gateway::{
 };
 use crate::checkout::invariants::{CallLedger, CheckoutAudit, invariant as checkout_invariant};
 use crate::checkout::saga::topics;
+use crate::checkout::situations as checkout_situations;
 use crate::checkout::workload::{CheckoutOptions, CheckoutWorkload, run_client};
 use crate::checkout::{
     Carrier, CarrierModel, CarrierOptions, PaymentGateway, PaymentProvider, resilience, services,
@@ -84,11 +86,25 @@ impl PaymentGateway for SimulatedProvider {
         request: ChargeRequest,
     ) -> BoxFuture<'static, Result<ChargeOutcome, ExternalError>> {
         self.calls.lock().called(&command_key(&request.order));
-        let provider = Arc::clone(&self.provider);
+        let (provider, books) = (Arc::clone(&self.provider), Arc::clone(&self.provider));
+        // Kept only when someone collects coverage: the check below is all it is for.
+        let key = reprise_core::coverage::collecting().then(|| request.idempotency_key.clone());
         let call = self
             .ctx
             .call(PAYMENT_PROVIDER, move || provider.charge_now(&request));
-        Box::pin(async move { call.await.map_err(external) })
+        Box::pin(async move {
+            let answer = call.await;
+            // Only the provider's books know the charge went through: the glue is the one
+            // place that sees both sides.
+            sometimes!(
+                checkout_situations::PAYMENT_TIMED_OUT_AFTER_CAPTURE.name,
+                matches!(answer, Err(DependencyError::Timeout(_)))
+                    && key
+                        .as_ref()
+                        .is_some_and(|key| books.with_books(|b| b.charges.contains_key(key)))
+            );
+            answer.map_err(external)
+        })
     }
 
     fn refund(
@@ -232,6 +248,16 @@ fn violation(finding: Finding) -> Violation {
     let mut violation = Violation::new(finding.invariant, finding.message);
     violation.entities = finding.entities;
     violation
+}
+
+/// A scenario's own situations plus those of the host and the simulator it runs on (both
+/// scenarios use inboxes, command handlers, consumer groups and a leased relay).
+fn declared(own: &[Situation]) -> Vec<Situation> {
+    own.iter()
+        .chain(&reprise_host::SITUATIONS)
+        .chain(&reprise_sim::SITUATIONS)
+        .copied()
+        .collect()
 }
 
 fn crashable() -> NodeOptions {
@@ -517,6 +543,14 @@ impl Scenario for CheckoutScenario {
         self.description
     }
 
+    fn situations(&self) -> Vec<Situation> {
+        declared(&crate::checkout::situations::ALL)
+    }
+
+    fn fault_points(&self) -> Vec<&'static str> {
+        reprise_host::FAULT_POINTS.to_vec()
+    }
+
     fn setup(&self, world: &mut World) -> Box<dyn ScenarioRun> {
         let workload = Arc::new(CheckoutWorkload::generate(&self.options, &mut || {
             world.random_u64()
@@ -740,6 +774,14 @@ impl Scenario for TransfersScenario {
 
     fn description(&self) -> &'static str {
         self.description
+    }
+
+    fn situations(&self) -> Vec<Situation> {
+        declared(&crate::transfers::situations::ALL)
+    }
+
+    fn fault_points(&self) -> Vec<&'static str> {
+        reprise_host::FAULT_POINTS.to_vec()
     }
 
     fn setup(&self, world: &mut World) -> Box<dyn ScenarioRun> {

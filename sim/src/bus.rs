@@ -30,6 +30,13 @@ use crate::executor::{Draw, NodeIndex, Shared};
 use crate::network::Link;
 use crate::trace::{Digest, Tag, TraceMode, hash_str, mix};
 
+/// A consumer-group member was rebalanced away while it held deliveries it had not
+/// committed yet: the new owner gets them again, and the inbox must absorb the repeats.
+pub const REBALANCE_MID_BATCH: reprise_core::Situation = reprise_core::Situation::new(
+    "sim.bus.rebalance-mid-batch",
+    "a rebalance took partitions from a consumer holding uncommitted deliveries",
+);
+
 /// The bus's steady-state profile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BusOptions {
@@ -297,6 +304,7 @@ impl EventBus for SimEventBus {
                 inner,
                 held: VecDeque::new(),
                 epoch,
+                uncommitted: 0,
             });
             Ok(subscription)
         })
@@ -315,6 +323,9 @@ struct SimSubscription {
     held: VecDeque<Delivery>,
     /// The node's rebalance epoch this member joined at.
     epoch: u64,
+    /// Deliveries handed over since the last commit that reached the bus: a rebalance now
+    /// hands them to another member (coverage only).
+    uncommitted: u64,
 }
 
 impl SimSubscription {
@@ -325,6 +336,8 @@ impl SimSubscription {
             return;
         }
         self.epoch = epoch;
+        reprise_core::sometimes!(REBALANCE_MID_BATCH.name, self.uncommitted > 0);
+        self.uncommitted = 0;
         self.held.clear();
         let refs: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         // Join with a new member first, then let the old one leave (on assignment): the
@@ -342,7 +355,8 @@ impl SimSubscription {
         );
     }
 
-    fn trace_delivery(&self, delivery: &Delivery) {
+    fn trace_delivery(&mut self, delivery: &Delivery) {
+        self.uncommitted += 1;
         let mut k = self.shared.kernel.lock();
         k.stats.bus_deliveries += 1;
         let coordinates = Digest::new(u64::from(Tag::Bus as u8))
@@ -440,6 +454,13 @@ impl Subscription for SimSubscription {
         Box::pin(async move {
             let (latency, timeout, request_lost, lost) = {
                 let mut k = self.shared.kernel.lock();
+                // The rebalance came while the consumer was still handling what it had
+                // been given (it rejoins only at its next receive).
+                reprise_core::sometimes!(
+                    REBALANCE_MID_BATCH.name,
+                    self.uncommitted > 0
+                        && k.nodes[usize::from(self.node)].rebalance_epoch != self.epoch
+                );
                 let options = k.env.bus;
                 let faults = k.bus_faults(self.node);
                 let latency = k.uniform(
@@ -478,6 +499,7 @@ impl Subscription for SimSubscription {
             }
             if !lost {
                 self.inner.commit_now()?;
+                self.uncommitted = 0;
             }
             if self
                 .shared

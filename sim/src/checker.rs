@@ -17,7 +17,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use reprise_core::{InMemoryEventBus, InMemoryEventStore, Timestamp};
+use reprise_core::{InMemoryEventBus, InMemoryEventStore, Situation, Timestamp};
 use serde::Serialize;
 
 use crate::executor::Shared;
@@ -35,6 +35,19 @@ pub trait Scenario: Send + Sync {
 
     /// Registers nodes, dependencies and the workload; returns the per-run checker state.
     fn setup(&self, world: &mut World) -> Box<dyn ScenarioRun>;
+
+    /// The situations this scenario exists to reach ([`reprise_core::sometimes!`]), so a
+    /// coverage report can name those no run reached — a situation never hit leaves no
+    /// other trace.
+    fn situations(&self) -> Vec<Situation> {
+        Vec::new()
+    }
+
+    /// The BUGGIFY points its code carries (e.g. `reprise_host::FAULT_POINTS`), so a
+    /// coverage report can name those that never fired.
+    fn fault_points(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
 }
 
 /// The invariants of one run.

@@ -36,6 +36,13 @@ use crate::executor::{Draw, Kernel, NodeIndex, Shared};
 use crate::network::Link;
 use crate::trace::{Tag, hash_str};
 
+/// A zombie holder's confirm succeeded while another contender held the lease: two
+/// leaders at once, the window the relay's duplicates come from.
+pub const TWO_LEADERS: reprise_core::Situation = reprise_core::Situation::new(
+    "sim.lease.two-leaders",
+    "a zombie holder confirmed its lease while another contender held it (two leaders)",
+);
+
 const MILLI: u64 = 1_000_000;
 
 /// The lease table's steady-state profile. Latency and timeouts are the event store's
@@ -368,6 +375,14 @@ impl SimLeadership {
                 Some(node),
                 "lease.zombie_confirm",
                 format!("{name} confirmed {into}ms into a {window}ms zombie window"),
+            );
+            // Read without `lease_holder`, which may free an expired holder and trace it.
+            reprise_core::sometimes!(
+                TWO_LEADERS.name,
+                k.leases
+                    .held
+                    .get(name)
+                    .is_some_and(|h| h.token != self.token && h.freed_at.is_none())
             );
             return Verdict::Zombie;
         }

@@ -139,6 +139,11 @@
 //!   [`check_determinism`] catches the rest — a timer set from the wall clock, a wall-clock
 //!   value written into an event and never read back — and names the first divergent trace
 //!   event.
+//! - `sometimes!` situations ([`reprise_core::coverage`]) are counted into
+//!   [`RunReport::coverage`] on the thread running the simulation, outside the kernel: no
+//!   trace line, no draw, so a run's hash is the same with [`SimConfig::coverage`] on or
+//!   off. A scenario declares what it means to reach ([`Scenario::situations`]; the
+//!   simulator's own are [`SITUATIONS`]) so that reports can name what no run reached.
 //! - BUGGIFY points ([`buggify`](fn@reprise_core::buggify)) see the run's oracle on the thread running
 //!   the simulation; run one simulation per thread (parallel runs on separate threads are
 //!   fine).
@@ -161,11 +166,16 @@ pub mod testing_scenario;
 pub mod trace;
 mod world;
 
-pub use bus::BusOptions;
+pub use bus::{BusOptions, REBALANCE_MID_BATCH};
 pub use checker::{Scenario, ScenarioRun, Violation, WorldView};
+pub use reprise_core::Situation;
+
+/// The situations the simulator's own resources can reach (add them to a scenario's
+/// [`Scenario::situations`] when it uses leases or consumer groups).
+pub const SITUATIONS: [Situation; 2] = [bus::REBALANCE_MID_BATCH, lease::TWO_LEADERS];
 pub use dependency::{DependencyError, DependencyOptions};
 pub use faults::FaultRecord;
-pub use lease::LeaseOptions;
+pub use lease::{LeaseOptions, TWO_LEADERS};
 pub use plan::{
     BusFaults, DependencyFaults, Direction, Fault, FaultPlan, FaultSpec, LeaseFaults, Nodes, Peer,
     PlanError, StoreFaults, SwarmOptions, Window,

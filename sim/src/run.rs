@@ -52,6 +52,9 @@ pub struct SimConfig {
     /// Leave the fault window as soon as liveness holds. See the module docs.
     pub settle_early: bool,
     pub trace: TraceMode,
+    /// Count the scenario's `sometimes!` hits into [`RunReport::coverage`]. Off or on,
+    /// the run and its hash are the same (`reprise_core::coverage`).
+    pub coverage: bool,
 }
 
 impl SimConfig {
@@ -69,6 +72,7 @@ impl SimConfig {
             nemesis_tick: Duration::from_millis(100),
             settle_early: true,
             trace: TraceMode::Hash,
+            coverage: true,
         }
     }
 
@@ -87,6 +91,12 @@ impl SimConfig {
     #[must_use]
     pub fn with_trace(mut self, trace: TraceMode) -> Self {
         self.trace = trace;
+        self
+    }
+
+    #[must_use]
+    pub fn with_coverage(mut self, coverage: bool) -> Self {
+        self.coverage = coverage;
         self
     }
 
@@ -259,6 +269,9 @@ pub struct RunReport {
     pub stats: RunStats,
     /// The readable trace, with [`TraceMode::Full`].
     pub trace: Option<Vec<TraceLine>>,
+    /// The `sometimes!` situations this run reached, with their hit counts, by name
+    /// (empty when [`SimConfig::coverage`] is off).
+    pub coverage: Vec<(&'static str, u64)>,
     /// The durable event store as the run left it, for checks after the run
     /// (`read_all_now`, `read_stream_now`, …). Not serialized.
     #[serde(skip)]
@@ -339,6 +352,11 @@ pub fn try_run(scenario: &dyn Scenario, config: &SimConfig) -> Result<RunReport,
             bus,
         )
     });
+    // Collecting from before the setup on: boot functions run scenario code too. The
+    // collection lives on this thread, outside the kernel, so it cannot reach the trace.
+    let collection = config
+        .coverage
+        .then(|| reprise_core::coverage::collect(&scenario.situations()));
     let mut world = World::new(Arc::clone(&shared), config.seed);
     let checker = scenario.setup(&mut world);
     drop(world);
@@ -348,7 +366,11 @@ pub fn try_run(scenario: &dyn Scenario, config: &SimConfig) -> Result<RunReport,
         report(&shared, scenario.name(), config.seed, outcome)
     });
     shared.shutdown();
-    result
+    let coverage = collection.map(reprise_core::coverage::Collection::finish);
+    result.map(|mut report| {
+        report.coverage = coverage.unwrap_or_default();
+        report
+    })
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -671,6 +693,7 @@ fn report(shared: &Arc<Shared>, scenario: &'static str, seed: u64, outcome: Outc
         inherent_errors: std::mem::take(&mut k.inherent_errors),
         stats,
         trace: k.trace.take_lines(),
+        coverage: Vec::new(),
         event_store: Arc::clone(&shared.store),
         event_bus: Arc::clone(&shared.bus),
     }

@@ -25,7 +25,7 @@ use std::time::Duration;
 use reprise_core::event::StreamId;
 use reprise_core::{
     AppendBatch, BusError, EventBus, EventId, EventStore, ExpectedVersion, Headers, Metadata,
-    NewEvent, OutgoingMessage, Payload, StoreError,
+    NewEvent, OutgoingMessage, Payload, Situation, StoreError,
 };
 use serde::{Deserialize, Serialize};
 
@@ -72,6 +72,18 @@ impl TokenTransfers {
         }
     }
 }
+
+/// Two transfers raced for one account and the loser decided again.
+pub const DEBIT_CONFLICT: Situation = Situation::new(
+    "token-transfers.debit-conflict",
+    "a debit lost an optimistic-concurrency race and was decided again",
+);
+
+/// A credit message came back and the store's idempotency absorbed it.
+pub const CREDIT_ABSORBED: Situation = Situation::new(
+    "token-transfers.credit-absorbed",
+    "a redelivered credit was absorbed by its derived event id",
+);
 
 const TOPIC: &str = "credits";
 const GROUP: &str = "ledger";
@@ -166,7 +178,9 @@ async fn run_transfer(
         match store.append(batch).await {
             Ok(_) => break,
             // Another writer moved the account (or our own lost-ack write landed): look again.
-            Err(StoreError::Conflict { .. }) => {}
+            Err(StoreError::Conflict { .. }) => {
+                reprise_core::sometimes!(DEBIT_CONFLICT.name);
+            }
             Err(e) if e.is_transient() => backoff(&ctx).await,
             Err(e) => {
                 ctx.note(&format!("transfer {} failed permanently: {e}", t.id));
@@ -238,7 +252,10 @@ async fn run_ledger(ctx: NodeContext, bug: Option<PlantedBug>) {
             );
             loop {
                 match store.append(batch.clone()).await {
-                    Ok(_) => break,
+                    Ok(receipt) => {
+                        reprise_core::sometimes!(CREDIT_ABSORBED.name, receipt.was_duplicate);
+                        break;
+                    }
                     Err(e) if e.is_transient() => backoff(&ctx).await,
                     Err(e) => {
                         ctx.note(&format!(
@@ -259,6 +276,14 @@ async fn run_ledger(ctx: NodeContext, bug: Option<PlantedBug>) {
 impl Scenario for TokenTransfers {
     fn name(&self) -> &'static str {
         "token-transfers"
+    }
+
+    fn situations(&self) -> Vec<Situation> {
+        vec![
+            DEBIT_CONFLICT,
+            CREDIT_ABSORBED,
+            crate::bus::REBALANCE_MID_BATCH,
+        ]
     }
 
     fn description(&self) -> &'static str {

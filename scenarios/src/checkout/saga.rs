@@ -17,10 +17,11 @@
 
 use std::time::Duration;
 
-use reprise_core::{Event, Reaction, Saga};
+use reprise_core::{Event, Reaction, Saga, sometimes};
 use serde::{Deserialize, Serialize};
 
 use super::order::OrderLine;
+use super::situations;
 use reprise_host::commands::CommandRoute;
 
 /// Topics of the checkout's services.
@@ -350,6 +351,7 @@ impl CheckoutSaga {
         let mut after = self.pending;
         after.take(undo);
         let reaction = Reaction::none().event(CheckoutEvent::Undone(undo));
+        sometimes!(situations::COMPENSATION_COMPLETED.name, after.is_done());
         if after.is_done() {
             reaction
                 .event(CheckoutEvent::Cancelled)
@@ -382,6 +384,10 @@ impl Saga for CheckoutSaga {
         use CheckoutInput as I;
         use Step as S;
         let order = || self.order.clone();
+        sometimes!(
+            situations::LATE_CAPTURE_WHILE_COMPENSATING.name,
+            matches!((self.step, input), (S::Compensating, I::PaymentCaptured))
+        );
         match (self.step, input) {
             (
                 S::NotStarted,
@@ -444,6 +450,7 @@ impl Saga for CheckoutSaga {
                 self.compensate("payment declined", false, true, Deadline::Payment)
             }
             (S::Charging, I::Timeout(Deadline::Payment)) => {
+                sometimes!(situations::PAYMENT_DEADLINE_FIRED.name);
                 if self.compensate_on_timeout {
                     // The charge may have gone through with its answer lost: void or refund it.
                     self.compensate("payment timed out", true, true, Deadline::Payment)
@@ -462,16 +469,22 @@ impl Saga for CheckoutSaga {
                     I::Timeout(Deadline::Delivery),
                 ),
             // Ask the shipping aggregate to cancel; its verdict (failed or delivered) decides.
-            (S::CreatingShipment, I::Timeout(Deadline::Shipment)) => Self::retry(
-                Deadline::Shipment,
-                timeouts::RETRY,
-                CheckoutCommand::CancelShipment { order: order() },
-            ),
-            (S::AwaitingDelivery, I::Timeout(Deadline::Delivery)) => Self::retry(
-                Deadline::Delivery,
-                timeouts::RETRY,
-                CheckoutCommand::CancelShipment { order: order() },
-            ),
+            (S::CreatingShipment, I::Timeout(Deadline::Shipment)) => {
+                sometimes!(situations::SHIPMENT_DEADLINE_FIRED.name);
+                Self::retry(
+                    Deadline::Shipment,
+                    timeouts::RETRY,
+                    CheckoutCommand::CancelShipment { order: order() },
+                )
+            }
+            (S::AwaitingDelivery, I::Timeout(Deadline::Delivery)) => {
+                sometimes!(situations::SHIPMENT_DEADLINE_FIRED.name);
+                Self::retry(
+                    Deadline::Delivery,
+                    timeouts::RETRY,
+                    CheckoutCommand::CancelShipment { order: order() },
+                )
+            }
             (S::CreatingShipment | S::AwaitingDelivery, I::ShipmentDelivered) => Reaction::none()
                 .event(CheckoutEvent::Delivered)
                 .clear_deadline(Deadline::Shipment.id())

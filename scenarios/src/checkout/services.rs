@@ -812,6 +812,7 @@ pub async fn redeliver_dead_letters(env: &Platform, queue: &dyn DeadLetterQueue)
         match redeliver(queue, &*env.bus, &letter.id, env.runtime.now()).await {
             Ok(()) => {
                 sent += 1;
+                reprise_core::sometimes!(super::situations::DEAD_LETTER_REDELIVERED.name);
                 env.note(format_args!(
                     "operator: dead letter {} ({} on {}, {} attempt(s): {}) redelivered",
                     letter.id,

@@ -8,10 +8,11 @@
 
 use std::time::Duration;
 
-use reprise_core::{Event, Reaction, Saga};
+use reprise_core::{Event, Reaction, Saga, sometimes};
 use serde::{Deserialize, Serialize};
 
 use super::request::TransferOrder;
+use super::situations;
 use reprise_host::commands::CommandRoute;
 
 /// Topics of the transfers.
@@ -256,11 +257,18 @@ impl Saga for TransferSaga {
             (S::Debiting, I::Timeout(Deadline::Debit)) => {
                 self.start_reversal("debit timed out", Deadline::Debit)
             }
-            (S::Crediting | S::VoidingCredit, I::Credited) => Reaction::none()
-                .event(TransferEvent::Completed)
-                .clear_deadline(Deadline::Credit.id())
-                .clear_deadline(Deadline::VoidCredit.id()),
+            (S::Crediting | S::VoidingCredit, I::Credited) => {
+                sometimes!(
+                    situations::LATE_CREDIT_WHILE_VOIDING.name,
+                    matches!(self.step, S::VoidingCredit)
+                );
+                Reaction::none()
+                    .event(TransferEvent::Completed)
+                    .clear_deadline(Deadline::Credit.id())
+                    .clear_deadline(Deadline::VoidCredit.id())
+            }
             (S::Crediting, I::Timeout(Deadline::Credit)) => {
+                sometimes!(situations::CREDIT_DEADLINE_FIRED.name);
                 if self.credit_attempts + 1 < CREDIT_ATTEMPTS {
                     Self::ask(self.credit(), Deadline::Credit).event(TransferEvent::CreditRetried)
                 } else {
@@ -273,16 +281,23 @@ impl Saga for TransferSaga {
                 }
             }
             (S::VoidingCredit, I::CreditVoided) => {
+                sometimes!(situations::CREDIT_VOIDED.name);
                 self.start_reversal("credit could not be made", Deadline::VoidCredit)
             }
             (S::VoidingCredit, I::Timeout(Deadline::VoidCredit)) => {
                 Self::ask(self.void_credit(), Deadline::VoidCredit)
             }
-            (S::Reversing, I::DebitUndone | I::DebitRefused) => Reaction::none()
-                .event(TransferEvent::Failed {
-                    reason: "reversed".into(),
-                })
-                .clear_deadline(Deadline::Reverse.id()),
+            (S::Reversing, I::DebitUndone | I::DebitRefused) => {
+                sometimes!(
+                    situations::DEBIT_REVERSED.name,
+                    matches!(input, I::DebitUndone)
+                );
+                Reaction::none()
+                    .event(TransferEvent::Failed {
+                        reason: "reversed".into(),
+                    })
+                    .clear_deadline(Deadline::Reverse.id())
+            }
             (S::Reversing, I::Timeout(Deadline::Reverse)) => {
                 Self::ask(self.reverse(), Deadline::Reverse)
             }
