@@ -193,6 +193,9 @@ pub struct Summary {
     pub measured: Measured,
     pub cost: OrderCost,
     pub slopes_per_minute: BTreeMap<&'static str, Option<f64>>,
+    /// Seconds from the last answer until every order placed during the run was terminal
+    /// (`None`: not within `--end-to-end-wait`).
+    pub drained_after_s: Option<f64>,
     pub samples: Vec<Sample>,
 }
 
@@ -387,6 +390,28 @@ async fn run(cli: Cli, profile: Profile, pids: Vec<u32>) -> ExitCode {
     })
     .await;
     tasks.abort_all();
+    // Costs per order are only whole once every placed order has finished its saga: wait
+    // (up to --end-to-end-wait) for the service's own backlog to return to where it was.
+    let backlog = |counters: &BTreeMap<&'static str, f64>| {
+        counters.get(watch::PLACED).copied().unwrap_or(0.0)
+            - counters.get(watch::TERMINAL).copied().unwrap_or(0.0)
+    };
+    let backlog_before = backlog(&before);
+    let drain_started = Instant::now();
+    let drained = loop {
+        let now = api
+            .metrics()
+            .await
+            .map(|t| watch::parse(&t))
+            .unwrap_or_default();
+        if now.contains_key(watch::PLACED) && backlog(&now) <= backlog_before {
+            break Some(drain_started.elapsed());
+        }
+        if drain_started.elapsed() >= cli.end_to_end_wait {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     let _ = stop_watch.send(true);
     let samples = watcher.await.unwrap_or_default();
 
@@ -438,6 +463,7 @@ async fn run(cli: Cli, profile: Profile, pids: Vec<u32>) -> ExitCode {
         measured,
         cost,
         slopes_per_minute: slopes,
+        drained_after_s: drained.map(|d| d.as_secs_f64()),
         samples,
     };
     print_summary(&summary);
@@ -521,6 +547,10 @@ fn print_summary(summary: &Summary) {
     );
     for (name, slope) in &summary.slopes_per_minute {
         println!("slope        {name}: {} per minute", ms(*slope));
+    }
+    match summary.drained_after_s {
+        Some(seconds) => println!("backlog      drained {seconds:.1}s after the last answer"),
+        None => println!("backlog      NOT drained within the end-to-end wait"),
     }
     if let Some(load) = &summary.load_average {
         println!("load average {load}");

@@ -66,6 +66,7 @@ async fn a_short_steady_load_is_served_and_every_followed_order_ends() {
     assert_eq!(summary["cost"]["orders_placed"], 400.0);
     assert!(summary["cost"]["events_appended_per_order"].as_f64().unwrap() > 1.0);
     assert!(!summary["samples"].as_array().unwrap().is_empty());
+    assert!(summary["drained_after_s"].is_number(), "backlog never drained");
     let svg = std::fs::read_to_string(out.join("run.svg")).expect("run.svg written");
     assert!(svg.contains("<svg") && svg.contains("Backlog"), "{}", &svg[..200.min(svg.len())]);
 }
