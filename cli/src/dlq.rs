@@ -13,8 +13,17 @@
 //! `KAFKA_BOOTSTRAP` or `--bootstrap`). `retry` sends letters back to their topics with
 //! [`redeliver`], through Kafka at `KAFKA_BOOTSTRAP` / `--bootstrap` for either backend.
 //!
+//! Read-only commands create nothing: a schema (`--schema`) or dead-letter topic
+//! (`--topic`) that does not exist is an error saying so. `retry` and `discard` on Kafka
+//! create the resolutions topic (`<topic>.resolutions`) at the first resolution. A
+//! PostgreSQL row that cannot be read back is reported on stderr and skipped; the other
+//! letters are still listed (exit code 1). On Kafka, `retry` sends the letter back byte
+//! for byte (a letter that is not text — a tombstone, bytes that are not UTF-8 — is listed
+//! and shown lossily, but republished exactly).
+//!
 //! Exit codes: 0 everything done, 1 an operation failed (unknown id, already resolved,
-//! storage or broker unreachable; the other ids are still processed), 2 usage.
+//! unreadable rows, storage or broker unreachable; the other ids are still processed), 2
+//! usage.
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -26,7 +35,7 @@ use reprise_core::resilience::{
     DeadLetter, DeadLetterError, DeadLetterId, DeadLetterQuery, DeadLetterQueue, DeadLetterStatus,
     Resolution, redeliver,
 };
-use reprise_kafka::{KafkaConfig, KafkaEventBus};
+use reprise_kafka::{KafkaConfig, KafkaDeadLetterQueue, KafkaEventBus};
 use reprise_postgres::{MigrationMode, PgConfig, PgDeadLetterQueue};
 use serde_json::json;
 
@@ -125,10 +134,47 @@ pub(crate) fn run(args: DlqArgs) -> Result<ExitCode, String> {
     }
 }
 
+/// The queue a command works on.
+enum Opened {
+    Postgres(PgDeadLetterQueue),
+    Kafka(KafkaDeadLetterQueue),
+}
+
+impl Opened {
+    fn queue(&self) -> &dyn DeadLetterQueue {
+        match self {
+            Opened::Postgres(queue) => queue,
+            Opened::Kafka(queue) => queue,
+        }
+    }
+
+    /// Letters for `list`, and whether every row could be read (the unreadable ones are
+    /// reported on stderr).
+    async fn list(&self, query: DeadLetterQuery) -> Result<(Vec<DeadLetter>, bool), Failure> {
+        match self {
+            Opened::Postgres(queue) => {
+                let (letters, unreadable) = queue
+                    .list_checked(query)
+                    .await
+                    .map_err(|e| Failure::Failed(e.to_string()))?;
+                for (id, error) in &unreadable {
+                    eprintln!("error: dead letter {id} skipped: {error}");
+                }
+                Ok((letters, unreadable.is_empty()))
+            }
+            Opened::Kafka(queue) => queue
+                .list(query)
+                .await
+                .map(|letters| (letters, true))
+                .map_err(|e| Failure::Failed(e.to_string())),
+        }
+    }
+}
+
 /// `Ok(false)`: some ids failed (each already reported on stderr).
 async fn execute(args: DlqArgs) -> Result<bool, Failure> {
-    let queue = open_queue(&args).await?;
-    let queue = queue.as_ref();
+    let opened = open_queue(&args).await?;
+    let queue = opened.queue();
     match &args.command {
         DlqCommand::List {
             topic,
@@ -136,14 +182,13 @@ async fn execute(args: DlqArgs) -> Result<bool, Failure> {
             limit,
             json,
         } => {
-            let letters = queue
+            let (letters, complete) = opened
                 .list(DeadLetterQuery {
                     topic: topic.clone(),
                     include_resolved: *all,
                     limit: *limit,
                 })
-                .await
-                .map_err(|e| Failure::Failed(e.to_string()))?;
+                .await?;
             let now = now();
             if *json {
                 let rows: Vec<_> = letters.iter().map(|l| letter_json(l, now, false)).collect();
@@ -151,7 +196,7 @@ async fn execute(args: DlqArgs) -> Result<bool, Failure> {
             } else {
                 print!("{}", table(&letters, now));
             }
-            Ok(true)
+            Ok(complete)
         }
         DlqCommand::Show { id, json } => {
             let id = DeadLetterId(id.clone());
@@ -168,7 +213,11 @@ async fn execute(args: DlqArgs) -> Result<bool, Failure> {
             Ok(true)
         }
         DlqCommand::Retry { ids, all, topic } => {
-            let bus = connect_bus(&args).await?;
+            // Kafka letters go back byte for byte through the queue's own client.
+            let bus = match &opened {
+                Opened::Postgres(_) => Some(connect_bus(&args).await?),
+                Opened::Kafka(_) => None,
+            };
             let ids = if *all {
                 pending_ids(queue, topic.clone()).await?
             } else {
@@ -176,7 +225,12 @@ async fn execute(args: DlqArgs) -> Result<bool, Failure> {
             };
             let mut ok = true;
             for id in &ids {
-                match retry_one(queue, &bus, id).await {
+                let retried = match (&opened, &bus) {
+                    (Opened::Kafka(kafka), _) => retry_exact(kafka, id).await,
+                    (Opened::Postgres(_), Some(bus)) => retry_one(queue, bus, id).await,
+                    (Opened::Postgres(_), None) => unreachable!("connected above"),
+                };
+                match retried {
                     Ok(letter) => println!(
                         "retried {id}: republished to {} (key {})",
                         letter.letter.topic, letter.letter.key
@@ -225,6 +279,18 @@ async fn retry_one(
     Ok(letter)
 }
 
+async fn retry_exact(
+    queue: &KafkaDeadLetterQueue,
+    id: &DeadLetterId,
+) -> Result<DeadLetter, DeadLetterError> {
+    let letter = queue
+        .get(id)
+        .await?
+        .ok_or_else(|| DeadLetterError::NotFound(id.clone()))?;
+    queue.redeliver_exact(id, now()).await?;
+    Ok(letter)
+}
+
 async fn pending_ids(
     queue: &dyn DeadLetterQueue,
     topic: Option<String>,
@@ -240,7 +306,7 @@ async fn pending_ids(
     Ok(pending.into_iter().map(|l| l.id).collect())
 }
 
-async fn open_queue(args: &DlqArgs) -> Result<Box<dyn DeadLetterQueue>, Failure> {
+async fn open_queue(args: &DlqArgs) -> Result<Opened, Failure> {
     match args.backend {
         Backend::Postgres => {
             if args.dead_letter_topic.is_some() {
@@ -260,7 +326,8 @@ async fn open_queue(args: &DlqArgs) -> Result<Box<dyn DeadLetterQueue>, Failure>
                     )
                 })?,
             };
-            // Verify, never migrate: an operator's tool must not change the schema.
+            // Verify, never migrate or create: an operator's tool must not change the
+            // database, and a mistyped --schema must be an error, not a new schema.
             let config = PgConfig::new(url)
                 .with_schema(args.schema.clone())
                 .with_max_connections(2)
@@ -269,7 +336,7 @@ async fn open_queue(args: &DlqArgs) -> Result<Box<dyn DeadLetterQueue>, Failure>
             let queue = PgDeadLetterQueue::connect(config)
                 .await
                 .map_err(|e| Failure::Failed(format!("PostgreSQL: {e}")))?;
-            Ok(Box::new(queue))
+            Ok(Opened::Postgres(queue))
         }
         Backend::Kafka => {
             let Some(topic) = &args.dead_letter_topic else {
@@ -278,17 +345,36 @@ async fn open_queue(args: &DlqArgs) -> Result<Box<dyn DeadLetterQueue>, Failure>
                         .into(),
                 ));
             };
-            let queue = reprise_kafka::KafkaDeadLetterQueue::connect(kafka_config(args)?, topic)
+            let config = kafka_config(args)?;
+            let bootstrap = config.bootstrap_servers.clone();
+            // `open`, not `connect`: nothing is created until something is resolved.
+            let queue = KafkaDeadLetterQueue::open(config, topic)
                 .await
-                .map_err(|e| Failure::Failed(format!("Kafka: {e}")))?;
-            Ok(Box::new(queue))
+                .map_err(|e| match e {
+                    reprise_kafka::KafkaError::Bus(reprise_core::BusError::UnknownTopic(_)) => {
+                        Failure::Failed(format!(
+                            "Kafka at {bootstrap}: dead-letter topic {topic} does not exist \
+                             (nothing was created; dead-letter topics are `<topic>.dlq`)"
+                        ))
+                    }
+                    other => Failure::Failed(format!("Kafka at {bootstrap}: {other}")),
+                })?;
+            Ok(Opened::Kafka(queue))
         }
     }
 }
 
 fn kafka_config(args: &DlqArgs) -> Result<KafkaConfig, Failure> {
     let config = match &args.bootstrap {
-        Some(bootstrap) => KafkaConfig::new(bootstrap.clone()),
+        // --bootstrap replaces KAFKA_BOOTSTRAP only: TLS and SASL settings still apply.
+        Some(bootstrap) => {
+            let mut config = KafkaConfig::new(bootstrap.clone());
+            if let Some(text) = env("KAFKA_PROPERTIES") {
+                config.properties = reprise_kafka::parse_properties(&text)
+                    .map_err(|e| Failure::Usage(e.to_string()))?;
+            }
+            config
+        }
         None if env("KAFKA_BOOTSTRAP").is_some() => {
             KafkaConfig::from_env().map_err(|e| Failure::Usage(e.to_string()))?
         }

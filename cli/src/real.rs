@@ -2,9 +2,15 @@
 //! infrastructure (tokio, PostgreSQL from `DATABASE_URL`, a Kafka-API broker from
 //! `KAFKA_BOOTSTRAP`), checked with the simulator's invariants (see `reprise-live`).
 //!
+//! `KAFKA_PROPERTIES` (TLS, SASL: `name=value` pairs, as for `reprise dlq`) reaches every
+//! client of the run. Instance counts are bounded (`reprise_live::MAX_INSTANCES`, and the
+//! PostgreSQL connections they need) and refused before anything is created.
+//!
 //! Progress goes to stderr, the report to stdout. Exit codes: 0 when every invariant
 //! holds, 1 on a violation (the run's schema is kept for inspection), 2 when the run
-//! could not be set up (missing environment, unreachable services).
+//! could not be set up (missing environment, unreachable services — named with their
+//! address; the broker is checked before the schema is created, and a setup that fails
+//! later drops the schema or says where it is).
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -124,13 +124,22 @@ fn letter(topic: &str, key: &str, payload: &str, failed_at: Timestamp) -> NewDea
         key: key.into(),
         payload: Payload::from_json_text(payload),
         headers: Headers::default()
-            .with("reprise-event-id", format!("event-{key}"))
+            .with("reprise-event-id", event_id(key))
             .with("x-tenant", "acme"),
         error: format!("handler failed on {key}"),
         error_class: ErrorClass::Permanent,
         attempts: 4,
         failed_at,
     }
+}
+
+/// An event id (UUID layout) derived from `key`: consumers dead-letter messages whose
+/// `reprise-event-id` is not one, and the redelivered letters must reach the subscriber.
+fn event_id(key: &str) -> String {
+    let n = key
+        .bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    format!("00000000-0000-4000-8000-{:012x}", n & 0xffff_ffff_ffff)
 }
 
 fn ids(rows: &[Value]) -> Vec<&str> {
@@ -235,7 +244,7 @@ async fn dlq_lists_shows_discards_and_retries_letters_in_postgres() {
         "source position: 0/order-1".into(),
         "error:           handler failed on order-1".into(),
         "error class:     permanent".into(),
-        "  reprise-event-id: event-order-1".into(),
+        format!("  reprise-event-id: {}", event_id("order-1")),
         "  x-tenant: acme".into(),
         "payload:\n{\n  \"z\": 1,\n  \"a\": [\n    true,\n    null\n  ]\n}".into(),
     ] {
@@ -252,7 +261,10 @@ async fn dlq_lists_shows_discards_and_retries_letters_in_postgres() {
     );
     assert_eq!(
         shown["headers"],
-        serde_json::json!([["reprise-event-id", "event-order-3"], ["x-tenant", "acme"]])
+        serde_json::json!([
+            ["reprise-event-id", event_id("order-3")],
+            ["x-tenant", "acme"]
+        ])
     );
     let missing = cli.dlq(&["show", "999999999"]);
     assert_eq!(missing.status.code(), Some(1), "{}", describe(&missing));
@@ -506,4 +518,215 @@ async fn dlq_on_a_kafka_dead_letter_topic_lists_shows_discards_and_retries() {
             .unwrap();
     let letter = reopened.get(&a).await.unwrap().expect("letter a exists");
     assert!(matches!(letter.status, DeadLetterStatus::Retried { .. }));
+}
+
+/// Read-only means read-only: a mistyped schema or dead-letter topic is an error that
+/// says so, and nothing is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_on_a_missing_schema_or_topic_says_so_and_creates_nothing() {
+    if let Some(database_url) = required_env("DATABASE_URL", "the missing-schema test") {
+        let schema = unique("cli_typo");
+        let cli = Cli {
+            database_url: database_url.clone(),
+            schema: schema.clone(),
+            kafka: None,
+        };
+        let output = cli.dlq(&["list"]);
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        assert!(
+            stderr(&output).contains(&format!("schema {schema} does not exist"))
+                && stderr(&output).contains("nothing was created"),
+            "{}",
+            describe(&output)
+        );
+        let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)")
+                .bind(&schema)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert!(
+            !exists,
+            "`reprise dlq --schema {schema} list` created the schema"
+        );
+        pool.close().await;
+    }
+    if let Some(bootstrap) = required_env("KAFKA_BOOTSTRAP", "the missing-topic test") {
+        let topic = format!("{}.dlq", unique("reprise-cli-typo").replace('_', "-"));
+        let output = kafka_dlq(&bootstrap, &topic, &["list"]);
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        assert!(
+            stderr(&output).contains(&format!("dead-letter topic {topic} does not exist"))
+                && stderr(&output).contains(&bootstrap),
+            "{}",
+            describe(&output)
+        );
+        let bus = KafkaEventBus::new(KafkaConfig::new(bootstrap)).unwrap();
+        for created in [topic.clone(), format!("{topic}.resolutions")] {
+            assert!(
+                matches!(
+                    bus.partition_count(&created).await,
+                    Err(reprise_core::BusError::UnknownTopic(_))
+                ),
+                "`reprise dlq --topic {topic} list` created {created}"
+            );
+        }
+    }
+}
+
+/// One row an operator broke by hand is reported (exit 1, its id on stderr); the others
+/// are still listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_list_reports_a_malformed_row_and_lists_the_others() {
+    let Some(database_url) = required_env("DATABASE_URL", "the malformed-row test") else {
+        return;
+    };
+    let schema = unique("cli_malformed");
+    let queue = PgDeadLetterQueue::connect(
+        PgConfig::new(database_url.clone())
+            .with_schema(schema.clone())
+            .with_notify(false),
+    )
+    .await
+    .expect("PostgreSQL at DATABASE_URL is reachable (scripts/postgres.sh)");
+    let failed_at = now() - Duration::from_secs(60);
+    let mut put = Vec::new();
+    for key in ["order-1", "order-2", "order-3"] {
+        put.push(
+            queue
+                .put(letter("orders", key, r#"{"n":1}"#, failed_at))
+                .await
+                .unwrap(),
+        );
+    }
+    sqlx::query("UPDATE dead_letters SET headers = '[[\"a\", 1]]' WHERE id = $1")
+        .bind(put[1].0.parse::<i64>().unwrap())
+        .execute(queue.store().pool())
+        .await
+        .unwrap();
+    let cli = Cli {
+        database_url,
+        schema: schema.clone(),
+        kafka: None,
+    };
+    let output = cli.dlq(&["list", "--json"]);
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    assert!(
+        stderr(&output).contains(&format!("dead letter {} skipped", put[1])),
+        "{}",
+        describe(&output)
+    );
+    let rows: Vec<Value> = serde_json::from_str::<Value>(&stdout(&output))
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_else(|| panic!("no JSON array: {}", describe(&output)));
+    assert_eq!(ids(&rows), [put[0].0.as_str(), put[2].0.as_str()]);
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(queue.store().pool())
+        .await
+        .expect("drop the test schema");
+    queue.store().close().await;
+}
+
+/// Letters the consumers wrote themselves — foreign messages of every shape — are all
+/// listed, shown, discarded and retried (byte for byte) by `reprise dlq --backend kafka`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_on_kafka_acts_on_every_letter_the_consumers_wrote() {
+    let Some(bootstrap) = required_env("KAFKA_BOOTSTRAP", "the consumer-letters test") else {
+        return;
+    };
+    let topic = unique("reprise-cli-poison").replace('_', "-");
+    let dead_letter_topic = format!("{topic}.dlq");
+    let config = KafkaConfig::new(bootstrap.clone())
+        .group_timing(Duration::from_secs(6), Duration::from_millis(500));
+    let bus = KafkaEventBus::new(config).unwrap();
+    bus.create_topic(&topic, 1, 1).await.unwrap();
+    let mut subscription = bus
+        .subscribe(&unique("cli-poison"), &[&topic])
+        .await
+        .unwrap();
+    // Raw records, as any client could produce them (`replay` publishes a letter's bytes
+    // as they are, adding only its `reprise-dlq-replayed-from` header).
+    let raw = reprise_kafka::DeadLetterQueue::for_topic(bus.clone(), &topic);
+    let id = b"0123abcd-0000-4000-8000-00000000beef".to_vec();
+    // (key, payload, carries an event id)
+    type Shape<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, bool);
+    let shapes: [Shape<'_>; 5] = [
+        (None, Some(b"{}"), false),
+        (Some(b"k"), Some(b"{oops"), true),
+        (Some(b"k"), Some(&[0xff, 0xfe]), true),
+        (Some(b"k"), None, true),
+        (Some(b"k"), Some(b"{}"), true),
+    ];
+    for (key, payload, with_id) in shapes {
+        let record = reprise_kafka::DeadLetter {
+            topic: dead_letter_topic.clone(),
+            partition: 0,
+            offset: 0,
+            original_topic: topic.clone(),
+            original_partition: 0,
+            original_offset: 0,
+            error: String::new(),
+            attempts: 0,
+            group: None,
+            dead_lettered_at_ms: None,
+            key: key.map(<[u8]>::to_vec),
+            payload: payload.map(<[u8]>::to_vec),
+            headers: if with_id {
+                vec![("reprise-event-id".to_owned(), Some(id.clone()))]
+            } else {
+                Vec::new()
+            },
+        };
+        raw.replay(&record).await.unwrap();
+    }
+    // The good message arrives after the four letters were written.
+    let delivery = tokio::time::timeout(Duration::from_secs(60), subscription.next())
+        .await
+        .expect("the good message arrives")
+        .unwrap();
+    assert_eq!(delivery.offset, 4);
+
+    let (k, t) = (bootstrap.as_str(), dead_letter_topic.as_str());
+    let rows = kafka_json(k, t, &["list", "--json"]);
+    assert_eq!(rows.len(), 4, "{rows:#?}");
+    let errors: Vec<&str> = rows.iter().map(|r| r["error"].as_str().unwrap()).collect();
+    for needle in ["no reprise-event-id", "not JSON", "not UTF-8", "tombstone"] {
+        assert!(
+            errors.iter().any(|e| e.contains(needle)),
+            "{needle}: {errors:?}"
+        );
+    }
+    let id_of = |needle: &str| {
+        rows.iter()
+            .find(|r| r["error"].as_str().unwrap().contains(needle))
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    let shown = kafka_ok(k, t, &["show", &id_of("not UTF-8")]);
+    assert!(shown.contains("attempts:        0"), "{shown}");
+    let out = kafka_ok(k, t, &["discard", &id_of("no reprise-event-id")]);
+    assert!(out.starts_with("discarded"), "{out}");
+    let out = kafka_ok(k, t, &["retry", &id_of("not UTF-8")]);
+    assert!(out.contains(&format!("republished to {topic}")), "{out}");
+    assert_eq!(kafka_json(k, t, &["list", "--json"]).len(), 2);
+
+    // Republished byte for byte: still not text, so dead-lettered again, marked as a
+    // redelivery of the letter.
+    let letters = reprise_kafka::DeadLetterQueue::for_topic(bus.clone(), &topic);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let again = loop {
+        let listed = letters.list(100).await.unwrap();
+        if let Some(letter) = listed.iter().find(|l| l.original_offset == 5) {
+            break letter.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{listed:#?}");
+        let _ = tokio::time::timeout(Duration::from_millis(500), subscription.next()).await;
+    };
+    assert_eq!(again.payload.as_deref(), Some(&[0xff_u8, 0xfe][..]));
+    assert_eq!(
+        again.header(REDELIVERED_FROM_HEADER),
+        Some(id_of("not UTF-8").as_str())
+    );
 }

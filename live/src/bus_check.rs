@@ -8,7 +8,10 @@
 //!
 //! - [`invariant::NOTHING_LOST`]: every message below a checkout group's committed offset
 //!   has that group's inbox marker in the store (the consumer acknowledged it, so its
-//!   effect must be durable);
+//!   effect must be durable) — or a dead letter in the topic's dead-letter topic naming
+//!   that message and group (a message no handler could take, parked with its reason: it
+//!   was handled by being parked). A committed message with neither, including one without
+//!   an event id, was dropped without a trace;
 //! - [`invariant::BUS_ORDER`]: on `checkout.events`, each stream's versions first appear
 //!   in order, without a gap.
 //!
@@ -26,6 +29,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use reprise_core::EventId;
 use reprise_core::event_bus::header;
 use reprise_host::{ids, inbox};
+use reprise_kafka::dead_letter::header as dlq;
 use reprise_scenarios::audit::{Finding, invariant};
 use reprise_scenarios::checkout::saga::topics;
 use reprise_scenarios::checkout::services::groups;
@@ -39,6 +43,17 @@ struct Read {
     event_id: Option<EventId>,
     stream: Option<String>,
     version: Option<u64>,
+    /// On a dead-letter topic: the original's topic, partition and offset (broker names),
+    /// and the group that parked it.
+    letter: Option<Letter>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Letter {
+    topic: Option<String>,
+    partition: Option<u32>,
+    offset: Option<u64>,
+    group: Option<String>,
 }
 
 /// What the consumer checks looked at.
@@ -50,6 +65,9 @@ pub struct BusCheck {
     pub acknowledged_verified: u64,
     /// Messages no group has committed past yet (informational).
     pub uncommitted: u64,
+    /// Messages below a group's committed offset that the group dead-lettered (each
+    /// verified to be in the dead-letter topic).
+    pub dead_lettered: u64,
 }
 
 /// Reads the checkout's topics and groups (broker names: `prefix` + scenario name) and
@@ -158,6 +176,7 @@ fn read_topic(
             event_id: None,
             stream: None,
             version: None,
+            letter: None,
         };
         if let Some(headers) = message.headers() {
             for h in headers.iter() {
@@ -168,6 +187,22 @@ fn read_topic(
                     header::EVENT_ID => entry.event_id = ids::parse_event_id(value),
                     header::STREAM => entry.stream = Some(value.to_owned()),
                     header::STREAM_VERSION => entry.version = value.parse().ok(),
+                    dlq::ORIGINAL_TOPIC => {
+                        entry.letter.get_or_insert_with(Letter::default).topic =
+                            Some(value.to_owned());
+                    }
+                    dlq::ORIGINAL_PARTITION => {
+                        entry.letter.get_or_insert_with(Letter::default).partition =
+                            value.parse().ok();
+                    }
+                    dlq::ORIGINAL_OFFSET => {
+                        entry.letter.get_or_insert_with(Letter::default).offset =
+                            value.parse().ok();
+                    }
+                    dlq::GROUP => {
+                        entry.letter.get_or_insert_with(Letter::default).group =
+                            Some(value.to_owned());
+                    }
                     _ => {}
                 }
             }
@@ -180,6 +215,22 @@ fn read_topic(
         .unassign()
         .map_err(|e| LiveError::Broker(format!("unassign {topic}: {e}")))?;
     Ok(read)
+}
+
+/// The partition count of `topic`, or `None` when it does not exist.
+fn partition_count(
+    consumer: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Option<u32>, LiveError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| LiveError::Broker(format!("metadata of {topic}: {e}")))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| u32::try_from(t.partitions().len()).unwrap_or(u32::MAX)))
 }
 
 fn check_blocking(
@@ -201,6 +252,30 @@ fn check_blocking(
         let read = read_topic(&reader, &format!("{prefix}{topic}"), partitions, timeout)?;
         summary.messages += read.iter().map(|p| p.len() as u64).sum::<u64>();
         contents.insert(topic, read);
+    }
+
+    // What each group parked: (group, topic, partition, offset), broker names. A letter
+    // without a group (written by a handler that did not say) counts for every group.
+    let mut parked: BTreeSet<(String, String, u32, u64)> = BTreeSet::new();
+    for (_, topic) in groups::ALL {
+        let dead_letter_topic = format!("{prefix}{topic}.dlq");
+        let Some(partitions) = partition_count(&reader, &dead_letter_topic, timeout)? else {
+            continue;
+        };
+        for message in read_topic(&reader, &dead_letter_topic, partitions, timeout)?
+            .into_iter()
+            .flatten()
+        {
+            if let Some(Letter {
+                topic: Some(topic),
+                partition: Some(partition),
+                offset: Some(offset),
+                group,
+            }) = message.letter
+            {
+                parked.insert((group.unwrap_or_default(), topic, partition, offset));
+            }
+        }
     }
 
     // Each stream's events first appear on the events topic in version order.
@@ -247,12 +322,37 @@ fn check_blocking(
                 _ => 0,
             };
             let messages = &contents[topic][partition];
+            let (broker_group, broker_topic) =
+                (format!("{prefix}{group}"), format!("{prefix}{topic}"));
+            let partition_u32 = u32::try_from(partition).unwrap_or(u32::MAX);
             for message in messages {
                 if message.offset >= below {
                     summary.uncommitted += 1;
                     continue;
                 }
-                let Some(id) = message.event_id else { continue };
+                let was_parked = |by: &str| {
+                    parked.contains(&(
+                        by.to_owned(),
+                        broker_topic.clone(),
+                        partition_u32,
+                        message.offset,
+                    ))
+                };
+                if was_parked(&broker_group) || was_parked("") {
+                    summary.dead_lettered += 1;
+                    continue;
+                }
+                let Some(id) = message.event_id else {
+                    findings.push(Finding::new(
+                        invariant::NOTHING_LOST,
+                        Vec::new(),
+                        format!(
+                            "{group} committed past {topic}/{partition}@{}, a message without a valid event id, but never dead-lettered it",
+                            message.offset
+                        ),
+                    ));
+                    break 'groups;
+                };
                 if !markers.contains(&inbox::marker_id(group, id)) {
                     let mut entities = Vec::new();
                     entities.extend(message.stream.clone());

@@ -49,7 +49,7 @@ use crate::bus_check::{self, BusCheck};
 use crate::external::{Latency, LiveCarrier, LiveProvider};
 use crate::namespace::NamespacedBus;
 use crate::runtime::ScopedRuntime;
-use crate::{LiveConfig, LiveError, LiveReport};
+use crate::{CHECKER_CONNECTIONS, CONNECTIONS_PER_INSTANCE, LiveConfig, LiveError, LiveReport};
 
 /// How often [`CheckoutRun::wait`] reads the log.
 const POLL_EVERY: Duration = Duration::from_millis(250);
@@ -57,8 +57,6 @@ const POLL_EVERY: Duration = Duration::from_millis(250);
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// Events per `read_all`.
 const READ_BATCH: usize = 1000;
-/// Store connections per service instance (the checker has its own pool).
-const CONNECTIONS_PER_INSTANCE: u32 = 4;
 
 /// What a run reports while it runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -269,19 +267,47 @@ impl CheckoutRun {
         config.validate()?;
         let started = Instant::now();
         let namespace = config.namespace.clone().unwrap_or_else(fresh_namespace);
-        let prefix = format!("{namespace}.");
         let tokio = TokioRuntime::try_current().map_err(|e| LiveError::Config(e.to_string()))?;
         let runtime = ScopedRuntime::new(tokio);
+
+        // The broker first: an unreachable one must not leave a migrated schema behind.
+        let kafka = Self::kafka_config(&config, &namespace, "setup")?;
+        let setup = KafkaEventBus::new(kafka)?;
+        setup.check_connection().await?;
 
         // The store: a fresh schema, migrated by the checker's connection; the services'
         // pools only verify the schema version, as a deployment's would.
         let pg = PgConfig::new(config.database_url.clone()).with_schema(namespace.clone());
-        let store = Arc::new(PgEventStore::connect(pg.clone().with_max_connections(4)).await?);
+        let store = Arc::new(
+            PgEventStore::connect(pg.clone().with_max_connections(CHECKER_CONNECTIONS)).await?,
+        );
+        let keep = config.keep_schema;
+        let setup_store = Arc::clone(&store);
+        let ns = namespace.clone();
+        match Self::start_in(
+            config, pg, store, setup, namespace, started, runtime, progress,
+        )
+        .await
+        {
+            Ok(run) => Ok(run),
+            Err(cause) => Err(abandon(&setup_store, &ns, keep, cause).await),
+        }
+    }
 
+    /// [`CheckoutRun::start`] once the schema exists: an error here is cleaned up there.
+    #[allow(clippy::too_many_arguments)]
+    async fn start_in(
+        config: LiveConfig,
+        pg: PgConfig,
+        store: Arc<PgEventStore>,
+        setup: KafkaEventBus,
+        namespace: String,
+        started: Instant,
+        runtime: ScopedRuntime,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<Self, LiveError> {
+        let prefix = format!("{namespace}.");
         // The bus: topics created up front (the broker does not auto-create them).
-        let kafka = Self::kafka_config(&config, &namespace, "setup")?;
-        let setup = KafkaEventBus::new(kafka.clone())?;
-        setup.check_connection().await?;
         let names = [
             topics::ORDERS,
             topics::INVENTORY,
@@ -616,6 +642,7 @@ impl CheckoutRun {
             events: checked.events,
             bus_messages: checked.bus.messages,
             acknowledged_verified: checked.bus.acknowledged_verified,
+            dead_lettered: checked.bus.dead_lettered,
             saga_instances: self.config.saga_instances,
             service_instances: self.config.service_instances,
             ready_after: self.ready_after,
@@ -657,6 +684,32 @@ impl Drop for CheckoutRun {
         // A run abandoned half-way (an error, a panicking test) must not leave its services
         // running in the caller's runtime.
         self.runtime.stop();
+    }
+}
+
+/// A run whose setup failed after its schema was created: drops the schema (unless asked
+/// to keep it) and says what is left, so a failed run never leaves an unnamed schema.
+async fn abandon(store: &PgEventStore, namespace: &str, keep: bool, cause: LiveError) -> LiveError {
+    let schema = if keep {
+        format!("schema {namespace} kept (--keep-schema)")
+    } else {
+        match sqlx::query(&format!("DROP SCHEMA {namespace} CASCADE"))
+            .execute(store.pool())
+            .await
+        {
+            Ok(_) => format!("schema {namespace} dropped"),
+            Err(e) => format!(
+                "schema {namespace} left behind (dropping it failed: {e}); remove it with \
+                 DROP SCHEMA {namespace} CASCADE"
+            ),
+        }
+    };
+    store.close().await;
+    LiveError::SetupFailed {
+        cause: Box::new(cause),
+        cleanup: format!(
+            "{schema}; topics named {namespace}.* (if any were created) stay on the broker"
+        ),
     }
 }
 

@@ -31,7 +31,8 @@
 //! - **Checked from durable truth only**: the log is read back from PostgreSQL with
 //!   `read_all`, the provider's books from the model, and the consumer invariants from the
 //!   broker's committed offsets and messages ([`bus_check`]) rather than from an in-memory
-//!   bus.
+//!   bus. A message a consumer could not handle (another client's garbage on a topic) is
+//!   handled by being dead-lettered: the checker finds its letter in `<topic>.dlq`.
 //! - **Isolation by namespace**: each run gets a fresh PostgreSQL schema and its own
 //!   prefix on every topic and consumer group ([`namespace`]), so runs never see each
 //!   other's data, even concurrently on one broker and one database.
@@ -82,6 +83,19 @@ use reprise_scenarios::audit::Finding;
 pub use checkout::{
     Checked, CheckoutRun, Progress, WaitOutcome, run_checkout, run_checkout_with_progress,
 };
+
+/// Store connections per service instance (the checker has its own pool).
+pub(crate) const CONNECTIONS_PER_INSTANCE: u32 = 4;
+/// The checker's pool.
+pub(crate) const CHECKER_CONNECTIONS: u32 = 4;
+/// Instances of one service a run may start.
+pub const MAX_INSTANCES: u32 = 16;
+/// PostgreSQL connections a run may open in all ([`LiveConfig::postgres_connections`]):
+/// room for the defaults many times over, and well under PostgreSQL's default 100, which
+/// other clients of the server share.
+pub const MAX_POSTGRES_CONNECTIONS: u64 = 64;
+/// The longest run.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// What a live run does and where. Build with [`LiveConfig::new`] or
 /// [`LiveConfig::from_env`], then adjust with the `with_*` methods.
@@ -157,16 +171,19 @@ impl LiveConfig {
         }
     }
 
-    /// Reads `DATABASE_URL` and `KAFKA_BOOTSTRAP`.
+    /// Reads `DATABASE_URL` and `KAFKA_BOOTSTRAP`, and `KAFKA_PROPERTIES` when set (extra
+    /// librdkafka properties — TLS, SASL — parsed as `reprise_kafka::parse_properties` does,
+    /// so `reprise real` reaches the brokers `reprise dlq` does).
     ///
     /// # Errors
-    /// [`LiveError::MissingEnv`] naming the first one unset or empty.
+    /// [`LiveError::MissingEnv`] naming the first one unset or empty;
+    /// [`LiveError::KafkaConfig`] for `KAFKA_PROPERTIES` that do not parse.
     pub fn from_env(orders: u32) -> Result<Self, LiveError> {
         let read = |name: &'static str, hint: &'static str| match std::env::var(name) {
             Ok(value) if !value.trim().is_empty() => Ok(value),
             _ => Err(LiveError::MissingEnv { name, hint }),
         };
-        Ok(LiveConfig::new(
+        let mut config = LiveConfig::new(
             read(
                 "DATABASE_URL",
                 "start PostgreSQL with `eval \"$(bash scripts/postgres.sh)\"`",
@@ -176,7 +193,28 @@ impl LiveConfig {
                 "start a broker with `eval \"$(bash scripts/kafka.sh)\"`",
             )?,
             orders,
-        ))
+        );
+        if let Ok(text) = std::env::var("KAFKA_PROPERTIES") {
+            config.kafka_properties = reprise_kafka::parse_properties(&text)?;
+        }
+        Ok(config)
+    }
+
+    /// Extra librdkafka properties for every client of the run (TLS, SASL, tuning).
+    #[must_use]
+    pub fn with_kafka_properties(mut self, properties: BTreeMap<String, String>) -> Self {
+        self.kafka_properties = properties;
+        self
+    }
+
+    /// PostgreSQL connections the run opens at most: a pool per service instance, the
+    /// workload client's and the checker's, and one lease connection per saga instance.
+    #[must_use]
+    pub fn postgres_connections(&self) -> u64 {
+        let instances = u64::from(self.saga_instances) + 4 * u64::from(self.service_instances) + 1;
+        instances * u64::from(CONNECTIONS_PER_INSTANCE)
+            + u64::from(CHECKER_CONNECTIONS)
+            + u64::from(self.saga_instances)
     }
 
     #[must_use]
@@ -221,6 +259,37 @@ impl LiveConfig {
         }
         if self.saga_instances == 0 || self.service_instances == 0 {
             return invalid("every service needs at least one instance".into());
+        }
+        if self.saga_instances > MAX_INSTANCES || self.service_instances > MAX_INSTANCES {
+            return invalid(format!(
+                "saga and service instances must be 1..={MAX_INSTANCES} each, got {} and {}",
+                self.saga_instances, self.service_instances
+            ));
+        }
+        if self.postgres_connections() > MAX_POSTGRES_CONNECTIONS {
+            return invalid(format!(
+                "{} saga and {} x4 service instances need {} PostgreSQL connections, more \
+                 than the {MAX_POSTGRES_CONNECTIONS} a run may take (PostgreSQL allows 100 by \
+                 default, for every client together): use fewer instances",
+                self.saga_instances,
+                self.service_instances,
+                self.postgres_connections()
+            ));
+        }
+        if self.timeout > MAX_TIMEOUT {
+            return invalid(format!(
+                "timeout {:?} exceeds {MAX_TIMEOUT:?}",
+                self.timeout
+            ));
+        }
+        if self.session_timeout < Duration::from_millis(1)
+            || self.heartbeat_interval < Duration::from_millis(1)
+            || self.session_timeout > Duration::from_secs(300)
+        {
+            return invalid(format!(
+                "session timeout {:?} / heartbeat {:?} out of range",
+                self.session_timeout, self.heartbeat_interval
+            ));
         }
         if self.partitions == 0 || self.partitions > 64 {
             return invalid(format!(
@@ -272,6 +341,9 @@ pub struct LiveReport {
     pub bus_messages: u64,
     /// Acknowledged messages verified to have taken effect.
     pub acknowledged_verified: u64,
+    /// Acknowledged messages verified to be in their dead-letter topic instead (messages
+    /// no handler could take, e.g. from a foreign producer).
+    pub dead_lettered: u64,
     pub saga_instances: u32,
     pub service_instances: u32,
     /// From start until every consumer group held every partition.
@@ -311,6 +383,13 @@ impl fmt::Display for LiveReport {
             "events:    {} in the store, {} messages on the bus, {} acknowledged messages verified",
             self.events, self.bus_messages, self.acknowledged_verified
         )?;
+        if self.dead_lettered > 0 {
+            writeln!(
+                f,
+                "           {} acknowledged messages dead-lettered (reprise dlq --backend kafka --topic {}.<topic>.dlq list)",
+                self.dead_lettered, self.namespace
+            )?;
+        }
         let settled = self.settled_after.map_or_else(
             || "never".to_owned(),
             |d| format!("{:.1}s", d.as_secs_f64()),
@@ -368,6 +447,13 @@ pub enum LiveError {
     },
     #[error("cleanup: {0}")]
     Cleanup(String),
+    /// Setting the run up failed after something was created: what happened to it.
+    #[error("{cause}; {cleanup}")]
+    SetupFailed {
+        cause: Box<LiveError>,
+        /// What was removed, or what was left behind and where.
+        cleanup: String,
+    },
     /// The run completed and broke at least one invariant.
     #[error("{}", violation_summary(report))]
     Violation { report: Box<LiveReport> },
@@ -392,5 +478,37 @@ impl LiveError {
             LiveError::Violation { report } => Some(report),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> LiveConfig {
+        LiveConfig::new("postgres://u:p@127.0.0.1/db", "127.0.0.1:9092", 10)
+    }
+
+    #[test]
+    fn sizes_have_bounds_with_clear_errors() {
+        config().validate().expect("the defaults are valid");
+        let error = config()
+            .with_instances(u32::MAX, 1)
+            .validate()
+            .expect_err("4294967295 saga instances");
+        assert!(error.to_string().contains("1..=16"), "{error}");
+        let error = config()
+            .with_instances(8, 8)
+            .validate()
+            .expect_err("too many connections");
+        assert!(
+            error.to_string().contains("PostgreSQL connections"),
+            "{error}"
+        );
+        let error = config()
+            .with_timeout(Duration::from_secs(u64::MAX / 4))
+            .validate()
+            .expect_err("a timeout of ages");
+        assert!(error.to_string().contains("exceeds"), "{error}");
     }
 }

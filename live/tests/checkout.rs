@@ -225,3 +225,128 @@ async fn the_checker_reports_tampered_books_and_bogus_events() {
     );
     run.drop_schema().await.expect("drop the tampered schema");
 }
+
+/// Messages no checkout service can handle, produced by a plain Kafka client onto the
+/// topics the services consume: each is dead-lettered with its reason (never dropped
+/// without a trace), the run still settles, and the checker counts the letters as handled
+/// instead of reporting them lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_poison_messages_are_dead_lettered_and_the_run_stays_clean() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let Some(config) = config(6) else { return };
+    let config = config.with_seed(6).with_timeout(Duration::from_secs(150));
+    let mut progress = print_progress;
+    let mut run = CheckoutRun::start(config, &mut progress)
+        .await
+        .expect("the run starts");
+    let bootstrap = std::env::var("KAFKA_BOOTSTRAP").expect("checked by config()");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("a plain producer");
+    let id = b"0123abcd-0000-4000-8000-00000000beef";
+    // (topic, key, payload, headers): no headers, not JSON, a bad id, not UTF-8, a
+    // tombstone — on a command topic and on the saga's events topic.
+    type Shape<'a> = (
+        &'a str,
+        Option<&'a [u8]>,
+        Option<&'a [u8]>,
+        Option<&'a [u8]>,
+    );
+    let shapes: [Shape<'_>; 6] = [
+        (topics::ORDERS, None, Some(b"{}"), None),
+        (topics::ORDERS, Some(b"order-x"), Some(b"{oops"), Some(id)),
+        (topics::INVENTORY, Some(b"sku-x"), Some(b"{}"), Some(b"42")),
+        (
+            topics::PAYMENTS,
+            Some(b"order-x"),
+            Some(&[0xff, 0xfe]),
+            Some(id),
+        ),
+        (topics::EVENTS, Some(b"order-x"), None, Some(id)),
+        (topics::EVENTS, None, Some(b"[1,2"), None),
+    ];
+    for (topic, key, payload, event_id) in shapes {
+        let topic = format!("{}.{topic}", run.namespace());
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
+        if let Some(event_id) = event_id {
+            record = record.headers(OwnedHeaders::new().insert(Header {
+                key: header::EVENT_ID,
+                value: Some(event_id),
+            }));
+        }
+        producer
+            .send(record, Duration::from_secs(5))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce a poison message");
+    }
+
+    let outcome = run.wait(&mut progress).await.expect("the run is watched");
+    assert!(
+        matches!(outcome, WaitOutcome::Settled { .. }),
+        "poison messages do not stop the checkout: {outcome:?}"
+    );
+    // The services dead-letter asynchronously: give the last letters a moment.
+    let mut checked = None;
+    for _ in 0..40 {
+        let c = run.check().await.expect("the run is checked");
+        if c.bus.dead_lettered >= 6 {
+            checked = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    run.stop().await;
+    let checked = match checked {
+        Some(c) => c,
+        None => run.check().await.expect("the run is checked"),
+    };
+    assert_eq!(
+        checked.findings,
+        vec![],
+        "dead-lettered messages count as handled"
+    );
+    assert_eq!(checked.bus.dead_lettered, 6, "{:?}", checked.bus);
+    run.drop_schema().await.expect("drop the schema");
+}
+
+/// A run that cannot reach its broker fails naming the address, and leaves no schema
+/// behind (the broker is checked before the schema is created).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_fails_naming_it_and_leaves_no_schema() {
+    let Some(config) = config(1) else { return };
+    // Unique per run: OS entropy through the production runtime.
+    let entropy = reprise_tokio::TokioRuntime::try_current().expect("in tokio");
+    let namespace = format!(
+        "live_nobroker_{:x}",
+        reprise_core::Entropy::next_u64(&entropy) >> 16
+    );
+    let database_url = config.database_url.clone();
+    let mut config = config.with_namespace(namespace.clone());
+    config.kafka_bootstrap = "127.0.0.1:1".into();
+    let error = run_checkout(config)
+        .await
+        .expect_err("nothing listens on port 1");
+    assert!(
+        error.to_string().contains("127.0.0.1:1"),
+        "the error names the broker: {error}"
+    );
+    let pool = sqlx::PgPool::connect(&database_url).await.expect("connect");
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)")
+            .bind(&namespace)
+            .fetch_one(&pool)
+            .await
+            .expect("query");
+    assert!(!exists, "a failed run left schema {namespace} behind");
+    pool.close().await;
+}

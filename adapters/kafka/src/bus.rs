@@ -28,6 +28,15 @@ use crate::consumer::KafkaSubscription;
 use crate::error::to_bus_error;
 use crate::metrics as m;
 
+/// Pauses while a new topic propagates: 10 ms doubling to 200 ms, with jitter.
+const TOPIC_WAIT: reprise_core::RetryPolicy = reprise_core::RetryPolicy {
+    max_attempts: 8,
+    initial_delay: Duration::from_millis(10),
+    max_delay: Duration::from_millis(200),
+    multiplier: 2.0,
+    jitter: true,
+};
+
 /// Where one published message landed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Receipt {
@@ -99,17 +108,30 @@ impl KafkaEventBus {
     /// One metadata round trip to the cluster.
     ///
     /// # Errors
-    /// [`BusError::Timeout`] or [`BusError::Transient`] if no broker answers within the
-    /// operation timeout.
+    /// [`BusError::Transient`] naming the bootstrap servers and the cause if no broker
+    /// answers within the operation timeout; [`BusError::Permanent`] (also naming them)
+    /// for a refusal that will not pass by itself (authentication, authorization).
     pub async fn check_connection(&self) -> Result<(), BusError> {
         let producer = self.producer.clone();
         let timeout = self.config.operation_timeout;
+        let servers = self.config.bootstrap_servers.clone();
         blocking(move || {
             producer
                 .client()
                 .fetch_metadata(None, timeout)
                 .map(|_| ())
-                .map_err(|e| to_bus_error(&e, ""))
+                .map_err(|e| match to_bus_error(&e, "") {
+                    BusError::Permanent(why) => {
+                        BusError::Permanent(format!("broker at {servers}: {why}"))
+                    }
+                    other => BusError::Transient(format!(
+                        "no broker answered at {servers} within {timeout:?}: {}",
+                        match other {
+                            BusError::Transient(why) => why,
+                            other => other.to_string(),
+                        }
+                    )),
+                })
         })
         .await
     }
@@ -149,6 +171,110 @@ impl KafkaEventBus {
             }
         }
         Ok(())
+    }
+
+    /// Partitions and replication factor of `topic`, from cluster metadata.
+    ///
+    /// # Errors
+    /// [`BusError::UnknownTopic`] if the topic does not exist.
+    pub async fn topic_layout(&self, topic: &str) -> Result<(u32, u32), BusError> {
+        let producer = self.producer.clone();
+        let timeout = self.config.operation_timeout;
+        let name = topic.to_owned();
+        blocking(move || {
+            let metadata = producer
+                .client()
+                .fetch_metadata(Some(&name), timeout)
+                .map_err(|e| to_bus_error(&e, &name))?;
+            let t = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == name)
+                .ok_or_else(|| BusError::UnknownTopic(name.clone()))?;
+            if t.error().is_some() || t.partitions().is_empty() {
+                return Err(BusError::UnknownTopic(name.clone()));
+            }
+            let partitions = u32::try_from(t.partitions().len()).unwrap_or(u32::MAX);
+            let replicas = t
+                .partitions()
+                .iter()
+                .map(|p| p.replicas().len())
+                .max()
+                .unwrap_or(1)
+                .max(1);
+            Ok((partitions, u32::try_from(replicas).unwrap_or(1)))
+        })
+        .await
+    }
+
+    /// Makes sure the dead-letter topic of `topic` (`topic` + the configured suffix) exists
+    /// before anything of `topic` is consumed, creating it if missing with `topic`'s
+    /// partition count (a key's letters stay on one partition, in order) and replication
+    /// factor (letters are as durable as the messages they replace). Returns its name.
+    ///
+    /// Consumers call this themselves ([`KafkaSubscription`] before its first delivery), so
+    /// that a poison message never meets a missing dead-letter topic with automatic topic
+    /// creation off — which would leave the message unacknowledged and its partition's
+    /// commits stuck. Creating it needs the `CREATE` ACL on the cluster or the topic; without
+    /// it, create the topic beforehand (same partitions as the original).
+    ///
+    /// # Errors
+    /// [`BusError::UnknownTopic`] naming `topic` when the original does not exist (nothing
+    /// to mirror yet); the creation's errors, with the dead-letter topic named.
+    pub async fn ensure_dead_letter_topic(&self, topic: &str) -> Result<String, BusError> {
+        let dead_letter_topic = self.config.dead_letter_topic(topic);
+        match self.partition_count(&dead_letter_topic).await {
+            Ok(_) => return Ok(dead_letter_topic),
+            Err(BusError::UnknownTopic(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let (partitions, replication) = self.topic_layout(topic).await?;
+        let explain = |e: BusError| match e {
+            BusError::Permanent(why) => BusError::Permanent(format!(
+                "cannot create dead-letter topic {dead_letter_topic} ({partitions} partitions, \
+                 replication {replication}): {why}; create it beforehand or grant CREATE"
+            )),
+            BusError::Transient(why) => BusError::Transient(format!(
+                "cannot create dead-letter topic {dead_letter_topic}: {why}"
+            )),
+            other => other,
+        };
+        self.create_topic(&dead_letter_topic, partitions, replication)
+            .await
+            .map_err(explain)?;
+        self.await_topic(&dead_letter_topic)
+            .await
+            .map_err(explain)?;
+        tracing::info!(
+            topic,
+            dead_letter_topic,
+            partitions,
+            replication,
+            "created the dead-letter topic"
+        );
+        Ok(dead_letter_topic)
+    }
+
+    /// Waits until `topic` shows in cluster metadata (creation propagates asynchronously),
+    /// for at most the operation timeout, pausing with core's backoff on tokio.
+    pub(crate) async fn await_topic(&self, topic: &str) -> Result<(), BusError> {
+        let runtime = reprise_tokio::TokioRuntime::try_current()
+            .map_err(|e| BusError::Permanent(e.to_string()))?;
+        let limit = u64::try_from(self.config.operation_timeout.as_nanos()).unwrap_or(u64::MAX);
+        let started = reprise_core::Runtime::stopwatch_nanos(&runtime);
+        let mut backoff = reprise_core::resilience::Backoff::new(TOPIC_WAIT);
+        loop {
+            match self.partition_count(topic).await {
+                Ok(_) => return Ok(()),
+                Err(BusError::UnknownTopic(_))
+                    if reprise_core::Runtime::stopwatch_nanos(&runtime).saturating_sub(started)
+                        < limit =>
+                {
+                    backoff.pause(&runtime).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The number of partitions of `topic`, from cluster metadata.
@@ -362,14 +488,20 @@ impl EventBus for KafkaEventBus {
         Box::pin(async move { bus.publish_with_receipts(messages).await.map(|_| ()) })
     }
 
+    /// Prepares the dead-letter topics before it returns (see
+    /// [`KafkaEventBus::ensure_dead_letter_topic`]): a subscription that could not
+    /// dead-letter a poison message is refused here, with the reason, rather than
+    /// discovered at the first poison message.
     fn subscribe(
         &self,
         group: &str,
         topics: &[&str],
     ) -> BoxFuture<'static, Result<Box<dyn Subscription>, BusError>> {
-        let result = self
-            .subscribe_group(group, topics)
-            .map(|s| Box::new(s) as Box<dyn Subscription>);
-        Box::pin(std::future::ready(result))
+        let result = self.subscribe_group(group, topics);
+        Box::pin(async move {
+            let mut subscription = result?;
+            subscription.prepare_dead_letter_topics().await?;
+            Ok(Box::new(subscription) as Box<dyn Subscription>)
+        })
     }
 }

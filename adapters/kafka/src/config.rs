@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use reprise_core::RetryPolicy;
 
 /// Properties the adapter owns: overriding them would silently break a guarantee.
 const RESERVED: &[(&str, &str)] = &[
@@ -60,6 +61,17 @@ const RESERVED: &[(&str, &str)] = &[
     ),
 ];
 
+/// The default [`KafkaConfig::dead_letter_retry`]: 5 attempts, pauses from 100 ms doubling
+/// to 2 s with jitter (about 2 s in all) — long enough to ride out a leader election of
+/// the dead-letter topic, short enough that a consumer reports a lasting failure quickly.
+pub const DEAD_LETTER_RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: 5,
+    initial_delay: Duration::from_millis(100),
+    max_delay: Duration::from_secs(2),
+    multiplier: 2.0,
+    jitter: true,
+};
+
 /// A configuration the adapter refuses, with the reason.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -84,6 +96,8 @@ pub enum ConfigError {
     Env { name: &'static str, problem: String },
     #[error("dead-letter suffix `{0}` must be non-empty and use only [A-Za-z0-9._-]")]
     BadDeadLetterSuffix(String),
+    #[error("dead-letter retry policy: {0}")]
+    BadDeadLetterRetry(String),
     #[error("librdkafka refused the configuration: {0}")]
     Rejected(String),
 }
@@ -98,9 +112,31 @@ pub enum OffsetReset {
     Latest,
 }
 
+/// What a consumed message must be to reach the handler; anything else is dead-lettered
+/// with the reason ([`crate::dead_letter`]) instead of being handed out.
+///
+/// Why the adapter checks at all: a Reprise consumer (the host's consume loop and inbox)
+/// knows a message by its `reprise-event-id` header and decodes a JSON payload. A message
+/// without either cannot be handled, only skipped — and a skip is an acknowledged message
+/// that left no trace. Checked here, such a message lands in the dead-letter topic with
+/// its reason, whichever client produced it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MessageCheck {
+    /// Key, payload and header values must be UTF-8 and the payload present (not a
+    /// tombstone): the least a [`Delivery`](reprise_core::Delivery) can hold. For buses
+    /// carrying something other than Reprise messages (and for the core conformance
+    /// suite, whose event ids are arbitrary text).
+    Text,
+    /// [`MessageCheck::Text`], plus a JSON payload and a `reprise-event-id` header holding
+    /// an event id (UUID layout or 32 hex digits): what every Reprise consumer needs. The
+    /// default.
+    #[default]
+    Envelope,
+}
+
 /// Settings for [`crate::KafkaEventBus`]. Defaults follow librdkafka's, except where the
 /// adapter's guarantees need otherwise (`auto.offset.reset=earliest`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct KafkaConfig {
     /// `host:port[,host:port…]`.
     pub bootstrap_servers: String,
@@ -128,10 +164,65 @@ pub struct KafkaConfig {
     pub allow_auto_create_topics: bool,
     /// Dead letters of topic `t` go to `t` + this suffix (default `.dlq`).
     pub dead_letter_suffix: String,
+    /// What a consumed message must be to be delivered (default
+    /// [`MessageCheck::Envelope`]); the rest is dead-lettered with its reason.
+    pub message_check: MessageCheck,
+    /// Attempts and pauses when writing a dead letter fails (the dead-letter topic is
+    /// unreachable or refuses the write). Past them the subscription reports the failure
+    /// (metric `reprise_bus_dead_letter_failures_total`, an error log, and an error from
+    /// `next`) and keeps the message, so its partition's commits stop before it rather
+    /// than skip it; the next `next` tries again.
+    pub dead_letter_retry: RetryPolicy,
     /// Any other librdkafka property, passed through (`security.protocol`, `sasl.*`,
     /// `ssl.*`, `linger.ms`, `compression.type`, `partition.assignment.strategy`, …).
     pub properties: BTreeMap<String, String>,
 }
+
+// By hand because the retry policy's multiplier is a float: compared by its bits, so that
+// a configuration equals itself (the policy is validated finite).
+impl PartialEq for KafkaConfig {
+    fn eq(&self, other: &Self) -> bool {
+        let KafkaConfig {
+            bootstrap_servers,
+            client_id,
+            session_timeout,
+            heartbeat_interval,
+            delivery_timeout,
+            operation_timeout,
+            statistics_interval,
+            offset_reset,
+            allow_auto_create_topics,
+            dead_letter_suffix,
+            message_check,
+            dead_letter_retry,
+            properties,
+        } = self;
+        let retry = |r: &RetryPolicy| {
+            (
+                r.max_attempts,
+                r.initial_delay,
+                r.max_delay,
+                r.multiplier.to_bits(),
+                r.jitter,
+            )
+        };
+        *bootstrap_servers == other.bootstrap_servers
+            && *client_id == other.client_id
+            && *session_timeout == other.session_timeout
+            && *heartbeat_interval == other.heartbeat_interval
+            && *delivery_timeout == other.delivery_timeout
+            && *operation_timeout == other.operation_timeout
+            && *statistics_interval == other.statistics_interval
+            && *offset_reset == other.offset_reset
+            && *allow_auto_create_topics == other.allow_auto_create_topics
+            && *dead_letter_suffix == other.dead_letter_suffix
+            && *message_check == other.message_check
+            && retry(dead_letter_retry) == retry(&other.dead_letter_retry)
+            && *properties == other.properties
+    }
+}
+
+impl Eq for KafkaConfig {}
 
 impl KafkaConfig {
     /// A configuration with librdkafka's group timing (45 s session, 3 s heartbeat).
@@ -148,6 +239,8 @@ impl KafkaConfig {
             offset_reset: OffsetReset::Earliest,
             allow_auto_create_topics: false,
             dead_letter_suffix: ".dlq".to_owned(),
+            message_check: MessageCheck::Envelope,
+            dead_letter_retry: DEAD_LETTER_RETRY,
             properties: BTreeMap::new(),
         }
     }
@@ -249,6 +342,20 @@ impl KafkaConfig {
         self
     }
 
+    /// What a consumed message must be to reach the handler ([`MessageCheck`]).
+    #[must_use]
+    pub fn message_check(mut self, check: MessageCheck) -> Self {
+        self.message_check = check;
+        self
+    }
+
+    /// Retries of a failed dead-letter write ([`KafkaConfig::dead_letter_retry`]).
+    #[must_use]
+    pub fn dead_letter_retry(mut self, retry: RetryPolicy) -> Self {
+        self.dead_letter_retry = retry;
+        self
+    }
+
     /// The dead-letter topic of `topic`.
     #[must_use]
     pub fn dead_letter_topic(&self, topic: &str) -> String {
@@ -300,6 +407,9 @@ impl KafkaConfig {
                 self.dead_letter_suffix.clone(),
             ));
         }
+        self.dead_letter_retry
+            .validate()
+            .map_err(ConfigError::BadDeadLetterRetry)?;
         let max = u64::try_from(i32::MAX).unwrap_or(u64::MAX);
         let mut durations = vec![
             ("session_timeout", self.session_timeout),

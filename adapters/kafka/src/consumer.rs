@@ -13,14 +13,28 @@
 //! for the group to acknowledge the departure, so the survivors rebalance at once instead of
 //! after a session timeout.
 //!
-//! A message whose key, payload or headers are not UTF-8 (or whose payload is null) cannot
-//! become a [`Delivery`]; rather than stall its partition forever, the subscription sends
-//! it to the dead-letter topic as raw bytes and acknowledges it (see [`crate::dead_letter`]).
+//! ## Poison messages
 //!
-//! `next()` is cancellation-safe (wrap it in a timeout freely), with one narrow exception:
-//! cancelled while such a message is being dead-lettered, that message stays unacknowledged,
-//! so the partition's commits stop before it until the next rebalance redelivers it —
-//! delayed, never lost.
+//! A message that cannot be handled — key, payload or headers not UTF-8, a null payload
+//! (tombstone), and under [`MessageCheck::Envelope`] (the default) no headers, no or a
+//! malformed `reprise-event-id`, or a payload that is not JSON — never reaches the handler:
+//! the subscription sends it to its dead-letter topic byte for byte, with the reason, and
+//! acknowledges it once the broker has the letter (see [`crate::dead_letter`]). Whoever
+//! produced it (another team's service, a console producer), it leaves a trace.
+//!
+//! The dead-letter topics exist before the first delivery: the subscription creates any
+//! that is missing, mirroring its original's partitions and replication
+//! ([`KafkaEventBus::ensure_dead_letter_topic`]); `EventBus::subscribe` refuses to return a
+//! subscription whose topics cannot be prepared. A letter that still cannot be written is
+//! retried under [`KafkaConfig::dead_letter_retry`](crate::KafkaConfig::dead_letter_retry),
+//! then reported (counter, error log) and returned from `next` as an error; the message
+//! stays unacknowledged and is tried again at the next `next` (nothing else is handed out
+//! meanwhile), so its partition's commits stop before it — loudly — instead of skipping
+//! it.
+//!
+//! `next()` is cancellation-safe (wrap it in a timeout freely): a poison message whose
+//! letter was being written when `next` was cancelled is kept and written by the next call
+//! (the letter may then exist twice; never zero times).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -39,6 +53,7 @@ use reprise_core::{BoxFuture, BusError, Payload};
 use tracing::Instrument;
 
 use crate::bus::{KafkaEventBus, RawMessage};
+use crate::config::MessageCheck;
 use crate::dead_letter::{self, Failure};
 use crate::error::to_bus_error;
 use crate::metrics as m;
@@ -155,6 +170,44 @@ fn commit_positions(
     consumer.commit(&list, CommitMode::Sync)
 }
 
+/// Why a text message is not a Reprise message ([`MessageCheck::Envelope`]), if it is not.
+fn envelope_problem(payload: &str, headers: &Headers) -> Option<String> {
+    use reprise_core::event_bus::header;
+    if headers.0.is_empty() {
+        return Some(format!(
+            "no headers: a Reprise message carries at least {}",
+            header::EVENT_ID
+        ));
+    }
+    match headers.get(header::EVENT_ID) {
+        None => return Some(format!("no {} header", header::EVENT_ID)),
+        Some(id) if !is_event_id(id) => {
+            return Some(format!(
+                "header {} is not an event id (UUID or 32 hex digits): {:?}",
+                header::EVENT_ID,
+                clip(id)
+            ));
+        }
+        Some(_) => {}
+    }
+    serde_json::from_str::<serde::de::IgnoredAny>(payload)
+        .err()
+        .map(|e| format!("payload is not JSON: {e}"))
+}
+
+/// What `reprise-host` reads as an event id (`ids::parse_event_id`): 32 hex digits, dashes
+/// anywhere (its `Display` is the UUID layout, its `Debug` bare hex). Exactly that rule, so
+/// the adapter never parks a message a Reprise consumer would have handled.
+fn is_event_id(text: &str) -> bool {
+    text.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit())
+        && text.bytes().filter(u8::is_ascii_hexdigit).count() == 32
+}
+
+/// A value quoted in a reason, at most 64 characters of it.
+fn clip(text: &str) -> String {
+    text.chars().take(64).collect()
+}
+
 #[allow(clippy::cast_precision_loss)]
 fn count(n: usize) -> f64 {
     n as f64
@@ -168,6 +221,43 @@ pub struct KafkaSubscription {
     tracker: Arc<Mutex<OffsetTracker>>,
     group: Arc<str>,
     consumed: BTreeMap<String, metrics::Counter>,
+    /// Subscribed topics whose dead-letter topic is not known to exist yet.
+    unprepared: Vec<String>,
+    /// A poison message whose dead letter is not written yet (see the module docs).
+    pending_letter: Option<PendingLetter>,
+}
+
+/// An undeliverable message, owned, until its dead letter is on the broker.
+#[derive(Debug)]
+struct PendingLetter {
+    topic: String,
+    partition: u32,
+    offset: u64,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+    reason: String,
+}
+
+impl PendingLetter {
+    fn of(message: &BorrowedMessage<'_>, partition: u32, offset: u64, reason: String) -> Self {
+        PendingLetter {
+            topic: message.topic().to_owned(),
+            partition,
+            offset,
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            headers: message
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            reason,
+        }
+    }
 }
 
 impl std::fmt::Debug for KafkaSubscription {
@@ -217,7 +307,104 @@ impl KafkaSubscription {
             tracker,
             group,
             consumed: BTreeMap::new(),
+            unprepared: topics.iter().map(|t| (*t).to_owned()).collect(),
+            pending_letter: None,
         })
+    }
+
+    /// Creates the missing dead-letter topics of the subscribed topics
+    /// ([`KafkaEventBus::ensure_dead_letter_topic`]). Runs by itself before the first
+    /// delivery; call it to fail early. A subscribed topic that does not exist yet is
+    /// left for later (its first message prepares it).
+    ///
+    /// # Errors
+    /// A dead-letter topic that is missing and cannot be created (permissions, broker
+    /// down), with its name and the reason.
+    pub async fn prepare_dead_letter_topics(&mut self) -> Result<(), BusError> {
+        // A topic leaves the list only once prepared, so a cancelled call loses nothing.
+        for topic in self.unprepared.clone() {
+            match self.bus.ensure_dead_letter_topic(&topic).await {
+                Ok(_) => self.unprepared.retain(|t| *t != topic),
+                Err(BusError::UnknownTopic(missing)) if missing == topic => {
+                    tracing::debug!(group = %self.group, topic, "subscribed topic does not exist yet; its dead-letter topic is prepared later");
+                }
+                Err(error) => {
+                    tracing::error!(group = %self.group, topic, %error, "cannot prepare the dead-letter topic: refusing to consume");
+                    metrics::counter!(m::CONSUMER_ERRORS_TOTAL, "group" => self.group.to_string(), "kind" => error.kind()).increment(1);
+                    return Err(error);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the pending dead letter, if any, then acknowledges its message. On failure
+    /// the letter stays pending (see the module docs).
+    async fn write_pending_letter(&mut self) -> Result<(), BusError> {
+        let Some(letter) = &self.pending_letter else {
+            return Ok(());
+        };
+        if !self
+            .tracker
+            .lock()
+            .is_assigned(&letter.topic, letter.partition)
+        {
+            // Revoked meanwhile: the new owner receives the message and dead-letters it.
+            self.pending_letter = None;
+            return Ok(());
+        }
+        if self.unprepared.contains(&letter.topic) {
+            let topic = letter.topic.clone();
+            self.bus.ensure_dead_letter_topic(&topic).await?;
+            self.unprepared.retain(|t| *t != topic);
+        }
+        let runtime = reprise_tokio::TokioRuntime::try_current()
+            .map_err(|e| BusError::Permanent(e.to_string()))?;
+        let letter = self.pending_letter.as_ref().expect("checked above");
+        let original = RawMessage {
+            topic: &letter.topic,
+            key: letter.key.as_deref(),
+            payload: letter.payload.as_deref(),
+            headers: letter
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_deref()))
+                .collect(),
+        };
+        let failure = Failure {
+            partition: letter.partition,
+            offset: letter.offset,
+            error: &letter.reason,
+            attempts: 0,
+            group: Some(&self.group),
+        };
+        match dead_letter::send_retrying(
+            &self.bus,
+            &runtime,
+            &original,
+            &failure,
+            reprise_core::resilience::ErrorClass::Permanent,
+        )
+        .await
+        {
+            Ok(_) => {
+                self.tracker
+                    .lock()
+                    .handled(&letter.topic, letter.partition, letter.offset);
+                self.pending_letter = None;
+                Ok(())
+            }
+            Err(error) => {
+                // Perhaps deleted under us (a missing topic shows as a timeout to the
+                // producer): check, and create it again, before the next attempt.
+                let topic = letter.topic.clone();
+                if !self.unprepared.contains(&topic) {
+                    self.unprepared.push(topic);
+                }
+                metrics::counter!(m::CONSUMER_ERRORS_TOTAL, "group" => self.group.to_string(), "kind" => error.kind()).increment(1);
+                Err(error)
+            }
+        }
     }
 
     /// The consumer group.
@@ -238,7 +425,7 @@ impl KafkaSubscription {
         self.tracker.lock().uncommitted()
     }
 
-    fn decode(message: &BorrowedMessage<'_>) -> Result<Decoded, BusError> {
+    fn decode(message: &BorrowedMessage<'_>, check: MessageCheck) -> Result<Decoded, BusError> {
         let partition = u32::try_from(message.partition())
             .map_err(|_| BusError::Permanent("negative partition".into()))?;
         let offset = u64::try_from(message.offset())
@@ -270,6 +457,11 @@ impl KafkaSubscription {
                 headers.0.push((h.key.to_owned(), value.to_owned()));
             }
         }
+        if check == MessageCheck::Envelope
+            && let Some(reason) = envelope_problem(payload, &headers)
+        {
+            return Ok(Decoded::Poison(reason));
+        }
         Ok(Decoded::Delivery(Delivery {
             topic: Arc::from(message.topic()),
             partition,
@@ -281,6 +473,11 @@ impl KafkaSubscription {
     }
 
     async fn next_delivery(&mut self) -> Result<Delivery, BusError> {
+        if !self.unprepared.is_empty() {
+            self.prepare_dead_letter_topics().await?;
+        }
+        self.write_pending_letter().await?;
+        let check = self.bus.config().message_check;
         loop {
             let consumer = Arc::clone(&self.consumer);
             let message = match consumer.recv().await {
@@ -307,7 +504,7 @@ impl KafkaSubscription {
                 .entry(topic.clone())
                 .or_insert_with(|| metrics::counter!(m::CONSUMED_TOTAL, "group" => self.group.to_string(), "topic" => topic.clone()))
                 .increment(1);
-            match Self::decode(&message)? {
+            match Self::decode(&message, check)? {
                 Decoded::Delivery(delivery) => {
                     let span = tracing::Span::current();
                     span.record("messaging.destination.name", topic.as_str());
@@ -317,26 +514,11 @@ impl KafkaSubscription {
                     return Ok(delivery);
                 }
                 Decoded::Poison(reason) => {
-                    let headers: Vec<(&str, Option<&[u8]>)> = message
-                        .headers()
-                        .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
-                        .unwrap_or_default();
-                    let original = RawMessage {
-                        topic: &topic,
-                        key: message.key(),
-                        payload: message.payload(),
-                        headers,
-                    };
-                    let failure = Failure {
-                        partition,
-                        offset,
-                        error: &reason,
-                        attempts: 0,
-                        group: Some(&self.group),
-                    };
-                    tracing::warn!(group = %self.group, topic, partition, offset, reason, "undecodable message sent to the dead-letter topic");
-                    dead_letter::send(&self.bus, &original, &failure).await?;
-                    self.tracker.lock().handled(&topic, partition, offset);
+                    tracing::warn!(group = %self.group, topic, partition, offset, reason, "unhandleable message: sending it to the dead-letter topic");
+                    self.pending_letter =
+                        Some(PendingLetter::of(&message, partition, offset, reason));
+                    drop(message);
+                    self.write_pending_letter().await?;
                 }
             }
         }
@@ -426,5 +608,46 @@ impl Subscription for KafkaSubscription {
 
     fn commit(&mut self) -> BoxFuture<'_, Result<(), BusError>> {
         Box::pin(self.commit_handled())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_are_checked_in_the_layouts_the_host_writes() {
+        assert!(is_event_id("0123abcd-0000-4000-8000-00000000beef"));
+        assert!(is_event_id("0123abcd00004000800000000000beef"));
+        for bad in [
+            "",
+            "3",
+            "not-an-id",
+            "0123abcd-0000-4000-8000-00000000beef0",
+            "0123abcg-0000-4000-8000-00000000beef",
+            "0123abcd-0000-4000-8000-00000000bee",
+        ] {
+            assert!(!is_event_id(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn messages_without_the_envelope_get_a_reason() {
+        let id = "0123abcd-0000-4000-8000-00000000beef";
+        let with_id = Headers::default().with(reprise_core::event_bus::header::EVENT_ID, id);
+        assert_eq!(envelope_problem("{}", &with_id), None);
+        let reason = |payload: &str, headers: &Headers| {
+            envelope_problem(payload, headers).expect("a problem")
+        };
+        assert!(reason("{}", &Headers::default()).starts_with("no headers"));
+        assert!(reason("{}", &Headers::default().with("x", "1")).contains("no reprise-event-id"));
+        assert!(
+            reason(
+                "{}",
+                &Headers::default().with(reprise_core::event_bus::header::EVENT_ID, "42")
+            )
+            .contains("not an event id")
+        );
+        assert!(reason("{not json", &with_id).starts_with("payload is not JSON"));
     }
 }

@@ -18,7 +18,13 @@
 //! is idempotent for idempotent handlers). Offsets never stall behind a poison message.
 //!
 //! A concurrency conflict or any error the caller can resolve by itself must not be sent
-//! here (DESIGN §4): classify it as transient, or handle it before returning.
+//! here: classify it as transient, or handle it before returning.
+//!
+//! A dead letter that cannot be written (the topic is unreachable, or refuses the write) is
+//! retried under [`KafkaConfig::dead_letter_retry`](crate::KafkaConfig::dead_letter_retry),
+//! then reported — counter `reprise_bus_dead_letter_failures_total`, an error log, and the
+//! error itself to the caller — and the original stays unacknowledged: its partition's
+//! commits stop before it, loudly, instead of skipping it.
 //!
 //! Two ways to work with what was parked: [`DeadLetterQueue`] (list, inspect and replay the
 //! raw records, byte for byte) and [`KafkaDeadLetterQueue`], the
@@ -47,7 +53,7 @@ mod raw;
 mod reader;
 
 pub use envelope::header;
-pub(crate) use envelope::{Failure, send};
+pub(crate) use envelope::{Failure, send_retrying};
 pub use handler::{DeadLetterHandler, DeadLetterPolicy, HandlerError, Outcome};
 pub use queue::{KafkaDeadLetterQueue, RESOLUTIONS_SUFFIX, TopicLayout};
 pub use raw::{DeadLetter, DeadLetterQueue};

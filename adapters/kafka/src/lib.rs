@@ -56,7 +56,9 @@ pub mod metrics;
 pub mod offsets;
 
 pub use bus::{KafkaEventBus, Receipt};
-pub use config::{ConfigError, KafkaConfig, OffsetReset, parse_properties};
+pub use config::{
+    ConfigError, DEAD_LETTER_RETRY, KafkaConfig, MessageCheck, OffsetReset, parse_properties,
+};
 pub use consumer::{GroupContext, KafkaSubscription};
 pub use dead_letter::{
     DeadLetter, DeadLetterError, DeadLetterHandler, DeadLetterPolicy, DeadLetterQueue,

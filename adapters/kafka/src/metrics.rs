@@ -26,6 +26,11 @@ pub const CONSUMER_LAG: &str = "reprise_bus_consumer_lag";
 pub const UNCOMMITTED: &str = "reprise_bus_uncommitted_messages";
 /// Counter, labels `topic` (the original topic): messages sent to a dead-letter topic.
 pub const DEAD_LETTERS_TOTAL: &str = "reprise_bus_dead_letters_total";
+/// Counter, labels `topic` (the original topic), `group` (empty when unknown): dead
+/// letters that could not be written after every retry. Each one is a message left
+/// unacknowledged: its partition commits nothing past it until a later attempt succeeds.
+/// Alert on any increase.
+pub const DEAD_LETTER_FAILURES_TOTAL: &str = "reprise_bus_dead_letter_failures_total";
 /// Counter, labels `topic` (the original topic): dead letters re-published by `replay`.
 pub const REPLAYED_TOTAL: &str = "reprise_bus_dead_letters_replayed_total";
 /// Counter, labels `topic`: handler attempts that failed transiently and were retried.
@@ -58,6 +63,10 @@ pub fn describe() {
         "Delivered messages not yet committed by this member"
     );
     describe_counter!(DEAD_LETTERS_TOTAL, "Messages sent to a dead-letter topic");
+    describe_counter!(
+        DEAD_LETTER_FAILURES_TOTAL,
+        "Dead letters that could not be written after every retry (a partition stopped committing)"
+    );
     describe_counter!(
         REPLAYED_TOTAL,
         "Dead letters re-published to their original topic"

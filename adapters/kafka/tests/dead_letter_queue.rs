@@ -149,10 +149,21 @@ async fn handler_dead_letters_are_listed_redelivered_and_resolved_durably() {
     let pending = queue.list(DeadLetterQuery::default()).await.expect("list");
     assert_eq!(
         pending.len(),
-        2,
-        "the undecodable letter is not text: {pending:#?}"
+        3,
+        "every letter is listed, the undecodable one too: {pending:#?}"
     );
-    let (poison, busy) = (&pending[0], &pending[1]);
+    let (poison, undecodable, busy) = (&pending[0], &pending[1], &pending[2]);
+    assert_eq!(undecodable.letter.attempts, 0);
+    assert!(
+        undecodable.letter.error.contains("not UTF-8"),
+        "{}",
+        undecodable.letter.error
+    );
+    assert_eq!(
+        undecodable.letter.payload.as_str(),
+        "\u{fffd}\u{fffd}",
+        "shown as text, lossily"
+    );
     assert_eq!(poison.id, DeadLetterId("0:0".into()));
     assert_eq!(poison.status, DeadLetterStatus::Pending);
     assert_eq!(poison.letter.topic, topic);
@@ -194,7 +205,8 @@ async fn handler_dead_letters_are_listed_redelivered_and_resolved_durably() {
         Some(poison)
     );
 
-    // The undecodable letter: counted, resolvable, but not text.
+    // The undecodable letter: counted, resolvable, shown lossily (exact through the raw
+    // queue).
     let raw_letters = DeadLetterQueue::for_topic(bus.clone(), &topic)
         .list(10)
         .await
@@ -207,11 +219,10 @@ async fn handler_dead_letters_are_listed_redelivered_and_resolved_durably() {
     let garbage_id = DeadLetterId(format!("{}:{}", garbage.partition, garbage.offset));
     let stats = queue.stats().await.expect("stats");
     assert_eq!(stats.pending, 3, "{stats:?}");
-    let got = queue.get(&garbage_id).await;
-    assert!(
-        matches!(got, Err(contract::DeadLetterError::Invalid(_))),
-        "{got:?}"
-    );
+    assert_eq!(garbage_id, undecodable.id);
+    let got = queue.get(&garbage_id).await.expect("get");
+    assert_eq!(got.as_ref(), Some(undecodable));
+    assert_eq!(garbage.payload.as_deref(), Some(&[0xff_u8, 0xfe][..]));
 
     // Redeliver the poison message (the fix is deployed): it is back on its topic.
     let redelivered_at = now();
@@ -257,6 +268,10 @@ async fn handler_dead_letters_are_listed_redelivered_and_resolved_durably() {
             (
                 poison.id.clone(),
                 DeadLetterStatus::Retried { at: redelivered_at }
+            ),
+            (
+                garbage_id.clone(),
+                DeadLetterStatus::Discarded { at: redelivered_at }
             ),
             (
                 busy.id.clone(),

@@ -59,7 +59,9 @@ async fn throughput_commit_and_lag_metrics_are_exported() {
         .unwrap_or_else(|_| panic!("KAFKA_BOOTSTRAP is unset: start a broker with `eval \"$(scripts/kafka.sh)\"`. These tests never skip."));
     let config = KafkaConfig::new(bootstrap)
         .group_timing(Duration::from_secs(6), Duration::from_millis(500))
-        .statistics_interval(Some(Duration::from_millis(200)));
+        .statistics_interval(Some(Duration::from_millis(200)))
+        // Bare numbers without event ids: not Reprise messages.
+        .message_check(reprise_kafka::MessageCheck::Text);
     let budget = config.group_join_budget();
     let bus = KafkaEventBus::new(config).expect("bus");
     bus.check_connection()

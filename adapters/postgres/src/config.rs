@@ -16,6 +16,10 @@ use sqlx::postgres::PgConnectOptions;
 
 use crate::error::SetupError;
 
+/// The most connections one pool may open: far above what one service needs, far below
+/// what would exhaust a server (a typo or an overflow should fail here, not there).
+pub const MAX_CONNECTIONS: u32 = 1_000;
+
 /// What [`PgEventStore::connect`](crate::PgEventStore::connect) does about the schema.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MigrationMode {
@@ -130,8 +134,12 @@ impl PgConfig {
                 self.schema
             ));
         }
-        if self.max_connections == 0 {
-            return invalid("max_connections must be at least 1".into());
+        if self.max_connections == 0 || self.max_connections > MAX_CONNECTIONS {
+            return invalid(format!(
+                "max_connections must be 1..={MAX_CONNECTIONS}, got {} (PostgreSQL itself \
+                 allows 100 by default, for every client together)",
+                self.max_connections
+            ));
         }
         if self.min_connections > self.max_connections {
             return invalid(format!(
@@ -180,6 +188,20 @@ impl PgConfig {
                 millis(self.idle_in_transaction_timeout),
             ),
         ]))
+    }
+
+    /// `host:port/database` of the URL, for error messages (never the password).
+    #[must_use]
+    pub fn address(&self) -> String {
+        match PgConnectOptions::from_str(&self.url) {
+            Ok(options) => format!(
+                "{}:{}/{}",
+                options.get_host(),
+                options.get_port(),
+                options.get_database().unwrap_or("")
+            ),
+            Err(_) => "(unparsable URL)".to_owned(),
+        }
     }
 
     /// The `LISTEN/NOTIFY` channel of this store's schema.
@@ -260,6 +282,10 @@ mod tests {
                 "acquire_timeout",
             ),
             (PgConfig::new("mysql://nope"), "url"),
+            (
+                PgConfig::new(URL).with_max_connections(u32::MAX),
+                "max_connections",
+            ),
         ];
         for (config, needle) in cases {
             match config.validate() {
@@ -267,6 +293,11 @@ mod tests {
                 other => panic!("{config:?} should be invalid ({needle}), got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn the_address_names_host_port_and_database_only() {
+        assert_eq!(PgConfig::new(URL).address(), "127.0.0.1:5432/db");
     }
 
     #[test]

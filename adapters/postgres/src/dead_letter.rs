@@ -109,6 +109,51 @@ impl PgDeadLetterQueue {
         }
     }
 
+    /// [`DeadLetterQueue::list`], plus the rows that could not be read back (a hand-edited
+    /// row with malformed headers, an unknown status): each as its id and the problem.
+    /// They are skipped, never allowed to hide the other letters; `list` logs them, and
+    /// an operator's tool should show them.
+    ///
+    /// # Errors
+    /// As [`DeadLetterQueue::list`].
+    pub async fn list_checked(
+        &self,
+        query: DeadLetterQuery,
+    ) -> Result<(Vec<DeadLetter>, Vec<(DeadLetterId, DeadLetterError)>), DeadLetterError> {
+        let rows = self
+            .run(move |connection| {
+                Box::pin(async move {
+                    let sql = format!(
+                        "SELECT {COLUMNS} FROM dead_letters \
+                         WHERE ($1::text IS NULL OR topic = $1) AND ($2 OR status = 'pending') \
+                         ORDER BY id LIMIT $3"
+                    );
+                    let rows = sqlx::query(&sql)
+                        .bind(query.topic.as_deref())
+                        .bind(query.include_resolved)
+                        .bind(limit_to_i64(query.limit))
+                        .fetch_all(connection)
+                        .await
+                        .map_err(|e| classify(&e))?;
+                    Ok(Ok(rows))
+                })
+            })
+            .await?;
+        let (mut letters, mut unreadable) = (Vec::new(), Vec::new());
+        for row in &rows {
+            match decode(row) {
+                Ok(letter) => letters.push(letter),
+                Err(error) => {
+                    let id = row
+                        .try_get::<i64, _>(0)
+                        .map_or_else(|_| "?".to_owned(), |id| id.to_string());
+                    unreadable.push((DeadLetterId(id), error));
+                }
+            }
+        }
+        Ok((letters, unreadable))
+    }
+
     /// Runs `work` on a pooled connection within the store's operation timeout. `work`
     /// answers the contract's own errors inside, storage failures outside.
     async fn run<T, F>(&self, work: F) -> Result<T, DeadLetterError>
@@ -158,24 +203,11 @@ impl DeadLetterQueue for PgDeadLetterQueue {
         query: DeadLetterQuery,
     ) -> BoxFuture<'_, Result<Vec<DeadLetter>, DeadLetterError>> {
         Box::pin(async move {
-            self.run(move |connection| {
-                Box::pin(async move {
-                    let sql = format!(
-                        "SELECT {COLUMNS} FROM dead_letters \
-                         WHERE ($1::text IS NULL OR topic = $1) AND ($2 OR status = 'pending') \
-                         ORDER BY id LIMIT $3"
-                    );
-                    let rows = sqlx::query(&sql)
-                        .bind(query.topic.as_deref())
-                        .bind(query.include_resolved)
-                        .bind(limit_to_i64(query.limit))
-                        .fetch_all(connection)
-                        .await
-                        .map_err(|e| classify(&e))?;
-                    Ok(rows.iter().map(decode).collect())
-                })
-            })
-            .await
+            let (letters, unreadable) = self.list_checked(query).await?;
+            for (id, error) in unreadable {
+                tracing::warn!(queue = self.name, %id, %error, "dead letter skipped: its row cannot be read");
+            }
+            Ok(letters)
         })
     }
 
@@ -386,7 +418,7 @@ fn store_unavailable(error: &StoreError) -> DeadLetterError {
 }
 
 fn corrupt(column: &str, error: &dyn fmt::Display) -> DeadLetterError {
-    DeadLetterError::Unavailable(format!("dead_letters row: cannot decode {column}: {error}"))
+    DeadLetterError::Invalid(format!("dead_letters row: cannot decode {column}: {error}"))
 }
 
 fn decode(row: &PgRow) -> Result<DeadLetter, DeadLetterError> {

@@ -33,6 +33,22 @@ pub enum SetupError {
     InvalidConfig(String),
     #[error("cannot connect to PostgreSQL: {0}")]
     Connect(#[source] sqlx::Error),
+    /// The first connection failed: the server at `address` (`host:port/database`, never
+    /// the password) is down, unreachable, or refused the login.
+    #[error("cannot connect to PostgreSQL at {address}: {source}")]
+    Unreachable {
+        address: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// `MigrationMode::Verify` and the configured schema does not exist. Nothing was
+    /// created: a verifying client (an operator's tool, a service whose migrations run
+    /// separately) must not leave an empty schema behind a mistyped name.
+    #[error(
+        "schema {schema} does not exist in {address} (nothing was created): check the name, \
+         or run the migrations (MigrationMode::Apply or `sqlx migrate run`)"
+    )]
+    SchemaMissing { schema: String, address: String },
     /// The database was migrated by a newer release of this code. Running older code against
     /// it could misread or corrupt data, so the adapter refuses to start.
     #[error(
@@ -66,10 +82,12 @@ impl Classify for SetupError {
         use sqlx::migrate::MigrateError;
         match self {
             SetupError::Connect(error)
+            | SetupError::Unreachable { source: error, .. }
             | SetupError::Migrate(
                 MigrateError::Execute(error) | MigrateError::ExecuteMigration(error, _),
             ) => error_class(error),
             SetupError::InvalidConfig(_)
+            | SetupError::SchemaMissing { .. }
             | SetupError::SchemaTooNew { .. }
             | SetupError::SchemaBehind { .. }
             | SetupError::TransactionIdsBehindEvents { .. }

@@ -53,14 +53,33 @@ pub async fn database_version(pool: &PgPool) -> Result<i64, sqlx::Error> {
     row.try_get(0)
 }
 
-/// Creates the schema if needed, then applies or verifies migrations per `config`.
+/// Applies migrations (creating the schema if needed) or verifies them (creating nothing:
+/// a missing schema is an error), per `config`.
 pub(crate) async fn prepare(pool: &PgPool, config: &PgConfig) -> Result<(), SetupError> {
-    // The name was validated as a plain identifier, so it is safe in SQL text.
-    let create = format!("CREATE SCHEMA IF NOT EXISTS {}", config.schema);
-    sqlx::query(&create)
-        .execute(pool)
-        .await
-        .map_err(SetupError::Connect)?;
+    match config.migrations {
+        MigrationMode::Apply => {
+            // The name was validated as a plain identifier, so it is safe in SQL text.
+            let create = format!("CREATE SCHEMA IF NOT EXISTS {}", config.schema);
+            sqlx::query(&create)
+                .execute(pool)
+                .await
+                .map_err(SetupError::Connect)?;
+        }
+        MigrationMode::Verify => {
+            let exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)")
+                    .bind(&config.schema)
+                    .fetch_one(pool)
+                    .await
+                    .map_err(SetupError::Connect)?;
+            if !exists {
+                return Err(SetupError::SchemaMissing {
+                    schema: config.schema.clone(),
+                    address: config.address(),
+                });
+            }
+        }
+    }
 
     let code = code_version();
     let database = database_version(pool).await.map_err(SetupError::Connect)?;

@@ -65,8 +65,31 @@ impl PgEventStore {
             // classified `Transient` (or `Timeout` at commit) and retried by the caller.
             .test_before_acquire(false)
             .connect_with(config.connect_options()?)
-            .await
-            .map_err(SetupError::Connect)?;
+            .await;
+        let pool = match pool {
+            Ok(pool) => pool,
+            Err(error) => {
+                // The pool reports "timed out" whatever stopped it; one direct attempt
+                // gives the cause (refused, unknown host, authentication failed).
+                let cause = match tokio::time::timeout(
+                    config.acquire_timeout,
+                    PgConnection::connect_with(&config.connect_options()?),
+                )
+                .await
+                {
+                    Ok(Err(cause)) => cause,
+                    Ok(Ok(connection)) => {
+                        let _ = connection.close().await;
+                        error
+                    }
+                    Err(_) => error,
+                };
+                return Err(SetupError::Unreachable {
+                    address: config.address(),
+                    source: cause,
+                });
+            }
+        };
         schema::prepare(&pool, &config).await?;
         let channel = config.channel();
         let notifier = config

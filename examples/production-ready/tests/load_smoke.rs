@@ -60,13 +60,28 @@ async fn a_short_steady_load_is_served_and_every_followed_order_ends() {
     assert_eq!(summary["offered"], 400);
     assert_eq!(measured["accepted"], 400, "{measured:#}");
     assert_eq!(measured["failures"], serde_json::json!({}));
-    assert!(measured["end_to_end_samples"].as_u64().unwrap() >= 70, "{measured:#}");
+    assert!(
+        measured["end_to_end_samples"].as_u64().unwrap() >= 70,
+        "{measured:#}"
+    );
     assert_eq!(measured["end_to_end_never_terminal"], 0);
     // The service's own counters agree: 400 orders placed during the run.
     assert_eq!(summary["cost"]["orders_placed"], 400.0);
-    assert!(summary["cost"]["events_appended_per_order"].as_f64().unwrap() > 1.0);
+    assert!(
+        summary["cost"]["events_appended_per_order"]
+            .as_f64()
+            .unwrap()
+            > 1.0
+    );
     assert!(!summary["samples"].as_array().unwrap().is_empty());
-    assert!(summary["drained_after_s"].is_number(), "backlog never drained");
+    assert!(
+        summary["drained_after_s"].is_number(),
+        "backlog never drained"
+    );
     let svg = std::fs::read_to_string(out.join("run.svg")).expect("run.svg written");
-    assert!(svg.contains("<svg") && svg.contains("Backlog"), "{}", &svg[..200.min(svg.len())]);
+    assert!(
+        svg.contains("<svg") && svg.contains("Backlog"),
+        "{}",
+        &svg[..200.min(svg.len())]
+    );
 }

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rdkafka::message::{Headers as _, Message};
-use reprise_core::resilience::ErrorClass;
-use reprise_core::{BusError, Timestamp};
+use reprise_core::resilience::{ErrorClass, RetryError};
+use reprise_core::{BusError, Runtime, Timestamp};
 
 use super::DeadLetterError;
 use crate::bus::{KafkaEventBus, RawMessage, Receipt};
@@ -168,14 +168,72 @@ pub(super) async fn publish_letter(
     Ok(receipt)
 }
 
-/// Publishes `original` to its dead-letter topic and awaits the broker's acknowledgement.
-/// For failures that are permanent by nature (a message that cannot be decoded).
-pub(crate) async fn send(
+/// [`send_classified`] under the bus's [`dead_letter_retry`](crate::KafkaConfig::dead_letter_retry)
+/// policy, pausing on `runtime`. A write that still fails is reported here — counter
+/// [`m::DEAD_LETTER_FAILURES_TOTAL`] and an error log — and returned with the dead-letter
+/// topic and the original's coordinates in its text, so that whoever sees it (the
+/// consume loop, an operator) knows which partition stopped committing and why.
+pub(crate) async fn send_retrying(
     bus: &KafkaEventBus,
+    runtime: &dyn Runtime,
     original: &RawMessage<'_>,
     failure: &Failure<'_>,
+    error_class: ErrorClass,
 ) -> Result<Receipt, BusError> {
-    send_classified(bus, original, failure, ErrorClass::Permanent).await
+    let dead_letter_topic = bus.config().dead_letter_topic(original.topic);
+    let coordinates = format!(
+        "{}/{}@{}",
+        original.topic, failure.partition, failure.offset
+    );
+    let outcome = bus
+        .config()
+        .dead_letter_retry
+        .run(
+            runtime,
+            |_| send_classified(bus, original, failure, error_class),
+            |error, attempt, pause| {
+                tracing::warn!(
+                    coordinates,
+                    dead_letter_topic,
+                    attempt,
+                    %error,
+                    ?pause,
+                    "dead-letter write failed, retrying"
+                );
+            },
+        )
+        .await;
+    let RetryError {
+        error, attempts, ..
+    } = match outcome {
+        Ok(receipt) => return Ok(receipt),
+        Err(failed) => failed,
+    };
+    metrics::counter!(
+        m::DEAD_LETTER_FAILURES_TOTAL,
+        "topic" => original.topic.to_owned(),
+        "group" => failure.group.unwrap_or("").to_owned()
+    )
+    .increment(1);
+    tracing::error!(
+        coordinates,
+        dead_letter_topic,
+        attempts,
+        %error,
+        reason = failure.error,
+        "cannot write a dead letter: the message stays unacknowledged and its partition's \
+         commits stop before it until the write succeeds"
+    );
+    let context = format!(
+        "dead letter of {coordinates} not written to {dead_letter_topic} after {attempts} attempt(s)"
+    );
+    Err(match error {
+        BusError::Timeout => BusError::Transient(format!("{context}: timed out")),
+        BusError::Transient(why) => BusError::Transient(format!("{context}: {why}")),
+        BusError::Permanent(why) => BusError::Permanent(format!("{context}: {why}")),
+        BusError::UnknownTopic(_) => BusError::UnknownTopic(dead_letter_topic),
+        other @ (BusError::Revoked { .. } | BusError::Closed) => other,
+    })
 }
 
 pub(super) async fn send_classified(

@@ -15,7 +15,7 @@ use reprise_core::{BusError, SharedRuntime};
 use reprise_tokio::TokioRuntime;
 
 use super::DeadLetterError;
-use super::envelope::{Failure, send_classified};
+use super::envelope::{Failure, send_retrying};
 use crate::bus::{KafkaEventBus, RawMessage, Receipt};
 use crate::metrics as m;
 
@@ -175,8 +175,10 @@ impl DeadLetterHandler {
     /// success, or after the dead letter is safely on the broker.
     ///
     /// # Errors
-    /// Only if the dead letter cannot be published: the delivery is then *not*
-    /// acknowledged, so it is redelivered rather than lost.
+    /// Only if the dead letter cannot be published, even after the bus's
+    /// [`dead_letter_retry`](crate::KafkaConfig::dead_letter_retry) attempts (the failure
+    /// is counted and logged): the delivery is then *not* acknowledged, so it is
+    /// redelivered rather than lost.
     ///
     /// # Panics
     /// Outside a tokio runtime, unless the handler was given one
@@ -249,7 +251,14 @@ impl DeadLetterHandler {
             attempts,
             group: self.group.as_deref(),
         };
-        let receipt = send_classified(&self.bus, &original, &failure, error.class()).await?;
+        let receipt = send_retrying(
+            &self.bus,
+            self.runtime().as_ref(),
+            &original,
+            &failure,
+            error.class(),
+        )
+        .await?;
         subscription.ack(delivery);
         Ok(Outcome::DeadLettered {
             attempts,
@@ -268,6 +277,58 @@ mod tests {
 
     use super::*;
     use crate::KafkaConfig;
+
+    /// The broker is unreachable: the letter's write is retried under the bus's policy,
+    /// then counted, and the delivery stays unacknowledged.
+    #[tokio::test]
+    async fn a_letter_that_cannot_be_written_is_retried_counted_and_not_acknowledged() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let memory = InMemoryEventBus::new();
+        let mut subscription = memory.subscribe_now("g", &["orders"]);
+        memory.publish_now(&[OutgoingMessage {
+            topic: "orders".into(),
+            key: "order-1".into(),
+            payload: Payload::from_json_text("{}"),
+            headers: Headers::default().with(header::EVENT_ID, "1"),
+        }]);
+        let delivery = subscription.try_next().expect("a delivery");
+        let config = KafkaConfig::new("127.0.0.1:1")
+            .delivery_timeout(Duration::from_millis(200))
+            .dead_letter_retry(
+                RetryPolicy::default()
+                    .with_max_attempts(2)
+                    .with_delays(Duration::from_millis(5), Duration::from_millis(10)),
+            );
+        let handler = DeadLetterHandler::new(
+            KafkaEventBus::new(config).unwrap(),
+            Some("g"),
+            DeadLetterPolicy::from(RetryPolicy::default().with_max_attempts(1)),
+        )
+        .unwrap();
+        let error = handler
+            .handle(&mut subscription, &delivery, |_| {
+                std::future::ready(Err(HandlerError::permanent("cannot decode")))
+            })
+            .await
+            .expect_err("the dead letter cannot be written");
+        assert!(
+            error.to_string().contains("orders.dlq") && error.to_string().contains("2 attempt"),
+            "{error}"
+        );
+        subscription.commit_now().unwrap();
+        assert_eq!(memory.committed("g", "orders", delivery.partition), 0);
+        let failures: Vec<_> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter(|(key, ..)| key.key().name() == m::DEAD_LETTER_FAILURES_TOTAL)
+            .map(|(.., value)| value)
+            .collect();
+        assert_eq!(failures, [DebugValue::Counter(1)]);
+    }
 
     #[test]
     fn decode_errors_are_permanent() {

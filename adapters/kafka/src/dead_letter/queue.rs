@@ -2,13 +2,12 @@
 //! resolutions recorded in a second topic.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use rdkafka::message::{Headers as _, Message, OwnedMessage};
 use reprise_core::event_bus::Headers;
-use reprise_core::resilience::{self as contract, Backoff, RetryPolicy};
-use reprise_core::{BoxFuture, BusError, Payload, Runtime, Timestamp};
-use reprise_tokio::TokioRuntime;
+use reprise_core::resilience::dead_letter::REDELIVERED_FROM_HEADER;
+use reprise_core::resilience::{self as contract};
+use reprise_core::{BoxFuture, BusError, Payload, Timestamp};
 
 use super::envelope::{Decoded, Envelope, header, publish_letter};
 use super::reader::{read_at, read_topic};
@@ -56,17 +55,25 @@ impl Default for TopicLayout {
 /// - Every read is a scan from the start of both topics to their high watermarks by a
 ///   group-less reader (nothing committed, no group disturbed). Dead-letter topics are
 ///   small; `list` orders letters by `failed_at` (then partition and offset).
-/// - The contract's types are text: a letter whose key, payload or header values are null
-///   or not UTF-8 (a message that could not be decoded) is counted by `stats`, can be
-///   resolved, but is left out of `list` and makes `get` fail with
-///   [`contract::DeadLetterError::Invalid`]; read and replay it with
-///   [`DeadLetterQueue`](super::DeadLetterQueue).
+/// - The contract's types are text, but every letter is listed and shown, whatever the
+///   original's shape (a null key reads as empty, a tombstone as an empty payload, bytes
+///   that are not UTF-8 with U+FFFD; the reason in `error` says which): an operator must
+///   see everything the consumers parked. Such a letter's exact bytes are in
+///   [`DeadLetterQueue`](super::DeadLetterQueue); send it back with
+///   [`KafkaDeadLetterQueue::redeliver_exact`], which republishes the bytes, not the text
+///   (the core's `redeliver` would republish the lossy text).
+/// - [`KafkaDeadLetterQueue::open`] is read-only until something is resolved: it refuses
+///   a dead-letter topic that does not exist and reads a missing resolutions topic as "no
+///   resolution yet" (an operator's typo must not create topics);
+///   [`KafkaDeadLetterQueue::connect`] creates both.
 #[derive(Clone, Debug)]
 pub struct KafkaDeadLetterQueue {
     bus: KafkaEventBus,
     topic: String,
     resolutions: String,
     name: String,
+    /// Replication factor for the resolutions topic when `resolve` has to create it.
+    replication_factor: u32,
 }
 
 impl KafkaDeadLetterQueue {
@@ -106,14 +113,86 @@ impl KafkaDeadLetterQueue {
         bus.create_topic(&resolutions, 1, layout.replication_factor)
             .await?;
         for topic in [dead_letter_topic, resolutions.as_str()] {
-            await_topic(&bus, topic).await?;
+            bus.await_topic(topic).await?;
         }
         Ok(KafkaDeadLetterQueue {
             name: format!("kafka:{dead_letter_topic}"),
             bus,
             topic: dead_letter_topic.to_owned(),
             resolutions,
+            replication_factor: layout.replication_factor,
         })
+    }
+
+    /// Opens an existing dead-letter topic without creating anything: for operators' tools,
+    /// where a mistyped name must be an error, not a new topic. The resolutions topic is
+    /// created by the first `resolve` (retry or discard), if it does not exist by then.
+    ///
+    /// # Errors
+    /// [`KafkaError::InvalidTopic`] for a name Kafka refuses, [`KafkaError::Bus`] with
+    /// [`BusError::UnknownTopic`] when the dead-letter topic does not exist, or when the
+    /// broker does not answer within the operation timeout.
+    pub async fn open(
+        config: KafkaConfig,
+        dead_letter_topic: &str,
+    ) -> Result<KafkaDeadLetterQueue, KafkaError> {
+        check_topic_name(dead_letter_topic)?;
+        let resolutions = format!("{dead_letter_topic}{RESOLUTIONS_SUFFIX}");
+        check_topic_name(&resolutions)?;
+        let bus = KafkaEventBus::new(config)?;
+        let (_, replication_factor) = bus.topic_layout(dead_letter_topic).await?;
+        Ok(KafkaDeadLetterQueue {
+            name: format!("kafka:{dead_letter_topic}"),
+            bus,
+            topic: dead_letter_topic.to_owned(),
+            resolutions,
+            replication_factor,
+        })
+    }
+
+    /// Sends letter `id` back to its original topic byte for byte (key, payload, headers,
+    /// null key or payload included) with [`REDELIVERED_FROM_HEADER`] naming the letter (so
+    /// a consumer's inbox counts it as a new message), then records it retried — what the
+    /// core's `redeliver` does, without turning the bytes into text first.
+    ///
+    /// # Errors
+    /// [`contract::DeadLetterError::NotFound`], `AlreadyResolved`, `Redelivery` when the
+    /// publish fails (the letter stays pending), `Unavailable` when the broker cannot be
+    /// read.
+    pub async fn redeliver_exact(
+        &self,
+        id: &contract::DeadLetterId,
+        at: Timestamp,
+    ) -> Result<(), contract::DeadLetterError> {
+        let letter = self
+            .letter(id)
+            .await?
+            .ok_or_else(|| contract::DeadLetterError::NotFound(id.clone()))?;
+        if let Some(status) = self.resolutions().await?.remove(&id.0) {
+            return Err(contract::DeadLetterError::AlreadyResolved {
+                id: id.clone(),
+                status,
+            });
+        }
+        let mut headers: Vec<(&str, Option<&[u8]>)> = letter
+            .headers
+            .iter()
+            .filter(|(k, _)| k != REDELIVERED_FROM_HEADER)
+            .map(|(k, v)| (k.as_str(), v.as_deref()))
+            .collect();
+        headers.push((REDELIVERED_FROM_HEADER, Some(id.0.as_bytes())));
+        let message = RawMessage {
+            topic: &letter.envelope.original_topic,
+            key: letter.key.as_deref(),
+            payload: letter.payload.as_deref(),
+            headers,
+        };
+        self.bus
+            .publish_raw(std::slice::from_ref(&message))
+            .await
+            .map_err(|e| contract::DeadLetterError::Redelivery(e.to_string()))?;
+        tracing::info!(queue = self.name, %id, topic = %letter.envelope.original_topic, "dead letter redelivered byte for byte");
+        contract::DeadLetterQueue::resolve(self, id, contract::Resolution::Retried, at).await
     }
 
     /// The dead-letter topic.
@@ -182,11 +261,12 @@ impl KafkaDeadLetterQueue {
     async fn resolutions(
         &self,
     ) -> Result<BTreeMap<String, contract::DeadLetterStatus>, contract::DeadLetterError> {
-        let partitions = self
-            .bus
-            .partition_count(&self.resolutions)
-            .await
-            .map_err(|e| unavailable(&e))?;
+        let partitions = match self.bus.partition_count(&self.resolutions).await {
+            Ok(partitions) => partitions,
+            // Nothing resolved yet (`open` does not create it).
+            Err(BusError::UnknownTopic(_)) => return Ok(BTreeMap::new()),
+            Err(e) => return Err(unavailable(&e)),
+        };
         let records = read_topic(self.bus.config(), &self.resolutions, partitions, usize::MAX)
             .await
             .map_err(|e| unavailable(&e))?;
@@ -279,16 +359,7 @@ impl contract::DeadLetterQueue for KafkaDeadLetterQueue {
                     if !query.include_resolved && status != contract::DeadLetterStatus::Pending {
                         return None;
                     }
-                    l.into_contract(status)
-                        .inspect_err(|problem| {
-                            tracing::warn!(
-                                queue = self.name,
-                                id,
-                                problem,
-                                "dead letter not listed: not text"
-                            );
-                        })
-                        .ok()
+                    Some(l.into_contract(status))
                 })
                 .take(query.limit)
                 .collect())
@@ -308,11 +379,7 @@ impl contract::DeadLetterQueue for KafkaDeadLetterQueue {
                 .await?
                 .remove(&id.0)
                 .unwrap_or(contract::DeadLetterStatus::Pending);
-            letter.into_contract(status).map(Some).map_err(|problem| {
-                contract::DeadLetterError::Invalid(format!(
-                    "dead letter {id} is not text ({problem}): use DeadLetterQueue::inspect"
-                ))
-            })
+            Ok(Some(letter.into_contract(status)))
         })
     }
 
@@ -331,6 +398,19 @@ impl contract::DeadLetterQueue for KafkaDeadLetterQueue {
                     id: id.clone(),
                     status,
                 });
+            }
+            // The first resolution of a queue that was only opened.
+            if let Err(BusError::UnknownTopic(_)) =
+                self.bus.partition_count(&self.resolutions).await
+            {
+                self.bus
+                    .create_topic(&self.resolutions, 1, self.replication_factor)
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+                self.bus
+                    .await_topic(&self.resolutions)
+                    .await
+                    .map_err(|e| unavailable(&e))?;
             }
             // Check-then-append: see the type's docs for racing operators.
             let at_nanos = at.as_unix_nanos().to_string();
@@ -427,33 +507,27 @@ fn decode_resolution(
 }
 
 impl Decoded {
-    /// The letter as the contract sees it: key, payload and header values must be present
-    /// and UTF-8 (the contract's types are text). `Err` says why not; such a letter is
-    /// still a dead letter, reachable byte for byte through
-    /// [`DeadLetterQueue`](super::DeadLetterQueue).
-    fn into_contract(
-        self,
-        status: contract::DeadLetterStatus,
-    ) -> Result<contract::DeadLetter, String> {
-        let text = |what: &str, bytes: Option<Vec<u8>>| -> Result<String, String> {
-            let bytes = bytes.ok_or_else(|| format!("{what} is null"))?;
-            String::from_utf8(bytes).map_err(|e| format!("{what} is not UTF-8: {e}"))
+    /// The letter as the contract sees it (text): a null key or payload reads as empty,
+    /// bytes that are not UTF-8 as U+FFFD. Lossy on purpose, for listing and showing;
+    /// [`KafkaDeadLetterQueue::redeliver_exact`] republishes the bytes.
+    fn into_contract(self, status: contract::DeadLetterStatus) -> contract::DeadLetter {
+        let text = |bytes: Option<Vec<u8>>| match bytes {
+            None => String::new(),
+            Some(bytes) => String::from_utf8(bytes)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
         };
-        let key = text("the key", self.key)?;
-        let payload = text("the payload", self.payload)?;
         let mut headers = Headers::default();
         for (name, value) in self.headers {
-            let value = text(&format!("header {name}"), value)?;
-            headers.0.push((name, value));
+            headers.0.push((name, text(value)));
         }
         let source_position = self.envelope.source_position();
-        Ok(contract::DeadLetter {
+        contract::DeadLetter {
             id: contract::DeadLetterId(letter_id(self.partition, self.offset)),
             letter: contract::NewDeadLetter {
                 topic: self.envelope.original_topic,
                 source_position,
-                key,
-                payload: Payload::from_json_text(payload),
+                key: text(self.key),
+                payload: Payload::from_json_text(text(self.payload)),
                 headers,
                 error: self.envelope.error,
                 error_class: self.envelope.error_class,
@@ -461,35 +535,6 @@ impl Decoded {
                 failed_at: self.envelope.failed_at,
             },
             status,
-        })
-    }
-}
-
-/// Pauses while a new topic propagates: 10 ms doubling to 200 ms, with jitter.
-const TOPIC_WAIT: RetryPolicy = RetryPolicy {
-    max_attempts: 8,
-    initial_delay: Duration::from_millis(10),
-    max_delay: Duration::from_millis(200),
-    multiplier: 2.0,
-    jitter: true,
-};
-
-/// Waits until `topic` shows in cluster metadata (creation propagates asynchronously),
-/// for at most the operation timeout, pausing with core's backoff on tokio.
-async fn await_topic(bus: &KafkaEventBus, topic: &str) -> Result<(), BusError> {
-    let runtime = TokioRuntime::try_current().map_err(|e| BusError::Permanent(e.to_string()))?;
-    let limit = u64::try_from(bus.config().operation_timeout.as_nanos()).unwrap_or(u64::MAX);
-    let started = runtime.stopwatch_nanos();
-    let mut backoff = Backoff::new(TOPIC_WAIT);
-    loop {
-        match bus.partition_count(topic).await {
-            Ok(_) => return Ok(()),
-            Err(BusError::UnknownTopic(_))
-                if runtime.stopwatch_nanos().saturating_sub(started) < limit =>
-            {
-                backoff.pause(&runtime).await;
-            }
-            Err(e) => return Err(e),
         }
     }
 }

@@ -121,18 +121,26 @@ impl DeadLetterQueue {
     /// Up to `limit` dead letters, partition by partition, oldest first, as of now (the
     /// high watermarks read at the start bound the listing).
     ///
+    /// A record this module did not write (or a letter
+    /// [`KafkaDeadLetterQueue`](super::KafkaDeadLetterQueue) stored without Kafka
+    /// coordinates) is skipped with a warning: one bad record must not hide the letters.
+    ///
     /// # Errors
-    /// [`BusError::UnknownTopic`] if nothing was ever dead-lettered for this topic (the
-    /// topic does not exist), [`DeadLetterError::Malformed`] for a record this module did
-    /// not write (or a letter [`KafkaDeadLetterQueue`](super::KafkaDeadLetterQueue) stored
-    /// without Kafka coordinates), [`BusError::Timeout`] past the operation timeout.
+    /// [`BusError::UnknownTopic`] if the dead-letter topic does not exist,
+    /// [`BusError::Timeout`] past the operation timeout.
     pub async fn list(&self, limit: usize) -> Result<Vec<DeadLetter>, DeadLetterError> {
         let partitions = self.bus.partition_count(&self.topic).await?;
-        read_topic(self.bus.config(), &self.topic, partitions, limit)
+        Ok(read_topic(self.bus.config(), &self.topic, partitions, limit)
             .await?
             .iter()
-            .map(DeadLetter::parse)
-            .collect()
+            .filter_map(|record| {
+                DeadLetter::parse(record)
+                    .inspect_err(|error| {
+                        tracing::warn!(topic = self.topic, %error, "skipping a record that is not a dead letter");
+                    })
+                    .ok()
+            })
+            .collect())
     }
 
     /// The dead letter at `partition@offset` of the dead-letter topic.

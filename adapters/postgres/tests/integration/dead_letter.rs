@@ -341,3 +341,70 @@ async fn storage_failures_are_unavailable() {
     queue.put(letter("t", "k", now())).await.unwrap();
     drop_schema(&store).await;
 }
+
+/// What the Kafka side writes for a message no handler saw: zero attempts. The table
+/// admits it (migration 0010; the contract's `validate` still asks for one attempt, so
+/// the row is written as a tool moving letters over would write it) and reads it back.
+#[tokio::test]
+async fn a_letter_with_no_attempt_is_stored_and_read_back() {
+    let store = fresh_store("dlq_zero_attempts").await;
+    let queue = PgDeadLetterQueue::new(&store);
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO dead_letters (topic, source_position, message_key, payload, headers, \
+             error, error_class, attempts, failed_at, failed_at_ns) \
+         VALUES ('orders', '0/7', '', 'not json', '[]', 'payload is not JSON', 'permanent', 0, \
+                 now(), 0) RETURNING id",
+    )
+    .fetch_one(store.pool())
+    .await
+    .expect("0 attempts is admitted");
+    let read = queue
+        .get(&DeadLetterId(id.to_string()))
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(read.letter.attempts, 0);
+    assert_eq!(read.letter.payload.as_str(), "not json");
+    let negative = sqlx::query("UPDATE dead_letters SET attempts = -1 WHERE id = $1")
+        .bind(id)
+        .execute(store.pool())
+        .await;
+    assert!(negative.is_err(), "negative attempts are still refused");
+    drop_schema(&store).await;
+}
+
+/// A row an operator edited by hand into something unreadable is reported and skipped;
+/// the other letters are still listed.
+#[tokio::test]
+async fn one_malformed_row_is_reported_and_does_not_hide_the_others() {
+    let store = fresh_store("dlq_malformed").await;
+    let queue = PgDeadLetterQueue::new(&store);
+    let mut ids = Vec::new();
+    for key in ["order-1", "order-2", "order-3"] {
+        ids.push(queue.put(letter("orders", key, now())).await.expect("put"));
+    }
+    sqlx::query("UPDATE dead_letters SET headers = '{\"not\": \"pairs\"}' WHERE id = $1")
+        .bind(ids[1].0.parse::<i64>().unwrap())
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let listed = queue
+        .list(DeadLetterQuery::default())
+        .await
+        .expect("the list still works");
+    let listed: Vec<_> = listed.iter().map(|l| l.id.clone()).collect();
+    assert_eq!(listed, [ids[0].clone(), ids[2].clone()]);
+    let (letters, unreadable) = queue
+        .list_checked(DeadLetterQuery::default())
+        .await
+        .expect("list");
+    assert_eq!(letters.len(), 2);
+    assert_eq!(unreadable.len(), 1);
+    assert_eq!(unreadable[0].0, ids[1]);
+    assert!(
+        unreadable[0].1.to_string().contains("headers"),
+        "{}",
+        unreadable[0].1
+    );
+    drop_schema(&store).await;
+}

@@ -162,6 +162,34 @@ async fn a_schema_from_a_newer_release_is_refused_at_start() {
 #[tokio::test]
 async fn verify_mode_changes_nothing_and_requires_the_current_schema() {
     let config = config("verify");
+    let missing =
+        PgEventStore::connect(config.clone().with_migrations(MigrationMode::Verify)).await;
+    match &missing {
+        Err(e @ SetupError::SchemaMissing { schema, .. }) => {
+            assert_eq!(*schema, config.schema);
+            assert!(e.to_string().contains("nothing was created"), "{e}");
+        }
+        other => panic!("a missing schema must be refused in Verify mode, got {other:?}"),
+    }
+    let admin = sqlx::PgPool::connect(&crate::support::database_url())
+        .await
+        .expect("connect");
+    let exists = |admin: sqlx::PgPool, schema: String| async move {
+        sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)")
+            .bind(schema)
+            .fetch_one(&admin)
+            .await
+            .unwrap()
+    };
+    assert!(
+        !exists(admin.clone(), config.schema.clone()).await,
+        "Verify created the schema"
+    );
+    sqlx::query(&format!("CREATE SCHEMA {}", config.schema))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
     let behind = PgEventStore::connect(config.clone().with_migrations(MigrationMode::Verify)).await;
     assert!(
         matches!(behind, Err(SetupError::SchemaBehind { database: 0, .. })),
@@ -198,4 +226,72 @@ async fn a_transaction_counter_behind_the_stored_positions_is_refused_at_start()
         other => panic!("expected TransactionIdsBehindEvents, got {other:?}"),
     }
     drop_schema(&store).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_named_with_the_cause() {
+    // Port 1 on loopback: nothing listens there.
+    let config = reprise_postgres::PgConfig::new("postgres://u:secret@127.0.0.1:1/nowhere")
+        .with_schema("unreachable");
+    let error = PgEventStore::connect(config)
+        .await
+        .expect_err("nothing listens on port 1");
+    let text = error.to_string();
+    assert!(
+        matches!(error, SetupError::Unreachable { .. })
+            && text.contains("127.0.0.1:1/nowhere")
+            && text.contains("refused")
+            && !text.contains("secret"),
+        "{text}"
+    );
+}
+
+/// The database refuses a version gap in a stream, whoever writes: a raw INSERT skipping
+/// a version fails, one that continues the stream (alone or several per statement) passes.
+#[tokio::test]
+async fn the_database_refuses_a_gap_in_a_streams_versions() {
+    let store = crate::support::fresh_store("version_gap").await;
+    let insert = |versions: &'static [i64]| {
+        let pool = store.pool().clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO events (global_position, stream_id, stream_version, event_id, \
+                 event_type, schema_version, payload) \
+                 SELECT (pg_current_xact_id()::text::int8 << 16) + v.n, 'raw-1', v.version, \
+                        gen_random_uuid(), 'T', 1, '{}' \
+                 FROM unnest($1::int8[]) WITH ORDINALITY AS v(version, n)",
+            )
+            .bind(versions)
+            .execute(&pool)
+            .await
+        }
+    };
+    insert(&[1]).await.expect("version 1 starts the stream");
+    let gap = insert(&[3]).await.expect_err("version 2 is missing");
+    let text = gap.to_string();
+    assert!(
+        text.contains("gap") && text.contains("raw-1"),
+        "the refusal names the stream: {text}"
+    );
+    let db = gap.as_database_error().expect("a database error");
+    assert_eq!(db.code().as_deref(), Some("23514"));
+    assert_eq!(db.constraint(), Some("events_stream_versions_contiguous"));
+    insert(&[2, 3, 4]).await.expect("a contiguous batch passes");
+    insert(&[6, 7])
+        .await
+        .expect_err("a batch starting past the end is refused");
+    let starts_late = |pool: sqlx::PgPool| async move {
+        sqlx::query(
+            "INSERT INTO events (global_position, stream_id, stream_version, event_id, \
+             event_type, schema_version, payload) \
+             VALUES ((pg_current_xact_id()::text::int8 << 16) + 1, 'raw-2', 2, \
+                     gen_random_uuid(), 'T', 1, '{}')",
+        )
+        .execute(&pool)
+        .await
+    };
+    starts_late(store.pool().clone())
+        .await
+        .expect_err("a stream cannot start at version 2");
+    crate::support::drop_schema(&store).await;
 }
