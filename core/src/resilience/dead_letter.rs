@@ -227,11 +227,8 @@ pub fn validate(letter: &NewDeadLetter) -> Result<(), DeadLetterError> {
     if letter.topic.is_empty() {
         return Err(DeadLetterError::Invalid("empty topic".into()));
     }
-    if letter.attempts == 0 {
-        return Err(DeadLetterError::Invalid(
-            "attempts must be at least 1".into(),
-        ));
-    }
+    // `attempts` may be 0: a message dead-lettered on arrival (a consumer that cannot
+    // read it — no headers, not JSON, a tombstone) was never attempted, and says so.
     if letter.error_class == ErrorClass::Conflict {
         return Err(DeadLetterError::Invalid(
             "a concurrency conflict is resolved by deciding again, never dead-lettered".into(),
@@ -439,6 +436,24 @@ mod tests {
             crate::conformance::dead_letter_queue_suite(&queue, "t.", now).await
         });
         result.unwrap();
+    }
+
+    #[test]
+    fn a_letter_never_attempted_is_valid_but_a_conflict_or_no_topic_is_not() {
+        let letter = |topic: &str, class: ErrorClass, attempts: u32| NewDeadLetter {
+            topic: topic.into(),
+            source_position: None,
+            key: "k".into(),
+            payload: Payload::from_json_text("{}"),
+            headers: Headers::default(),
+            error: "not JSON".into(),
+            error_class: class,
+            attempts,
+            failed_at: crate::Timestamp::from_unix_nanos(0),
+        };
+        assert!(validate(&letter("orders", ErrorClass::Permanent, 0)).is_ok());
+        assert!(validate(&letter("", ErrorClass::Permanent, 1)).is_err());
+        assert!(validate(&letter("orders", ErrorClass::Conflict, 1)).is_err());
     }
 
     #[test]
