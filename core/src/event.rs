@@ -31,6 +31,17 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
     }
 }
 
+/// A stream name being written by [`StreamId::of`]: names are short, so most never leave
+/// the stack.
+struct NameBuffer(smallvec::SmallVec<[u8; 64]>);
+
+impl fmt::Write for NameBuffer {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
 /// The name of an event stream, e.g. `order-42`. One aggregate instance, one stream.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -45,7 +56,15 @@ impl StreamId {
     /// `category-id`, the usual naming scheme.
     #[must_use]
     pub fn of(category: &str, id: impl fmt::Display) -> Self {
-        StreamId(format!("{category}-{id}").into())
+        // Hot (every load, append and inbox marker names a stream): written on the stack
+        // and copied once, into the `Arc`. `format!` allocated a `String`, grew it and
+        // then copied it into a second allocation.
+        let mut name = NameBuffer(smallvec::SmallVec::new());
+        name.0.extend_from_slice(category.as_bytes());
+        name.0.push(b'-');
+        let _ = fmt::Write::write_fmt(&mut name, format_args!("{id}"));
+        let name = std::str::from_utf8(&name.0).expect("written from `str`s only");
+        StreamId(Arc::from(name))
     }
 
     #[must_use]

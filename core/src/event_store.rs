@@ -118,6 +118,33 @@ impl AppendBatch {
                 "a batch needs at least one event per stream".into(),
             ));
         }
+        // Hot (every append): a batch is a stream or two and a few events, for which
+        // pairwise comparison beats building two sets.
+        if self.streams.len() <= 8 && self.event_count() <= 16 {
+            for (i, append) in self.streams.iter().enumerate() {
+                let earlier = &self.streams[..i];
+                if earlier.iter().any(|s| s.stream == append.stream) {
+                    return Err(StoreError::InvalidBatch(format!(
+                        "stream {} appears twice",
+                        append.stream
+                    )));
+                }
+                for (j, event) in append.events.iter().enumerate() {
+                    let id = event.event_id;
+                    let seen = earlier
+                        .iter()
+                        .flat_map(|s| &s.events)
+                        .chain(&append.events[..j])
+                        .any(|e| e.event_id == id);
+                    if seen {
+                        return Err(StoreError::InvalidBatch(format!(
+                            "event id {id} appears twice"
+                        )));
+                    }
+                }
+            }
+            return Ok(());
+        }
         let mut streams = std::collections::BTreeSet::new();
         let mut ids = std::collections::BTreeSet::new();
         for append in &self.streams {
@@ -251,6 +278,23 @@ pub trait EventStore: Send + Sync {
         &self,
         stream: &StreamId,
     ) -> BoxFuture<'static, Result<Option<Snapshot>, StoreError>>;
+
+    /// A wake-up for a tailer of the global log: completes once an event of one of
+    /// `categories` (stream categories, see [`StreamId::category`]; any event when
+    /// empty) may be readable at or after `position` — at once if one already is.
+    /// `None` when the store cannot tell, so the caller keeps polling.
+    ///
+    /// A hint, not a read: a completed wake-up promises nothing (the read that follows
+    /// may fail or, with sparse positions, find nothing yet), and a store may complete
+    /// one spuriously or ignore `categories`. What it must never do is stay pending while
+    /// such an event is readable — a tailer waiting on it would stall.
+    ///
+    /// Why it exists: a relay that polls an idle log pays a read per poll, and in the
+    /// simulator most of those reads found nothing to publish.
+    fn appended_since(&self, position: u64, categories: &[&str]) -> Option<BoxFuture<'static, ()>> {
+        let _ = (position, categories);
+        None
+    }
 }
 
 /// When to write a snapshot.
@@ -294,6 +338,42 @@ mod tests {
         assert!(p.due(9, 10));
         assert!(p.due(8, 25));
         assert!(!SnapshotPolicy::EveryNEvents(0).due(0, 100));
+    }
+
+    #[test]
+    fn validation_finds_repeated_streams_and_ids_in_small_and_large_batches() {
+        let event = |id: u128| NewEvent {
+            event_id: crate::event::EventId(id),
+            event_type: "E".into(),
+            schema_version: 1,
+            payload: Payload::from_json_text("{}"),
+            metadata: crate::event::Metadata::default(),
+        };
+        for size in [3u128, 40] {
+            let events = |from: u128| (from..from + size).map(event).collect::<Vec<_>>();
+            let ok = AppendBatch::single("a-1".into(), ExpectedVersion::Any, events(0)).and(
+                "b-1".into(),
+                ExpectedVersion::Any,
+                events(100),
+            );
+            assert_eq!(ok.validate(), Ok(()));
+            let stream_twice = ok
+                .clone()
+                .and("a-1".into(), ExpectedVersion::Any, events(200));
+            assert!(
+                matches!(stream_twice.validate(), Err(StoreError::InvalidBatch(m)) if m.contains("stream a-1"))
+            );
+            let id_twice = ok
+                .clone()
+                .and("c-1".into(), ExpectedVersion::Any, events(size - 1));
+            assert!(
+                matches!(id_twice.validate(), Err(StoreError::InvalidBatch(m)) if m.contains("event id"))
+            );
+            let mut within = events(0);
+            within.push(event(0));
+            let within = AppendBatch::single("a-1".into(), ExpectedVersion::Any, within);
+            assert!(within.validate().is_err());
+        }
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::time::Timestamp;
 #[derive(Default)]
 pub struct InMemoryEventStore {
     clock: Option<Arc<dyn Clock>>,
-    state: Mutex<StoreState>,
+    state: Arc<Mutex<StoreState>>,
 }
 
 #[derive(Default, Clone)]
@@ -37,6 +37,10 @@ struct StoreState {
     streams: BTreeMap<StreamId, Vec<usize>>,
     ids: BTreeMap<EventId, usize>,
     snapshots: BTreeMap<StreamId, Snapshot>,
+    /// [`EventStore::appended_since`] waiters, woken in registration order (the
+    /// simulator's schedule depends on the order of wake-ups).
+    tailers: Vec<Tailer>,
+    next_tailer: u64,
 }
 
 impl std::fmt::Debug for InMemoryEventStore {
@@ -59,7 +63,7 @@ impl InMemoryEventStore {
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
         InMemoryEventStore {
             clock: Some(clock),
-            state: Mutex::default(),
+            state: Arc::default(),
         }
     }
 
@@ -92,6 +96,7 @@ impl InMemoryEventStore {
         let StoreState {
             all, streams, ids, ..
         } = &mut *state;
+        let first = all.len();
         let mut stream_versions = Vec::with_capacity(batch.streams.len());
         for append in &batch.streams {
             if append.events.is_empty() {
@@ -121,11 +126,28 @@ impl InMemoryEventStore {
             }
             stream_versions.push((append.stream.clone(), version));
         }
+        let last_position = all.len() as u64;
+        let woken = state.due_tailers(first);
+        drop(state);
+        for waker in woken {
+            waker.wake();
+        }
         Ok(AppendReceipt {
             stream_versions,
-            last_position: all.len() as u64,
+            last_position,
             was_duplicate: false,
         })
+    }
+
+    /// [`EventStore::appended_since`]: completes once the log holds an event of one of
+    /// `categories` (of any, when empty) at or after `position`.
+    pub fn appended_since_now(&self, position: u64, categories: &[&str]) -> AppendedSince {
+        AppendedSince {
+            state: Arc::clone(&self.state),
+            position,
+            categories: categories.iter().map(|c| Box::from(*c)).collect(),
+            id: None,
+        }
     }
 
     /// [`EventStore::read_stream`], synchronously.
@@ -196,7 +218,124 @@ impl InMemoryEventStore {
     }
 }
 
+/// A registered [`AppendedSince`]: what it waits for, and whom to wake.
+#[derive(Clone)]
+struct Tailer {
+    id: u64,
+    position: u64,
+    categories: Arc<[Box<str>]>,
+    waker: Waker,
+}
+
+/// Whether `event` is one a tailer of `categories` waits for (any, when empty).
+fn wanted(categories: &[Box<str>], event: &RecordedEvent) -> bool {
+    categories.is_empty() || {
+        let category = event.stream.category();
+        categories.iter().any(|c| &**c == category)
+    }
+}
+
+/// The future of [`InMemoryEventStore::appended_since_now`]. Deregisters when dropped,
+/// so a tailer that gave up (a timeout won the race, its task died) leaves no waker
+/// behind.
+pub struct AppendedSince {
+    state: Arc<Mutex<StoreState>>,
+    position: u64,
+    categories: Arc<[Box<str>]>,
+    id: Option<u64>,
+}
+
+impl std::future::Future for AppendedSince {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let mut state = this.state.lock();
+        let from = usize::try_from(this.position.saturating_sub(1))
+            .unwrap_or(usize::MAX)
+            .min(state.all.len());
+        if state.all[from..]
+            .iter()
+            .any(|e| wanted(&this.categories, e))
+        {
+            if let Some(id) = this.id.take() {
+                state.tailers.retain(|t| t.id != id);
+            }
+            return Poll::Ready(());
+        }
+        let registered = this
+            .id
+            .and_then(|id| state.tailers.iter_mut().find(|t| t.id == id));
+        match registered {
+            Some(tailer) => {
+                if !tailer.waker.will_wake(cx.waker()) {
+                    tailer.waker.clone_from(cx.waker());
+                }
+            }
+            None => {
+                let id = state.next_tailer;
+                state.next_tailer += 1;
+                state.tailers.push(Tailer {
+                    id,
+                    position: this.position,
+                    categories: Arc::clone(&this.categories),
+                    waker: cx.waker().clone(),
+                });
+                this.id = Some(id);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for AppendedSince {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            let tailer = {
+                let mut state = self.state.lock();
+                state
+                    .tailers
+                    .iter()
+                    .position(|t| t.id == id)
+                    .map(|i| state.tailers.remove(i))
+            };
+            // Dropped outside the lock: a waker's drop may re-enter its executor.
+            drop(tailer);
+        }
+    }
+}
+
+impl std::fmt::Debug for AppendedSince {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppendedSince")
+            .field("position", &self.position)
+            .field("categories", &self.categories)
+            .finish_non_exhaustive()
+    }
+}
+
 impl StoreState {
+    /// Removes and returns the wakers of tailers that the events from index `first` of
+    /// the log on satisfy, in registration order.
+    fn due_tailers(&mut self, first: usize) -> Vec<Waker> {
+        if self.tailers.is_empty() {
+            return Vec::new();
+        }
+        let StoreState { all, tailers, .. } = self;
+        let appended = &all[first..];
+        let mut woken = Vec::new();
+        tailers.retain(|t| {
+            let due = appended
+                .iter()
+                .any(|e| e.position >= t.position && wanted(&t.categories, e));
+            if due {
+                woken.push(t.waker.clone());
+            }
+            !due
+        });
+        woken
+    }
+
     fn version_of(&self, stream: &StreamId) -> u64 {
         self.streams.get(stream).map_or(0, |v| v.len() as u64)
     }
@@ -285,6 +424,10 @@ impl EventStore for InMemoryEventStore {
         stream: &StreamId,
     ) -> BoxFuture<'static, Result<Option<Snapshot>, StoreError>> {
         Box::pin(std::future::ready(Ok(self.load_snapshot_now(stream))))
+    }
+
+    fn appended_since(&self, position: u64, categories: &[&str]) -> Option<BoxFuture<'static, ()>> {
+        Some(Box::pin(self.appended_since_now(position, categories)))
     }
 }
 
@@ -872,5 +1015,88 @@ impl EventBus for InMemoryEventBus {
     ) -> BoxFuture<'static, Result<Box<dyn Subscription>, BusError>> {
         let subscription: Box<dyn Subscription> = Box::new(self.subscribe_now(group, topics));
         Box::pin(std::future::ready(Ok(subscription)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Wake};
+
+    use super::*;
+    use crate::event::{Metadata, NewEvent};
+    use crate::event_store::ExpectedVersion;
+
+    struct CountingWaker(AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn append(store: &InMemoryEventStore, stream: &str, id: u128) {
+        let event = NewEvent {
+            event_id: EventId(id),
+            event_type: "Happened".into(),
+            schema_version: 1,
+            payload: Payload::from_json_text("{}"),
+            metadata: Metadata::default(),
+        };
+        store
+            .append_now(&AppendBatch::single(
+                StreamId::new(stream),
+                ExpectedVersion::Any,
+                vec![event],
+            ))
+            .expect("appended");
+    }
+
+    fn poll(future: &mut AppendedSince, waker: &Arc<CountingWaker>) -> bool {
+        let waker = Waker::from(Arc::clone(waker));
+        std::pin::Pin::new(future)
+            .poll(&mut Context::from_waker(&waker))
+            .is_ready()
+    }
+
+    use std::future::Future as _;
+
+    #[test]
+    fn a_tailer_wakes_only_for_its_categories_at_or_after_its_position() {
+        let store = InMemoryEventStore::new();
+        append(&store, "order-1", 1);
+        let waker = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        // Position 1 already holds an order event: ready at once.
+        assert!(poll(&mut store.appended_since_now(1, &["order"]), &waker));
+        let mut tail = store.appended_since_now(2, &["order"]);
+        assert!(!poll(&mut tail, &waker));
+        append(&store, "inbox-x", 2);
+        assert_eq!(waker.0.load(Ordering::SeqCst), 0, "not its category");
+        assert!(!poll(&mut tail, &waker));
+        append(&store, "order-2", 3);
+        assert_eq!(waker.0.load(Ordering::SeqCst), 1);
+        assert!(poll(&mut tail, &waker));
+        // No categories: any event.
+        let mut any = store.appended_since_now(4, &[]);
+        assert!(!poll(&mut any, &waker));
+        append(&store, "inbox-x", 4);
+        assert!(poll(&mut any, &waker));
+    }
+
+    #[test]
+    fn a_dropped_tailer_leaves_no_waker_behind() {
+        let store = InMemoryEventStore::new();
+        let waker = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let mut tail = store.appended_since_now(1, &[]);
+        assert!(!poll(&mut tail, &waker));
+        assert!(
+            !poll(&mut tail, &waker),
+            "registered once however often polled"
+        );
+        assert_eq!(store.state.lock().tailers.len(), 1);
+        drop(tail);
+        assert!(store.state.lock().tailers.is_empty());
+        append(&store, "order-1", 1);
+        assert_eq!(waker.0.load(Ordering::SeqCst), 0);
     }
 }

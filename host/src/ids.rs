@@ -19,7 +19,10 @@ pub fn format_event_id(id: EventId) -> String {
         text[at] = HEX[nibble as usize];
         at += 1;
     }
-    String::from_utf8_lossy(&text).into_owned()
+    // ASCII by construction; the check is cheaper than the lossy conversion's scan.
+    std::str::from_utf8(&text)
+        .expect("hex digits and dashes")
+        .to_owned()
 }
 
 /// Parses an [`EventId`] as formatted by its `Display` (UUID layout) or `Debug` (32 hex).

@@ -49,12 +49,13 @@
 //! [`confirm`]: reprise_core::Leadership::confirm
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use reprise_core::event::trace::{self, TraceParent};
 use reprise_core::event_bus::header;
 use reprise_core::{
-    Delivery, EventId, Headers, Leadership, Lease, LeaseError, OutgoingMessage, Payload,
+    BoxFuture, Delivery, EventId, Headers, Leadership, Lease, LeaseError, OutgoingMessage, Payload,
     RecordedEvent, Snapshot, StreamId, buggify,
 };
 
@@ -108,10 +109,18 @@ pub struct RelayOptions {
     /// Pause after finding nothing new; doubled while idle, up to `max_idle_pause`. Also
     /// the pause after a batch shorter than `batch_size` (the relay has caught up: reading
     /// again at once would almost always find nothing).
+    ///
+    /// On a store that says when its log grows ([`EventStore::appended_since`]) the
+    /// caught-up relay does not poll: it waits for an event it routes to be appended,
+    /// then `min_idle_pause` more to gather the rest of the burst, and saves its checkpoint once the log has
+    /// been quiet for `max_idle_pause`.
+    ///
+    /// [`EventStore::appended_since`]: reprise_core::EventStore::appended_since
     pub min_idle_pause: Duration,
     pub max_idle_pause: Duration,
-    /// The checkpoint is saved when the relay catches up (a read finds nothing new), or
-    /// once this many positions were published since the last save, whichever is first.
+    /// The checkpoint is saved when the relay catches up (a read finds nothing new, or on
+    /// a notifying store the log stays quiet for `max_idle_pause`), or once this many
+    /// positions were published since the last save, whichever is first.
     pub checkpoint_every: u64,
     /// How often a standby tries to take the lease.
     pub lease_retry: Duration,
@@ -317,6 +326,9 @@ async fn lead(
     let published = metrics::counter!(RELAYED, "relay" => name.to_owned());
     let position = metrics::gauge!(RELAY_POSITION, "relay" => name.to_owned());
     let mut idle_pause = options.min_idle_pause;
+    // Only events the relay publishes are worth waking it for: the others (saga
+    // streams, inbox markers) are passed over by the next read anyway.
+    let categories: Vec<&str> = options.routes.iter().map(|r| &*r.category).collect();
     // Last position the stored checkpoint covers (as far as this relay knows).
     let mut saved = next - 1;
     backoff.reset();
@@ -328,6 +340,14 @@ async fn lead(
         };
         backoff.reset();
         let Some(last) = events.last() else {
+            if let Some(appended) = platform.store.appended_since(next, &categories) {
+                let at = next - 1;
+                let due = (saved < at).then_some(at);
+                if wait_for_appends(platform, options, &checkpoint, appended, due).await {
+                    saved = at;
+                }
+                continue;
+            }
             if next - 1 > saved && save_checkpoint(platform, &checkpoint, next - 1).await {
                 saved = next - 1;
             }
@@ -410,10 +430,69 @@ async fn lead(
             }
         }
         if events.len() < options.batch_size {
-            // Caught up: what is appended meanwhile is picked up after the pause.
-            platform.sleep(options.min_idle_pause).await;
+            // Caught up: with a store that says when the log grows, wait for that instead
+            // of reading again; otherwise what is appended meanwhile is picked up after
+            // the pause.
+            match platform.store.appended_since(next, &categories) {
+                Some(appended) => {
+                    let at = next - 1;
+                    let due = (saved < at).then_some(at);
+                    if wait_for_appends(platform, options, &checkpoint, appended, due).await {
+                        saved = at;
+                    }
+                }
+                None => platform.sleep(options.min_idle_pause).await,
+            }
         }
     }
+}
+
+/// The caught-up relay's wait on a store that notifies: until the log grows, then
+/// `min_idle_pause` more, so that one read and one publish carry the rest of a burst
+/// rather than one each per append. A checkpoint `due` at a position is saved once the
+/// log has stayed quiet for `max_idle_pause` (a busy relay would otherwise save one after
+/// every batch); returns whether it was saved.
+async fn wait_for_appends(
+    platform: &Platform,
+    options: &RelayOptions,
+    checkpoint: &StreamId,
+    appended: BoxFuture<'static, ()>,
+    due: Option<u64>,
+) -> bool {
+    let mut saved = false;
+    match due {
+        Some(position) => {
+            let quiet = platform.runtime.sleep(options.max_idle_pause);
+            if let Some(appended) = first_or_rest(appended, quiet).await {
+                saved = save_checkpoint(platform, checkpoint, position).await;
+                appended.await;
+            }
+        }
+        None => appended.await,
+    }
+    platform.sleep(options.min_idle_pause).await;
+    saved
+}
+
+/// Waits for `wanted` or `timer`, whichever completes first (`wanted` is polled first);
+/// `None` if `wanted` did, otherwise `wanted` still pending.
+async fn first_or_rest(
+    wanted: BoxFuture<'static, ()>,
+    mut timer: BoxFuture<'static, ()>,
+) -> Option<BoxFuture<'static, ()>> {
+    let mut wanted = Some(wanted);
+    std::future::poll_fn(move |cx| {
+        let pending = wanted.as_mut().expect("polled after completion");
+        if pending.as_mut().poll(cx).is_ready() {
+            wanted = None;
+            return Poll::Ready(None);
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(wanted.take());
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 fn buggify_pause(platform: &Platform) -> Duration {

@@ -429,4 +429,15 @@ impl EventStore for SimEventStore {
         let stream = stream.clone();
         self.operate(plan, move |store| Ok(store.load_snapshot_now(&stream)))
     }
+
+    /// Straight from the durable store, woken by the append itself, whichever node made
+    /// it: a tailer registers a waker, and appends wake the due ones in registration
+    /// order, so wake-ups are as deterministic as the schedule. The hint does not cross
+    /// the node's link (a partition does not delay it); the read it prompts does, with
+    /// every fault of a read.
+    fn appended_since(&self, position: u64, categories: &[&str]) -> Option<BoxFuture<'static, ()>> {
+        Some(Box::pin(
+            self.shared.store.appended_since_now(position, categories),
+        ))
+    }
 }
