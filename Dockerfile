@@ -44,6 +44,7 @@ COPY runner runner
 COPY cli cli
 COPY benches benches
 COPY examples examples
+COPY load load
 COPY deploy/tests deploy/tests
 # Embedded into reprise-postgres at compile time (sqlx::migrate!).
 COPY migrations migrations
