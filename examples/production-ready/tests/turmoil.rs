@@ -265,13 +265,36 @@ async fn all_events(store: &InMemoryEventStore) -> Vec<(String, String)> {
         .collect()
 }
 
-fn sim(seed: u64) -> turmoil::Sim<'static> {
-    turmoil::Builder::new()
+fn builder(seed: u64) -> turmoil::Builder {
+    let mut builder = turmoil::Builder::new();
+    builder
         .rng_seed(seed)
         .simulation_duration(Duration::from_secs(600))
         .min_message_latency(Duration::from_millis(1))
-        .max_message_latency(Duration::from_millis(25))
-        .build()
+        .max_message_latency(Duration::from_millis(25));
+    builder
+}
+
+fn sim(seed: u64) -> turmoil::Sim<'static> {
+    builder(seed).build()
+}
+
+/// Host "shop": the API on `store`, rebuilt on the same store if the host restarts.
+fn add_shop(sim: &mut turmoil::Sim<'static>, store: &Arc<InMemoryEventStore>) {
+    let store = Arc::clone(store);
+    sim.host("shop", move || {
+        let store = Arc::clone(&store);
+        async move { serve(SHOP_PORT, shop_router(store)).await }
+    });
+}
+
+/// The events of `events` whose stream is in `category`.
+fn in_category<'a>(events: &'a [(String, String)], category: &str) -> Vec<&'a (String, String)> {
+    let prefix = format!("{category}-");
+    events
+        .iter()
+        .filter(|(stream, _)| stream.starts_with(&prefix))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -285,11 +308,7 @@ fn lost_response_run(seed: u64) -> (Vec<String>, Vec<(String, String)>) {
     let store = Arc::new(InMemoryEventStore::new());
     let seen: Observations = Arc::default();
     let mut sim = sim(seed);
-    let shop_store = Arc::clone(&store);
-    sim.host("shop", move || {
-        let store = Arc::clone(&shop_store);
-        async move { serve(SHOP_PORT, shop_router(store)).await }
-    });
+    add_shop(&mut sim, &store);
     let log = Arc::clone(&seen);
     sim.client("customer", async move {
         let note = |line: String| log.lock().push(line);
@@ -355,14 +374,8 @@ fn a_lost_answer_retried_with_the_same_key_places_one_order() {
     for seed in 0..8 {
         let (seen, events) = lost_response_run(seed);
         // Two orders (keys 7 and 8), each placed once, each with one request record.
-        let placements: Vec<_> = events
-            .iter()
-            .filter(|(stream, _)| stream.starts_with(&format!("{}-", Order::CATEGORY)))
-            .collect();
-        let records: Vec<_> = events
-            .iter()
-            .filter(|(stream, _)| stream.starts_with(&format!("{REQUEST_CATEGORY}-")))
-            .collect();
+        let placements = in_category(&events, Order::CATEGORY);
+        let records = in_category(&events, REQUEST_CATEGORY);
         assert_eq!(placements.len(), 2, "seed {seed}: {events:?}");
         assert_ne!(placements[0].0, placements[1].0, "seed {seed}");
         assert_eq!(records.len(), 2, "seed {seed}: {events:?}");
@@ -383,20 +396,12 @@ fn a_lost_answer_retried_with_the_same_key_places_one_order() {
 fn lossy_run(seed: u64) -> (Vec<String>, Vec<(String, String)>) {
     let store = Arc::new(InMemoryEventStore::new());
     let seen: Observations = Arc::default();
-    let mut sim = turmoil::Builder::new()
-        .rng_seed(seed)
-        .simulation_duration(Duration::from_secs(600))
-        .min_message_latency(Duration::from_millis(1))
-        .max_message_latency(Duration::from_millis(25))
+    let mut sim = builder(seed)
         // Links fail at random and heal at random: segments, answers and handshakes lost.
         .fail_rate(0.1)
         .repair_rate(0.2)
         .build();
-    let shop_store = Arc::clone(&store);
-    sim.host("shop", move || {
-        let store = Arc::clone(&shop_store);
-        async move { serve(SHOP_PORT, shop_router(store)).await }
-    });
+    add_shop(&mut sim, &store);
     let log = Arc::clone(&seen);
     sim.client("customer", async move {
         for n in 0..5 {
@@ -438,10 +443,7 @@ fn under_random_loss_every_keyed_order_is_placed_exactly_once() {
     let (mut retried, mut replayed) = (0, 0);
     for seed in 0..8 {
         let (seen, events) = lossy_run(seed);
-        let placements = events
-            .iter()
-            .filter(|(stream, _)| stream.starts_with(&format!("{}-", Order::CATEGORY)))
-            .count();
+        let placements = in_category(&events, Order::CATEGORY).len();
         assert_eq!(placements, 5, "seed {seed}: {events:?}\n{seen:?}");
         assert_eq!(seen.len(), 5, "seed {seed}");
         retried += seen
