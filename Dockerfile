@@ -45,6 +45,7 @@ COPY cli cli
 COPY benches benches
 COPY examples examples
 COPY load load
+COPY drill drill
 COPY deploy/tests deploy/tests
 # Embedded into reprise-postgres at compile time (sqlx::migrate!).
 COPY migrations migrations

@@ -10,8 +10,9 @@
 //! reprise check-determinism <scenario> --seeds N [--start S] [--plan P] [--jobs J]
 //! reprise shrink <scenario> --seed N [--plan P] [--max-runs R] [--out FILE]
 //! reprise plan <name>
-//! reprise real checkout --orders N [--seed S] [--timeout-secs T]
+//! reprise real checkout --orders N [--seed S] [--timeout-secs T] [--namespace NAME] | check --namespace NAME | clean --namespace NAME
 //! reprise dlq [--backend postgres|kafka] list|show|retry|discard ...
+//! reprise drill <plan> [--rate R] [--duration SECS] [--seed S] [--json FILE] [--keep]
 //! ```
 //!
 //! The simulation commands are `reprise-runner`'s, the very call a user's crate makes for
@@ -22,6 +23,7 @@
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 mod dlq;
+mod drill;
 mod real;
 
 use std::process::ExitCode;
@@ -46,6 +48,10 @@ enum Command {
     Real(real::RealArgs),
     /// Inspect, retry or discard dead letters (PostgreSQL table or Kafka topic).
     Dlq(dlq::DlqArgs),
+    /// Chaos on real infrastructure: the shop's processes, a private PostgreSQL and a
+    /// durable broker under steady load, with kills, restarts, network faults and poison;
+    /// checked with the simulator's invariants.
+    Drill(drill::DrillArgs),
 }
 
 /// The built-in scenarios (checkout and transfers with their planted-bug variants, and the
@@ -62,5 +68,6 @@ fn main() -> ExitCode {
         Command::Sim(command) => reprise_runner::execute(command, &registry()),
         Command::Dlq(args) => dlq::run(args),
         Command::Real(args) => real::run(&args),
+        Command::Drill(args) => drill::run(&args),
     })
 }

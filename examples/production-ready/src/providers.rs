@@ -34,10 +34,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use reprise_core::{Clock, Entropy};
-use reprise_scenarios::checkout::gateway::{ChargeRequest, ProviderBooks};
+use reprise_scenarios::checkout::gateway::{ChargeRequest, ProviderBooks, ProviderCharge};
 use reprise_scenarios::checkout::{CarrierModel, CarrierOptions, PaymentProvider};
 use reprise_tokio::TokioRuntime;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
 
 use crate::gateway::{RefundRequest, ShipmentRegistered, ShipmentRequest};
@@ -294,6 +294,74 @@ async fn books(State(state): State<Arc<PaymentState>>) -> Response {
     json(StatusCode::OK, &state.provider.with_books(BooksSummary::of))
 }
 
+/// Every entry of the provider's books (`GET /books/detail`): what an invariant checker in
+/// another process needs to rebuild [`ProviderBooks`] and look for a second capture of one
+/// order — the summary's counts cannot show that.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BooksDetail {
+    /// One entry per capture (per idempotency key).
+    pub charges: Vec<ChargeEntry>,
+    /// Keys voided before any capture.
+    pub voided: Vec<String>,
+    pub declines: u64,
+}
+
+/// One capture in [`BooksDetail`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChargeEntry {
+    pub idempotency_key: String,
+    pub order: String,
+    pub amount_cents: u64,
+    pub refunded: bool,
+}
+
+impl BooksDetail {
+    #[must_use]
+    pub fn of(books: &ProviderBooks) -> Self {
+        BooksDetail {
+            charges: books
+                .charges
+                .iter()
+                .map(|(key, charge)| ChargeEntry {
+                    idempotency_key: key.clone(),
+                    order: charge.order.clone(),
+                    amount_cents: charge.amount,
+                    refunded: charge.refunded,
+                })
+                .collect(),
+            voided: books.voided.iter().cloned().collect(),
+            declines: books.declines,
+        }
+    }
+
+    /// The books as the scenario's checker reads them.
+    #[must_use]
+    pub fn to_books(&self) -> ProviderBooks {
+        ProviderBooks {
+            charges: self
+                .charges
+                .iter()
+                .map(|entry| {
+                    (
+                        entry.idempotency_key.clone(),
+                        ProviderCharge {
+                            order: entry.order.clone(),
+                            amount: entry.amount_cents,
+                            refunded: entry.refunded,
+                        },
+                    )
+                })
+                .collect(),
+            voided: self.voided.iter().cloned().collect(),
+            declines: self.declines,
+        }
+    }
+}
+
+async fn books_detail(State(state): State<Arc<PaymentState>>) -> Response {
+    json(StatusCode::OK, &state.provider.with_books(BooksDetail::of))
+}
+
 /// The payment provider's router. `provider` is shared so that whoever started it can read
 /// its books (the tests do).
 pub fn payment_router(provider: Arc<PaymentProvider>, faults: Faults) -> Router {
@@ -302,6 +370,7 @@ pub fn payment_router(provider: Arc<PaymentProvider>, faults: Faults) -> Router 
         .route("/charges", post(charge))
         .route("/refunds", post(refund))
         .route("/books", get(books))
+        .route("/books/detail", get(books_detail))
         .route("/health/live", get(live))
         .fallback(|uri: axum::http::Uri| async move { Problem::not_found(uri.path()) })
         .with_state(state)
