@@ -6,6 +6,12 @@
 //! `tests/planted_bugs.rs` show that the simulator finds each one within a stated number
 //! of seeds and that the failing seed replays.
 //!
+//! Most are found within the first few seeds of a swarm sweep. The **deep** ones
+//! ([`PlantedBug::DEEP`]) are not: their code looks right and breaks an invariant only when
+//! two or three faults meet inside a narrow window, so a plain swarm sweep needs hundreds
+//! to thousands of seeds to find each — the yardstick for guided exploration
+//! (`reprise explore`, `docs/exploration.md`).
+//!
 //! None of them lives in library code. Where a bug replaces a component of the host library
 //! (the consume loop's acknowledgement, the command handler's cache), the wrong version is
 //! scenario code in [`crate::planted`] — a wrapper or a copy — swapped in by the scenario
@@ -38,16 +44,43 @@ pub enum PlantedBug {
     /// policy: during an outage every stuck command hammers the provider (a retry storm
     /// that keeps a recovering service down).
     RetryStorm,
+    /// **Deep.** A refund that an operator sends back after an incident is settled from
+    /// our own books: with no capture recorded, the handler records a void without asking
+    /// the provider ("nothing captured, nothing to give back"). Wrong only when three things
+    /// meet: a charge reached the provider but every answer to it was lost (so it was
+    /// parked, captured there and on nobody's books), the saga's refund was parked too (the
+    /// provider unreachable during compensation), and after the heal the operator's copy
+    /// of that refund arrives before the saga's own re-issued one. The provider keeps
+    /// money for a cancelled order.
+    VoidUnrecordedCharge,
+    /// **Deep.** The shipping tracker records what the carrier said with the right expected
+    /// version, but when that append times out it retries expecting *any* version ("a
+    /// timed-out append may have landed; the old version would refuse our own write") —
+    /// whereas appends are idempotent by event id, so the same expectation is what makes
+    /// the retry safe. Wrong only when the lost append carried a delivery and the saga's
+    /// cancellation of that very shipment (its deadline, itself late) lands in the pause
+    /// before the retry: the shipment is cancelled *and* delivered, and the saga refunds a
+    /// parcel the customer received.
+    TrackerBlindWrite,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 6] = [
+    pub const ALL: [PlantedBug; 8] = [
         PlantedBug::AckBeforeProcess,
         PlantedBug::PaymentNotIdempotent,
         PlantedBug::NoCompensationOnTimeout,
         PlantedBug::ApplyBeforeAppend,
         PlantedBug::DecideFromProjection,
         PlantedBug::RetryStorm,
+        PlantedBug::VoidUnrecordedCharge,
+        PlantedBug::TrackerBlindWrite,
+    ];
+
+    /// The deep ones: found by a plain swarm sweep only about once in hundreds to
+    /// thousands of seeds (measured in `docs/performance.md`, "Guided exploration").
+    pub const DEEP: [PlantedBug; 2] = [
+        PlantedBug::VoidUnrecordedCharge,
+        PlantedBug::TrackerBlindWrite,
     ];
 
     /// Kebab-case name used in scenario names (`checkout-bug-<slug>`).
@@ -60,6 +93,8 @@ impl PlantedBug {
             PlantedBug::ApplyBeforeAppend => "apply-before-append",
             PlantedBug::DecideFromProjection => "decide-from-projection",
             PlantedBug::RetryStorm => "retry-storm",
+            PlantedBug::VoidUnrecordedCharge => "void-unrecorded-charge",
+            PlantedBug::TrackerBlindWrite => "tracker-blind-write",
         }
     }
 
@@ -68,7 +103,7 @@ impl PlantedBug {
         Self::ALL.into_iter().find(|b| b.slug() == slug)
     }
 
-    const fn bit(self) -> u8 {
+    const fn bit(self) -> u16 {
         1 << (self as u8)
     }
 }
@@ -82,7 +117,7 @@ impl fmt::Display for PlantedBug {
 /// The set of bugs planted in one run (empty: the correct code).
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Bugs {
-    bits: u8,
+    bits: u16,
 }
 
 impl Bugs {

@@ -359,6 +359,14 @@ impl CheckoutScenario {
                 "checkout-bug-retry-storm",
                 "checkout whose payment handler retries the provider until it answers, without a breaker",
             ),
+            PlantedBug::VoidUnrecordedCharge => (
+                "checkout-bug-void-unrecorded-charge",
+                "deep: checkout whose refund, sent back by an operator, is voided from our own books without the provider",
+            ),
+            PlantedBug::TrackerBlindWrite => (
+                "checkout-bug-tracker-blind-write",
+                "deep: checkout whose shipping tracker retries a timed-out append expecting any version",
+            ),
         };
         CheckoutScenario {
             bugs: Bugs::only(bug),

@@ -148,3 +148,59 @@ fn a_retry_storm_during_a_payment_outage_is_found_and_replays() {
         &[checkout::ATTEMPTS_BOUNDED],
     );
 }
+
+/// A deep bug is found in `seeds` (a range measured to hold a failing seed — a plain swarm
+/// sweep meets one only every few hundred to few thousand seeds), breaking one of
+/// `expected` and replaying; and the correct checkout passes every one of those seeds, so
+/// the failure is the bug's and not the seeds'.
+fn deep_bug_found_in(bug: PlantedBug, seeds: std::ops::RangeInclusive<u64>, expected: &[&str]) {
+    let config = SimConfig::new(0).with_plan(FaultPlan::swarm());
+    let buggy = CheckoutScenario::with_bug(bug);
+    let Some(report) = find_failure(&buggy, &config, seeds.clone()) else {
+        panic!("{}: no failure in seeds {seeds:?}", buggy.name());
+    };
+    let violation = report
+        .violation()
+        .expect("a failed run names its violation");
+    assert!(
+        expected.contains(&violation.invariant.as_str()),
+        "{}: unexpected invariant\n{}",
+        buggy.name(),
+        explain_failure(&report, 15)
+    );
+    let replay = run(&buggy, &config.clone().with_seed(report.seed));
+    assert_eq!(
+        replay.hash, report.hash,
+        "seed {} did not replay",
+        report.seed
+    );
+    let correct = CheckoutScenario::correct();
+    for seed in seeds {
+        let report = run(&correct, &config.clone().with_seed(seed));
+        assert!(
+            report.passed(),
+            "the correct checkout fails seed {seed}: {}",
+            report.outcome
+        );
+    }
+}
+
+#[test]
+fn deep_void_of_an_unrecorded_charge_is_found_where_measured() {
+    // Measured: 4 failing seeds in 1..=2000 of swarm (323, 928, 1351, 1582).
+    deep_bug_found_in(
+        PlantedBug::VoidUnrecordedCharge,
+        318..=323,
+        &[checkout::CAPTURE_BELONGS],
+    );
+}
+
+#[test]
+fn deep_blind_retry_of_a_tracker_append_is_found_where_measured() {
+    // Measured: 1 failing seed in 1..=1000 of swarm (225).
+    deep_bug_found_in(
+        PlantedBug::TrackerBlindWrite,
+        220..=225,
+        &[checkout::SHIPPED_AND_REFUNDED],
+    );
+}

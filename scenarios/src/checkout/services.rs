@@ -26,10 +26,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use reprise_core::resilience::dead_letter::REDELIVERED_FROM_HEADER;
 use reprise_core::resilience::{DeadLetterQuery, redeliver};
 use reprise_core::{
     Aggregate, AppendBatch, BoxFuture, CallError, Classify, DeadLetterQueue, Delivery, EventId,
-    ExpectedVersion, Lease, Metadata, NewEvent, OutgoingMessage,
+    ExpectedVersion, Lease, Metadata, NewEvent, OutgoingMessage, StoreError,
 };
 
 use super::gateway::{
@@ -441,6 +442,7 @@ struct PaymentHandler {
     gateway: Arc<dyn PaymentGateway>,
     not_idempotent: bool,
     retry_storm: bool,
+    void_unrecorded: bool,
 }
 
 impl PaymentHandler {
@@ -529,8 +531,23 @@ impl PaymentHandler {
             consumer: &self.group,
             message,
         });
-        if self.status(&order).await.is_closed() {
+        let status = self.status(&order).await;
+        if status.is_closed() {
             inbox::record_alone(&self.env, &self.group, message).await;
+            return;
+        }
+        if self.void_unrecorded
+            && status == PaymentStatus::Pending
+            && delivery.headers.get(REDELIVERED_FROM_HEADER).is_some()
+        {
+            // PLANTED BUG (VoidUnrecordedCharge): an operator sends a parked refund back
+            // after the incident, and "no capture on our books means nothing to give back",
+            // so the void is recorded here to drain the queue without bothering the
+            // provider again. But a charge whose every answer was lost is captured at the
+            // provider and on nobody's books; only the provider's own void settles it.
+            self.payments
+                .execute_until_done(&order, &PaymentCommand::RecordVoid, handling)
+                .await;
             return;
         }
         let gateway = Arc::clone(&self.gateway);
@@ -585,6 +602,7 @@ pub fn start_payment_service(env: &Platform, gateway: Arc<dyn PaymentGateway>, b
         gateway,
         not_idempotent: bugs.contains(PlantedBug::PaymentNotIdempotent),
         retry_storm: bugs.contains(PlantedBug::RetryStorm),
+        void_unrecorded: bugs.contains(PlantedBug::VoidUnrecordedCharge),
     });
     spawn_consumer(
         env,
@@ -688,6 +706,7 @@ async fn run_tracker(
     shipments: Arc<Aggregates<Shipment>>,
     carrier: Arc<dyn Carrier>,
     open: OpenShipments,
+    blind_writes: bool,
 ) {
     let mut next = 1;
     loop {
@@ -712,7 +731,7 @@ async fn run_tracker(
         env.sleep(TRACK_EVERY).await;
         let orders: Vec<String> = open.lock().iter().cloned().collect();
         for order in orders {
-            let Ok((shipment, _)) = shipments.load(&order).await else {
+            let Ok((shipment, version)) = shipments.load(&order).await else {
                 continue;
             };
             if !shipment.status.is_open() {
@@ -742,6 +761,12 @@ async fn run_tracker(
                     reason: "lost by carrier".into(),
                 }),
             }
+            if blind_writes {
+                if !record_retrying_blindly(&env, &order, shipment, version, &commands).await {
+                    open.lock().remove(&order);
+                }
+                continue;
+            }
             for command in commands {
                 match shipments.execute(&order, &command, None).await {
                     Ok(handled) if !handled.state.status.is_open() => {
@@ -756,6 +781,63 @@ async fn run_tracker(
     }
 }
 
+/// PLANTED BUG ([`PlantedBug::TrackerBlindWrite`]): records what the carrier said as
+/// decided on `loaded` (at `version`), in one batch with the right expected version — but
+/// when that append times out, retries it expecting *any* version, reasoning that a
+/// timed-out append may have landed and the old version would then refuse our own write.
+/// (Appends are idempotent by event id: retrying with the same expectation is what makes
+/// a timeout safe.) A cancellation that lands between the lost append and its retry is
+/// overwritten: the shipment ends up cancelled *and* delivered. Returns whether the
+/// shipment is still open as far as this decision knows.
+async fn record_retrying_blindly(
+    env: &Platform,
+    order: &str,
+    loaded: Shipment,
+    version: u64,
+    commands: &[ShippingCommand],
+) -> bool {
+    let mut state = loaded;
+    let mut events = Vec::new();
+    for command in commands {
+        let decided = match state.decide(command) {
+            Ok(decided) => decided,
+            Err(never) => match never {},
+        };
+        for event in &decided {
+            state.apply(event);
+        }
+        events.extend(decided);
+    }
+    if events.is_empty() {
+        return state.status.is_open();
+    }
+    let mut encoded = Vec::with_capacity(events.len());
+    for event in &events {
+        let Ok(new) = NewEvent::encode(EventId(env.runtime.next_id()), event, Metadata::default())
+        else {
+            return true;
+        };
+        encoded.push(new);
+    }
+    let stream = Shipment::stream_id(order);
+    let mut expected = if version == 0 {
+        ExpectedVersion::NoStream
+    } else {
+        ExpectedVersion::Exact(version)
+    };
+    let mut backoff = env.backoff();
+    loop {
+        let batch = AppendBatch::default().and(stream.clone(), expected, encoded.clone());
+        match env.store.append(batch).await {
+            Ok(_) => return state.status.is_open(),
+            Err(StoreError::Timeout) => expected = ExpectedVersion::Any,
+            // A conflict or a refusal: decide again next round, on fresh state.
+            Err(_) => return true,
+        }
+        env.pause(&mut backoff).await;
+    }
+}
+
 /// Starts the shipping service (creates and cancels shipments, tracks them at the carrier).
 pub fn start_shipping_service(env: &Platform, carrier: Arc<dyn Carrier>, bugs: Bugs) {
     let shipments = Arc::new(Aggregates::new(env, bugs));
@@ -767,6 +849,7 @@ pub fn start_shipping_service(env: &Platform, carrier: Arc<dyn Carrier>, bugs: B
             Arc::clone(&shipments),
             Arc::clone(&carrier),
             Arc::clone(&open),
+            bugs.contains(PlantedBug::TrackerBlindWrite),
         )),
     );
     let handler = Arc::new(ShippingHandler {

@@ -11,7 +11,8 @@
 //!
 //! The other planted bugs are alternative branches of the scenarios' own handlers and
 //! sagas (payment idempotency, compensation on timeout, deciding from a projection, the
-//! retry storm), next to the correct code they get wrong.
+//! retry storm, and the deep ones: a refund voided from our own books, the tracker's blind
+//! retry), next to the correct code they get wrong.
 
 pub mod ack_before_process;
 pub mod apply_before_append;
