@@ -16,6 +16,26 @@
 //!    the provider's books, the settled/terminal checks, and the consumer invariants read
 //!    from the broker ([`crate::bus_check`]).
 //!
+//! **Outages.** The services ride out a PostgreSQL or broker restart on their own (the
+//! host's loops retry every store and bus operation with backoff; the workload client's
+//! placements too). The watcher of step 2 must as well: a store error while it reads the
+//! log is an outage to wait out — counted in [`LiveReport::store_unavailable`] and shown
+//! as [`Progress::StoreUnavailable`] — not the end of the run; only the run's timeout
+//! bounds it. (Before, the first `read_all` that met a restarting server ended the whole
+//! run with "transient store failure … EOF" and no report: the abort came from this
+//! watcher, not from the services.) A non-transient store error (the schema dropped
+//! under the run) ends the wait at once. The final check retries the store for
+//! [`CHECK_PATIENCE`] and probes the broker before reading it; what it still cannot reach
+//! is reported as unchecked rather than failing the report.
+//!
+//! **Ending early.** [`run_checkout_until`] takes an interrupt (the CLI's SIGINT/SIGTERM):
+//! the services are stopped, what can be checked is checked — the liveness checks
+//! ("every saga terminal", settled stock and money) are skipped, an interrupted run was
+//! not given its time — and the report comes back as [`LiveError::Incomplete`] with the
+//! namespace kept.
+//!
+//! [`LiveReport::store_unavailable`]: crate::LiveReport::store_unavailable
+//!
 //! **Positions.** PostgreSQL positions are strictly increasing but sparse
 //! (`(xid8 << 16) | ordinal`), while the scenario's [`LogAudit`] wants the dense,
 //! gap-free numbering of the in-memory store. The reader here keeps PostgreSQL's order
@@ -25,6 +45,7 @@
 //! [`LogAudit`]: reprise_scenarios::audit::LogAudit
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -45,6 +66,7 @@ use reprise_scenarios::checkout::workload::{CheckoutOptions, CheckoutWorkload, r
 use reprise_scenarios::checkout::{CarrierModel, CarrierOptions, PaymentProvider, resilience};
 use reprise_tokio::TokioRuntime;
 
+use crate::admin::{self, RunRecord};
 use crate::bus_check::{self, BusCheck};
 use crate::external::{Latency, LiveCarrier, LiveProvider};
 use crate::namespace::NamespacedBus;
@@ -57,6 +79,12 @@ const POLL_EVERY: Duration = Duration::from_millis(250);
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// Events per `read_all`.
 const READ_BATCH: usize = 1000;
+/// How long the final check keeps retrying a store that does not answer.
+pub(crate) const CHECK_PATIENCE: Duration = Duration::from_secs(30);
+/// Bound on the broker probe before the consumer checks.
+const BROKER_PROBE: Duration = Duration::from_secs(10);
+/// Bound on each broker read of the consumer checks.
+const BROKER_READ: Duration = Duration::from_secs(30);
 
 /// What a run reports while it runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,6 +103,18 @@ pub enum Progress {
         compensated: u32,
         events: u64,
     },
+    /// The watcher cannot read the store (an outage, ridden out until the timeout).
+    /// Reported when it starts and every couple of seconds while it lasts.
+    StoreUnavailable {
+        elapsed: Duration,
+        down_for: Duration,
+        error: String,
+    },
+    /// The store answers again after an outage of `down_for`.
+    StoreBack {
+        elapsed: Duration,
+        down_for: Duration,
+    },
     /// The services are stopped; the final checks run.
     Checking { elapsed: Duration },
 }
@@ -88,14 +128,18 @@ pub enum WaitOutcome {
     Broken(Finding),
     /// The timeout passed first.
     TimedOut,
+    /// The interrupt given to [`run_checkout_until`] fired (its text: which signal).
+    Interrupted(String),
+    /// The store failed in a way waiting does not mend (the schema dropped under the run).
+    Failed(String),
 }
 
 /// What the orders' own streams say about them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Tally {
-    placed: u32,
-    completed: u32,
-    compensated: u32,
+pub(crate) struct Tally {
+    pub(crate) placed: u32,
+    pub(crate) completed: u32,
+    pub(crate) compensated: u32,
 }
 
 /// Order fates, folded from the log.
@@ -178,6 +222,10 @@ struct Watch {
     orders: Orders,
     /// The first safety finding; the audit stops folding after it.
     broken: Option<Finding>,
+    /// When the current store outage began (as the watcher sees it), and the last error.
+    down_since: Option<(Instant, String)>,
+    /// Outages ridden out so far, in all.
+    down_total: Duration,
 }
 
 /// The outcome of [`CheckoutRun::check`].
@@ -189,6 +237,8 @@ pub struct Checked {
     pub compensated: u32,
     pub bus: BusCheck,
     pub findings: Vec<Finding>,
+    /// Checks that could not run, each with why (empty when everything was checked).
+    pub unchecked: Vec<String>,
 }
 
 /// One service instance's resources, closed when the run stops.
@@ -224,7 +274,7 @@ impl std::fmt::Debug for CheckoutRun {
 }
 
 /// The workload of `orders` orders, arriving over 100 ms per order (between 1 s and 30 s).
-fn workload_options(orders: u32) -> CheckoutOptions {
+pub(crate) fn workload_options(orders: u32) -> CheckoutOptions {
     let span = Duration::from_millis(100)
         .saturating_mul(orders)
         .clamp(Duration::from_secs(1), Duration::from_secs(30));
@@ -235,7 +285,22 @@ fn workload_options(orders: u32) -> CheckoutOptions {
     }
 }
 
-fn fresh_namespace() -> String {
+/// The workload of a run with `seed` and `orders`, and the carrier model's seed: the
+/// same draws a run makes, so `reprise real check` can regenerate what a run planned.
+fn draw(seed: u64, orders: u32) -> (CheckoutWorkload, u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let workload = CheckoutWorkload::generate(&workload_options(orders), &mut || rng.next_u64());
+    (workload, rng.next_u64())
+}
+
+/// The workload a run with `seed` and `orders` placed.
+pub(crate) fn workload_for(seed: u64, orders: u32) -> CheckoutWorkload {
+    draw(seed, orders).0
+}
+
+/// A fresh, unique namespace name: `live_<pid>_<clock>` in hex.
+#[must_use]
+pub fn fresh_namespace() -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
@@ -258,8 +323,9 @@ impl CheckoutRun {
     /// formed, the workload client.
     ///
     /// # Errors
-    /// Invalid configuration; PostgreSQL or the broker unreachable; consumer groups that
-    /// do not form before the timeout.
+    /// Invalid configuration; a given namespace that already exists
+    /// ([`LiveError::NamespaceInUse`]); PostgreSQL or the broker unreachable; consumer
+    /// groups that do not form before the timeout.
     pub async fn start(
         config: LiveConfig,
         progress: &mut dyn FnMut(&Progress),
@@ -274,6 +340,11 @@ impl CheckoutRun {
         let kafka = Self::kafka_config(&config, &namespace, "setup")?;
         let setup = KafkaEventBus::new(kafka)?;
         setup.check_connection().await?;
+        // A run never reuses a namespace: the one that made it is over, and its provider's
+        // books went with it (a second workload could not be checked against them).
+        if config.namespace.is_some() {
+            admin::require_unused(&config, &namespace).await?;
+        }
 
         // The store: a fresh schema, migrated by the checker's connection; the services'
         // pools only verify the schema version, as a deployment's would.
@@ -325,12 +396,14 @@ impl CheckoutRun {
             topics: names.len(),
         });
 
+        // The run's parameters, kept in the namespace for `reprise real check`.
+        RunRecord::of(&config).save(store.as_ref()).await?;
         // The workload and the models of the outside world, drawn from the seed.
-        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let (workload, carrier_seed) = draw(config.seed, config.orders);
         let options = workload_options(config.orders);
-        let workload = Arc::new(CheckoutWorkload::generate(&options, &mut || rng.next_u64()));
+        let workload = Arc::new(workload);
         let provider = Arc::new(PaymentProvider::new(options.decline_every));
-        let carrier = Arc::new(CarrierModel::new(CarrierOptions::new(rng.next_u64())));
+        let carrier = Arc::new(CarrierModel::new(CarrierOptions::new(carrier_seed)));
 
         let bus = NamespacedBus::new(setup, prefix);
         let mut run = CheckoutRun {
@@ -347,6 +420,8 @@ impl CheckoutRun {
                 audit: CheckoutAudit::new(),
                 orders: Orders::default(),
                 broken: None,
+                down_since: None,
+                down_total: Duration::ZERO,
             },
             stopped: false,
             config,
@@ -490,20 +565,57 @@ impl CheckoutRun {
     }
 
     /// Polls the log until the run settles, breaks a safety invariant or times out,
-    /// reporting progress every couple of seconds.
-    ///
-    /// # Errors
-    /// The store failing to answer the checker.
-    pub async fn wait(
-        &mut self,
-        progress: &mut dyn FnMut(&Progress),
-    ) -> Result<WaitOutcome, LiveError> {
+    /// reporting progress every couple of seconds. A store that does not answer is waited
+    /// for (see the module docs, "Outages"); a store that refuses ends the wait
+    /// ([`WaitOutcome::Failed`]).
+    pub async fn wait(&mut self, progress: &mut dyn FnMut(&Progress)) -> WaitOutcome {
         let planned = self.config.orders;
         let mut last_progress = Instant::now();
         loop {
-            self.poll().await?;
+            match self.poll().await {
+                Ok(()) => {
+                    if let Some((since, _)) = self.watch.down_since.take() {
+                        let down_for = since.elapsed();
+                        self.watch.down_total += down_for;
+                        progress(&Progress::StoreBack {
+                            elapsed: self.started.elapsed(),
+                            down_for,
+                        });
+                    }
+                }
+                // An outage: the services wait it out, and so does the watcher.
+                Err(error) if error.is_transient() => {
+                    let first = self.watch.down_since.is_none();
+                    let (since, last) = self
+                        .watch
+                        .down_since
+                        .get_or_insert_with(|| (Instant::now(), String::new()));
+                    *last = error.to_string();
+                    let since = *since;
+                    if first || last_progress.elapsed() >= PROGRESS_EVERY {
+                        last_progress = Instant::now();
+                        progress(&Progress::StoreUnavailable {
+                            elapsed: self.started.elapsed(),
+                            down_for: since.elapsed(),
+                            error: error.to_string(),
+                        });
+                    }
+                    if self.started.elapsed() >= self.config.timeout {
+                        self.close_outage();
+                        return WaitOutcome::TimedOut;
+                    }
+                    tokio::time::sleep(POLL_EVERY).await;
+                    continue;
+                }
+                Err(error) => {
+                    self.close_outage();
+                    return WaitOutcome::Failed(format!(
+                        "the store refused the run's watcher: {error}"
+                    ));
+                }
+            }
             if let Some(finding) = &self.watch.broken {
-                return Ok(WaitOutcome::Broken(finding.clone()));
+                return WaitOutcome::Broken(finding.clone());
             }
             let tally = self.watch.orders.tally();
             if tally.completed + tally.compensated >= planned {
@@ -513,20 +625,20 @@ impl CheckoutRun {
                     .with_books(|books| audit.check_settled(&self.workload, books));
                 match settled {
                     Ok(()) => {
-                        return Ok(WaitOutcome::Settled {
+                        return WaitOutcome::Settled {
                             after: self.started.elapsed(),
-                        });
+                        };
                     }
                     // Every saga is terminal and the outcome is wrong: nothing will
                     // change it any more; the final check reports it.
                     Err(finding) if finding.invariant != invariant::SAGAS_TERMINAL => {
-                        return Ok(WaitOutcome::Broken(finding));
+                        return WaitOutcome::Broken(finding);
                     }
                     Err(_) => {}
                 }
             }
             if self.started.elapsed() >= self.config.timeout {
-                return Ok(WaitOutcome::TimedOut);
+                return WaitOutcome::TimedOut;
             }
             if last_progress.elapsed() >= PROGRESS_EVERY {
                 last_progress = Instant::now();
@@ -543,8 +655,15 @@ impl CheckoutRun {
         }
     }
 
+    /// Ends an outage still going on, counting it.
+    fn close_outage(&mut self) {
+        if let Some((since, _)) = self.watch.down_since.take() {
+            self.watch.down_total += since.elapsed();
+        }
+    }
+
     /// One incremental safety check, as the simulator's `check_safety`.
-    async fn poll(&mut self) -> Result<(), LiveError> {
+    async fn poll(&mut self) -> Result<(), StoreError> {
         let events = self.watch.reader.read_new(self.store.as_ref()).await?;
         for event in &events {
             self.watch.orders.observe(event);
@@ -580,81 +699,97 @@ impl CheckoutRun {
     /// the broker. Call after [`stop`](Self::stop), so nothing changes underneath.
     ///
     /// # Errors
-    /// The store or the broker failing to answer the checker (findings are in
-    /// [`Checked::findings`]).
+    /// The store not answering for [`CHECK_PATIENCE`], or refusing (findings are in
+    /// [`Checked::findings`]; a broker that cannot be read leaves the consumer checks in
+    /// [`Checked::unchecked`]).
     pub async fn check(&self) -> Result<Checked, LiveError> {
-        let mut reader = LogReader::new();
-        let events = reader.read_new(self.store.as_ref()).await?;
-        let mut orders = Orders::default();
-        let mut markers: BTreeSet<EventId> = BTreeSet::new();
-        for event in &events {
-            orders.observe(event);
-            if event.stream.category() == inbox::CATEGORY {
-                markers.insert(event.event_id);
-            }
-        }
+        self.check_with(true).await
+    }
+
+    /// [`check`](Self::check); `liveness: false` skips the checks that need the run to
+    /// have gone its course (every saga terminal, settled stock and money).
+    async fn check_with(&self, liveness: bool) -> Result<Checked, LiveError> {
+        let deadline = Instant::now() + CHECK_PATIENCE;
+        let events = read_log(self.store.as_ref(), deadline).await?;
         let books: ProviderBooks = self.provider.books();
-        let mut findings = Vec::new();
-        let mut audit = CheckoutAudit::new();
-        match audit.observe(&events) {
-            Err(finding) => findings.push(finding),
-            Ok(()) => {
-                if let Err(finding) = audit.check_books(&books) {
-                    findings.push(finding);
-                }
-                if let Err(finding) = audit.check_settled(&self.workload, &books) {
-                    findings.push(finding);
-                }
-            }
-        }
-        let kafka = Self::kafka_config(&self.config, &self.namespace, "checker")?;
-        let (bus, bus_findings) = bus_check::check(
-            kafka.bootstrap_servers,
-            kafka.properties,
-            format!("{}.", self.namespace),
-            self.config.partitions,
+        let LogCheck {
+            tally,
             markers,
-            kafka.operation_timeout.max(Duration::from_secs(30)),
+            mut findings,
+            unchecked: mut log_unchecked,
+            ..
+        } = check_log(
+            &events,
+            Some(&self.workload),
+            Books::Provider(&books),
+            liveness,
+        );
+        let (bus, _, bus_unchecked, bus_findings) = check_bus(
+            &self.config,
+            &self.namespace,
+            Some(self.config.partitions),
+            markers,
         )
-        .await?;
+        .await;
         findings.extend(bus_findings);
-        let tally = orders.tally();
+        log_unchecked.extend(bus_unchecked);
         Ok(Checked {
-            events: reader.ordinal,
+            events: events.len() as u64,
             placed: tally.placed,
             completed: tally.completed,
             compensated: tally.compensated,
-            bus,
+            bus: bus.unwrap_or_default(),
             findings,
+            unchecked: log_unchecked,
         })
     }
 
     /// The report of a checked run.
     #[must_use]
     pub fn report(&self, checked: Checked, settled_after: Option<Duration>) -> LiveReport {
+        let mut report = self.partial_report(settled_after);
+        report.orders_placed = checked.placed;
+        report.orders_completed = checked.completed;
+        report.orders_compensated = checked.compensated;
+        report.events = checked.events;
+        report.bus_messages = checked.bus.messages;
+        report.acknowledged_verified = checked.bus.acknowledged_verified;
+        report.dead_lettered = checked.bus.dead_lettered;
+        report.findings = checked.findings;
+        report.unchecked = checked.unchecked;
+        report.schema_kept = self.config.keep_schema || !report.is_clean();
+        report
+    }
+
+    /// What the watcher saw, for a run whose final check could not read the log.
+    fn partial_report(&self, settled_after: Option<Duration>) -> LiveReport {
+        let tally = self.watch.orders.tally();
         LiveReport {
             namespace: self.namespace.clone(),
             seed: self.config.seed,
             orders_planned: self.config.orders,
-            orders_placed: checked.placed,
-            orders_completed: checked.completed,
-            orders_compensated: checked.compensated,
-            events: checked.events,
-            bus_messages: checked.bus.messages,
-            acknowledged_verified: checked.bus.acknowledged_verified,
-            dead_lettered: checked.bus.dead_lettered,
+            orders_placed: tally.placed,
+            orders_completed: tally.completed,
+            orders_compensated: tally.compensated,
+            events: self.watch.reader.ordinal,
+            bus_messages: 0,
+            acknowledged_verified: 0,
+            dead_lettered: 0,
             saga_instances: self.config.saga_instances,
             service_instances: self.config.service_instances,
             ready_after: self.ready_after,
             settled_after,
             elapsed: self.started.elapsed(),
-            schema_kept: self.config.keep_schema || !checked.findings.is_empty(),
-            findings: checked.findings,
+            findings: self.watch.broken.iter().cloned().collect(),
+            unchecked: Vec::new(),
+            ended_early: None,
+            store_unavailable: self.watch.down_total,
+            schema_kept: true,
         }
     }
 
-    /// Drops the run's schema (topics stay: the broker keeps them until it restarts or
-    /// an operator deletes them; their names never collide with another run's).
+    /// Drops the run's schema (topics stay; [`crate::admin::clean_namespace`] removes
+    /// them too).
     ///
     /// # Errors
     /// The drop failing.
@@ -666,16 +801,17 @@ impl CheckoutRun {
         Ok(())
     }
 
-    /// Stops, closes the checker's pool, and drops the schema unless asked to keep it.
+    /// Stops and closes the checker's pool; unless asked to keep it, removes the
+    /// namespace (schema, topics, groups).
     async fn finish(mut self, keep: bool) -> Result<(), LiveError> {
         self.stop().await;
-        let dropped = if keep {
-            Ok(())
-        } else {
-            self.drop_schema().await
-        };
         self.store.close().await;
-        dropped
+        if keep {
+            return Ok(());
+        }
+        admin::clean_namespace(&self.config, &self.namespace)
+            .await
+            .map(drop)
     }
 }
 
@@ -684,6 +820,171 @@ impl Drop for CheckoutRun {
         // A run abandoned half-way (an error, a panicking test) must not leave its services
         // running in the caller's runtime.
         self.runtime.stop();
+    }
+}
+
+/// Every event of the log in PostgreSQL's order, renumbered densely (see the module
+/// docs), retrying a store that does not answer until `deadline`.
+pub(crate) async fn read_log(
+    store: &dyn EventStore,
+    deadline: Instant,
+) -> Result<Vec<RecordedEvent>, LiveError> {
+    let mut events: Vec<RecordedEvent> = Vec::new();
+    let mut next = 1;
+    loop {
+        match store.read_all(next, READ_BATCH).await {
+            Ok(batch) => {
+                let full = batch.len() == READ_BATCH;
+                for mut event in batch {
+                    next = event.position + 1;
+                    event.position = events.len() as u64 + 1;
+                    events.push(event);
+                }
+                if !full {
+                    return Ok(events);
+                }
+            }
+            Err(error) if error.is_transient() && Instant::now() < deadline => {
+                tracing::debug!(%error, "reading the log back failed; retrying");
+                tokio::time::sleep(POLL_EVERY).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// The provider's books a check compares the log with.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Books<'a> {
+    /// The provider model's own books (a run in progress).
+    Provider(&'a ProviderBooks),
+    /// What the payment service recorded of the provider ([`admin::recorded_books`]):
+    /// all that is left once the run's process is gone.
+    Recorded(&'a ProviderBooks),
+}
+
+/// What [`check_log`] found.
+#[derive(Debug, Default)]
+pub(crate) struct LogCheck {
+    pub(crate) tally: Tally,
+    /// Ids of every inbox marker, for the consumer checks.
+    pub(crate) markers: BTreeSet<EventId>,
+    pub(crate) findings: Vec<Finding>,
+    pub(crate) checked: Vec<String>,
+    pub(crate) unchecked: Vec<String>,
+}
+
+/// The log's invariants: a fresh [`CheckoutAudit`] over `events`, the books, and — with
+/// `liveness` and a known `workload` — the settled/terminal checks.
+pub(crate) fn check_log(
+    events: &[RecordedEvent],
+    workload: Option<&CheckoutWorkload>,
+    books: Books<'_>,
+    liveness: bool,
+) -> LogCheck {
+    let mut check = LogCheck::default();
+    let mut orders = Orders::default();
+    for event in events {
+        orders.observe(event);
+        if event.stream.category() == inbox::CATEGORY {
+            check.markers.insert(event.event_id);
+        }
+    }
+    check.tally = orders.tally();
+    let (books, whose) = match books {
+        Books::Provider(books) => (books, "the provider's books"),
+        Books::Recorded(books) => (
+            books,
+            "the payment service's record of the provider (its payment streams)",
+        ),
+    };
+    let mut audit = CheckoutAudit::new();
+    if let Err(finding) = audit.observe(events) {
+        check.findings.push(finding);
+        check
+            .unchecked
+            .push("the books and liveness checks: the log audit stopped at its finding".into());
+        return check;
+    }
+    check.checked.push(
+        "the log's safety invariants (stock never oversold or reserved twice, no order both \
+         completed and cancelled or shipped and refunded, every event decodes, per-stream \
+         versions)"
+            .into(),
+    );
+    match audit.check_books(books) {
+        Ok(()) => check
+            .checked
+            .push(format!("at most one capture per order, against {whose}")),
+        Err(finding) => check.findings.push(finding),
+    }
+    match (liveness, workload) {
+        (false, _) => check.unchecked.push(
+            "every saga terminal, stock returned, money where it belongs: the run ended \
+             before its orders were given their time"
+                .into(),
+        ),
+        (true, None) => check.unchecked.push(
+            "every planned order placed and terminal: the run's parameters were never \
+             recorded (it stopped during setup)"
+                .into(),
+        ),
+        (true, Some(workload)) => match audit.check_settled(workload, books) {
+            Ok(()) => check.checked.push(format!(
+                "every planned order placed and its saga terminal, cancelled orders hold \
+                 no stock, money held only for completed orders, against {whose}"
+            )),
+            Err(finding) => check.findings.push(finding),
+        },
+    }
+    check
+}
+
+/// The consumer invariants on the broker ([`bus_check`]), after a probe that the broker
+/// answers at all (a broker that is down would otherwise make every per-partition read
+/// wait its timeout). Returns the counts (if the checks ran), what was checked, what
+/// could not be, and the findings.
+pub(crate) async fn check_bus(
+    config: &LiveConfig,
+    namespace: &str,
+    partitions: Option<u32>,
+    markers: BTreeSet<EventId>,
+) -> (Option<BusCheck>, Vec<String>, Vec<String>, Vec<Finding>) {
+    const WHAT: &str = "every acknowledged message took effect, per-stream order on the bus";
+    let unchecked = |why: String| (None, Vec::new(), vec![format!("{WHAT}: {why}")], Vec::new());
+    let probe = CheckoutRun::kafka_config(config, namespace, "checker").and_then(|kafka| {
+        KafkaEventBus::new(kafka.operation_timeout(BROKER_PROBE)).map_err(LiveError::from)
+    });
+    let probe = match probe {
+        Ok(probe) => probe,
+        Err(error) => return unchecked(error.to_string()),
+    };
+    if let Err(error) = probe.check_connection().await {
+        return unchecked(error.to_string());
+    }
+    let partitions = match partitions {
+        Some(p) => p,
+        None => match probe
+            .partition_count(&format!("{namespace}.{}", topics::EVENTS))
+            .await
+        {
+            Ok(p) => p,
+            Err(error) => return unchecked(format!("the run's topics: {error}")),
+        },
+    };
+    let kafka = probe.config().clone();
+    match bus_check::check(
+        kafka.bootstrap_servers.clone(),
+        kafka.properties,
+        format!("{namespace}."),
+        partitions,
+        markers,
+        BROKER_READ,
+    )
+    .await
+    {
+        Ok((bus, findings)) => (Some(bus), vec![WHAT.to_owned()], Vec::new(), findings),
+        Err(error) => unchecked(format!("broker at {}: {error}", kafka.bootstrap_servers)),
     }
 }
 
@@ -708,7 +1009,8 @@ async fn abandon(store: &PgEventStore, namespace: &str, keep: bool, cause: LiveE
     LiveError::SetupFailed {
         cause: Box::new(cause),
         cleanup: format!(
-            "{schema}; topics named {namespace}.* (if any were created) stay on the broker"
+            "{schema}; topics named {namespace}.* (if any were created) stay on the broker \
+             (reprise real clean --namespace {namespace} removes them)"
         ),
     }
 }
@@ -716,47 +1018,137 @@ async fn abandon(store: &PgEventStore, namespace: &str, keep: bool, cause: LiveE
 /// [`run_checkout_with_progress`] without progress reports.
 ///
 /// # Errors
-/// See [`run_checkout_with_progress`].
+/// See [`run_checkout_until`].
 pub async fn run_checkout(config: LiveConfig) -> Result<LiveReport, LiveError> {
     run_checkout_with_progress(config, |_| {}).await
 }
 
+/// [`run_checkout_until`] without an interrupt.
+///
+/// # Errors
+/// See [`run_checkout_until`].
+pub async fn run_checkout_with_progress(
+    config: LiveConfig,
+    progress: impl FnMut(&Progress),
+) -> Result<LiveReport, LiveError> {
+    run_checkout_until(config, progress, std::future::pending()).await
+}
+
 /// Runs the checkout for `config.orders` orders on real infrastructure and checks every
-/// invariant the simulator checks. Must be called inside a tokio runtime with its time
-/// driver enabled.
+/// invariant the simulator checks, until it settles, times out, or `interrupt` completes
+/// (its output says why: the CLI passes the signal's name). Must be called inside a tokio
+/// runtime with its time driver enabled.
+///
+/// A clean run removes its namespace (schema, topics, groups) unless
+/// [`LiveConfig::keep_schema`]; any other keeps it and its report says how to check and
+/// remove it.
 ///
 /// # Errors
 /// [`LiveError::Violation`] (with the report) when an invariant broke, including
-/// "every saga is terminal" when the run did not settle before the timeout; other
-/// variants when the run could not be set up or checked.
-pub async fn run_checkout_with_progress(
-    config: LiveConfig,
+/// "every saga is terminal" when the run did not settle before the timeout;
+/// [`LiveError::Incomplete`] (with the report of what was observed and checked) when the
+/// run was interrupted, its store refused the watcher, or the final check could not read
+/// the store or the broker; other variants when the run could not be set up (an
+/// interrupt during setup removes what setup created).
+pub async fn run_checkout_until(
+    mut config: LiveConfig,
     mut progress: impl FnMut(&Progress),
+    interrupt: impl Future<Output = String>,
 ) -> Result<LiveReport, LiveError> {
+    config.validate()?;
+    let given = config.namespace.is_some();
+    let namespace = config.namespace.clone().unwrap_or_else(fresh_namespace);
+    config.namespace = Some(namespace.clone());
     let keep = config.keep_schema;
-    let mut run = CheckoutRun::start(config, &mut progress).await?;
-    let outcome = run.wait(&mut progress).await?;
+    let mut interrupt = std::pin::pin!(interrupt);
+    let setup_config = config.clone();
+    let started = tokio::select! {
+        run = CheckoutRun::start(config, &mut progress) => run,
+        signal = &mut interrupt => {
+            // Setup dropped half-way. Whatever exists under a fresh name is this run's; a
+            // given name may have been someone else's (the interrupt can land before the
+            // check that it is unused), so it is left for `clean`.
+            let cleanup = if keep || given {
+                format!(
+                    "namespace {namespace} may be partly created; check with reprise real \
+                     clean --namespace {namespace}, which says what it removes"
+                )
+            } else {
+                match admin::clean_namespace(&setup_config, &namespace).await {
+                    Ok(cleaned) => cleaned.to_string().replace('\n', "; "),
+                    Err(LiveError::NoSuchNamespace { .. }) => {
+                        format!("nothing of namespace {namespace} was created")
+                    }
+                    Err(error) => format!(
+                        "namespace {namespace} may be left behind ({error}); remove it with \
+                         reprise real clean --namespace {namespace}"
+                    ),
+                }
+            };
+            return Err(LiveError::SetupFailed {
+                cause: Box::new(LiveError::Config(format!("interrupted ({signal}) during setup"))),
+                cleanup,
+            });
+        }
+    };
+    let mut run = started?;
+    let outcome = tokio::select! {
+        outcome = run.wait(&mut progress) => outcome,
+        signal = &mut interrupt => WaitOutcome::Interrupted(signal),
+    };
+    run.close_outage();
     run.stop().await;
     progress(&Progress::Checking {
         elapsed: run.started.elapsed(),
     });
-    let settled_after = match outcome {
-        WaitOutcome::Settled { after } => Some(after),
-        WaitOutcome::Broken(_) | WaitOutcome::TimedOut => None,
+    let (settled_after, ended_early) = match &outcome {
+        WaitOutcome::Settled { after } => (Some(*after), None),
+        WaitOutcome::Broken(_) | WaitOutcome::TimedOut => (None, None),
+        WaitOutcome::Interrupted(signal) => (None, Some(format!("interrupted by {signal}"))),
+        WaitOutcome::Failed(why) => (None, Some(why.clone())),
     };
-    let mut checked = run.check().await?;
-    if let WaitOutcome::Broken(finding) = outcome
-        && !checked.findings.contains(&finding)
+    let mut report = match run.check_with(ended_early.is_none()).await {
+        Ok(checked) => run.report(checked, settled_after),
+        Err(error) => {
+            let mut report = run.partial_report(settled_after);
+            report.unchecked.push(format!(
+                "every invariant of the final check: the log could not be read back ({error}); \
+                 the counts are the watcher's"
+            ));
+            report
+        }
+    };
+    if let WaitOutcome::Broken(finding) = &outcome
+        && !report.findings.contains(finding)
     {
         // Seen during the run but not by the final check: report it anyway.
-        checked.findings.insert(0, finding);
+        report.findings.insert(0, finding.clone());
     }
-    let report = run.report(checked, settled_after);
-    run.finish(keep || !report.is_clean()).await?;
+    report.ended_early = ended_early;
+    report.store_unavailable = run.watch.down_total;
+    report.schema_kept = keep || !report.is_clean();
+    if let Err(error) = run.finish(report.schema_kept).await {
+        // The run was clean but its namespace could not be removed: say so, keep the
+        // report.
+        report.schema_kept = true;
+        return Err(LiveError::Incomplete {
+            cause: format!("the clean run's namespace could not be removed: {error}"),
+            report: Box::new(report),
+        });
+    }
     if report.is_clean() {
         Ok(report)
-    } else {
+    } else if !report.findings.is_empty() {
         Err(LiveError::Violation {
+            report: Box::new(report),
+        })
+    } else {
+        let cause = report
+            .ended_early
+            .clone()
+            .unwrap_or_else(|| format!("{} check(s) could not run", report.unchecked.len()));
+        Err(LiveError::Incomplete {
+            cause,
             report: Box::new(report),
         })
     }

@@ -65,6 +65,7 @@
 // inside the simulator, and the scenario code it drives still sees only the `Runtime`.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+pub mod admin;
 pub mod bus_check;
 mod checkout;
 pub mod external;
@@ -81,7 +82,8 @@ use reprise_postgres::SetupError;
 use reprise_scenarios::audit::Finding;
 
 pub use checkout::{
-    Checked, CheckoutRun, Progress, WaitOutcome, run_checkout, run_checkout_with_progress,
+    Checked, CheckoutRun, Progress, WaitOutcome, fresh_namespace, run_checkout, run_checkout_until,
+    run_checkout_with_progress,
 };
 
 /// Store connections per service instance (the checker has its own pool).
@@ -112,7 +114,8 @@ pub struct LiveConfig {
     /// Bound on the whole run: group joins, the workload and settling.
     pub timeout: Duration,
     /// Schema name and topic/group prefix; a fresh unique one when `None`. Must match
-    /// `[a-z_][a-z0-9_]*`, at most 32 bytes.
+    /// [`NAMESPACE_PATTERN`] and not exist yet: a run never reuses a namespace (see the
+    /// crate docs, "Namespaces").
     pub namespace: Option<String>,
     /// Saga service instances (each with its own outbox relay), as in the simulator.
     pub saga_instances: u32,
@@ -307,19 +310,31 @@ impl LiveConfig {
             && !is_namespace(namespace)
         {
             return invalid(format!(
-                "namespace {namespace:?} must match [a-z_][a-z0-9_]* and be at most 32 bytes"
+                "namespace {namespace:?} must match {NAMESPACE_PATTERN}"
             ));
         }
         Ok(())
     }
 }
 
-/// A name usable as a PostgreSQL schema and a topic prefix.
-fn is_namespace(name: &str) -> bool {
-    let mut bytes = name.bytes();
+/// What every namespace starts with. Runs make their own names (`live_<pid>_<clock>`);
+/// a given name must carry the prefix too, so that `reprise real clean` — which drops a
+/// schema and deletes topics by this name — can never be pointed at `public` or at a
+/// service's own schema and topics.
+pub const NAMESPACE_PREFIX: &str = "live_";
+
+/// The namespace pattern, as the error messages spell it.
+pub const NAMESPACE_PATTERN: &str = "live_[a-z0-9_]*, at most 32 bytes";
+
+/// A name usable as a PostgreSQL schema and a topic prefix, and recognisably a run's:
+/// `live_[a-z0-9_]*`, at most 32 bytes (see [`NAMESPACE_PREFIX`]).
+#[must_use]
+pub fn is_namespace(name: &str) -> bool {
     name.len() <= 32
-        && matches!(bytes.next(), Some(b'a'..=b'z' | b'_'))
-        && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'))
+        && name.starts_with(NAMESPACE_PREFIX)
+        && name
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'))
 }
 
 /// What a live run did, and what its checkers found.
@@ -354,15 +369,33 @@ pub struct LiveReport {
     pub elapsed: Duration,
     /// Broken invariants; empty for a clean run.
     pub findings: Vec<Finding>,
-    /// Whether the schema was left in the database (failing runs, `keep_schema`).
+    /// Checks that could not run, each with why (the broker still down when the run
+    /// ended, an interrupted run's liveness checks, …). Empty for a fully checked run.
+    pub unchecked: Vec<String>,
+    /// Why the run ended before it settled or timed out: a signal, or an infrastructure
+    /// failure that outlasted the run's bounds. `None` for a run that went its course.
+    pub ended_early: Option<String>,
+    /// How long the run's watcher could not read the store (outages it rode out).
+    pub store_unavailable: Duration,
+    /// Whether the namespace (schema, topics, groups) was left in place (failing or
+    /// incomplete runs, `keep_schema`); a clean run removes it.
     pub schema_kept: bool,
 }
 
 impl LiveReport {
+    /// Every invariant checked and holding, on a run that went its course.
     #[must_use]
     pub fn is_clean(&self) -> bool {
-        self.findings.is_empty()
+        self.findings.is_empty() && self.unchecked.is_empty() && self.ended_early.is_none()
     }
+}
+
+/// The commands that check and remove a kept namespace, one per line.
+#[must_use]
+pub fn namespace_commands(namespace: &str) -> String {
+    format!(
+        "check it:  reprise real check --namespace {namespace}\nremove it: reprise real clean --namespace {namespace}"
+    )
 }
 
 impl fmt::Display for LiveReport {
@@ -400,23 +433,47 @@ impl fmt::Display for LiveReport {
             self.elapsed.as_secs_f64(),
             self.ready_after.as_secs_f64()
         )?;
-        if self.findings.is_empty() {
-            write!(f, "outcome:   every invariant holds (seed={})", self.seed)
-        } else {
+        if !self.store_unavailable.is_zero() {
             writeln!(
+                f,
+                "outages:   the store was unreadable for {:.1}s in all (ridden out)",
+                self.store_unavailable.as_secs_f64()
+            )?;
+        }
+        if let Some(why) = &self.ended_early {
+            writeln!(f, "ended:     early: {why}")?;
+        }
+        for what in &self.unchecked {
+            writeln!(f, "unchecked: {what}")?;
+        }
+        if self.findings.is_empty() && self.unchecked.is_empty() && self.ended_early.is_none() {
+            write!(f, "outcome:   every invariant holds (seed={})", self.seed)?;
+        } else if self.findings.is_empty() {
+            write!(
+                f,
+                "outcome:   incomplete: no violation among what could be checked (seed={})",
+                self.seed
+            )?;
+        } else {
+            write!(
                 f,
                 "outcome:   {} invariant violation(s) (seed={})",
                 self.findings.len(),
                 self.seed
             )?;
             for finding in &self.findings {
-                writeln!(f, "  - {finding}")?;
+                write!(f, "\n  - {finding}")?;
             }
-            if self.schema_kept {
-                write!(f, "the run's data is kept in schema {}", self.namespace)?;
-            }
-            Ok(())
         }
+        if self.schema_kept {
+            write!(
+                f,
+                "\nkept:      namespace {ns} (schema {ns}, topics and groups {ns}.*)\n{}",
+                namespace_commands(&self.namespace),
+                ns = self.namespace
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -457,6 +514,24 @@ pub enum LiveError {
     /// The run completed and broke at least one invariant.
     #[error("{}", violation_summary(report))]
     Violation { report: Box<LiveReport> },
+    /// The run ended before it could be fully checked — interrupted, or the store or the
+    /// broker failed beyond the run's bounds — and no checked invariant broke. The report
+    /// holds what was observed and checked; the namespace is kept.
+    #[error("run in namespace {} incomplete: {cause}", report.namespace)]
+    Incomplete {
+        cause: String,
+        report: Box<LiveReport>,
+    },
+    /// `--namespace` named one that already exists: a run never reuses a namespace.
+    #[error(
+        "namespace {namespace} already exists ({what}); a run never reuses one (the \
+         provider's books of the run that made it are gone). {}",
+        namespace_commands(namespace).replace('\n', "; ")
+    )]
+    NamespaceInUse { namespace: String, what: String },
+    /// `check` or `clean` named a namespace with nothing to check or remove.
+    #[error("namespace {namespace} does not exist: {looked}; nothing was created")]
+    NoSuchNamespace { namespace: String, looked: String },
 }
 
 fn violation_summary(report: &LiveReport) -> String {
@@ -471,11 +546,11 @@ fn violation_summary(report: &LiveReport) -> String {
 }
 
 impl LiveError {
-    /// The report of a run that broke an invariant.
+    /// The report of a run that broke an invariant or ended incomplete.
     #[must_use]
     pub fn report(&self) -> Option<&LiveReport> {
         match self {
-            LiveError::Violation { report } => Some(report),
+            LiveError::Violation { report } | LiveError::Incomplete { report, .. } => Some(report),
             _ => None,
         }
     }

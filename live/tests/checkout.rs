@@ -21,7 +21,10 @@ use reprise_core::{
 };
 use reprise_core::{Headers, OutgoingMessage, Payload};
 use reprise_kafka::{KafkaConfig, KafkaEventBus};
-use reprise_live::{CheckoutRun, LiveConfig, LiveError, Progress, WaitOutcome, run_checkout};
+use reprise_live::{
+    CheckoutRun, LiveConfig, LiveError, Progress, WaitOutcome, admin, run_checkout,
+    run_checkout_until,
+};
 use reprise_scenarios::checkout::gateway::{ChargeOutcome, ChargeRequest};
 use reprise_scenarios::checkout::invariants::invariant;
 use reprise_scenarios::checkout::inventory::{Inventory, InventoryEvent};
@@ -54,6 +57,7 @@ fn print_progress(progress: &Progress) {
 async fn checkout_on_real_infrastructure_keeps_every_invariant() {
     let Some(config) = config(20) else { return };
     let config = config.with_seed(20).with_timeout(Duration::from_secs(150));
+    let infrastructure = config.clone();
     let report = match run_checkout(config).await {
         Ok(report) => report,
         Err(LiveError::Violation { report }) => panic!("invariant violated:\n{report}"),
@@ -78,7 +82,11 @@ async fn checkout_on_real_infrastructure_keeps_every_invariant() {
         "the consumer check looked at no acknowledged message: {report}"
     );
     assert!(report.events > 20 * 5, "too few events for 20 checkouts");
-    assert!(!report.schema_kept, "a clean run drops its schema");
+    assert!(!report.schema_kept, "a clean run removes its namespace");
+    let left = admin::footprint(&infrastructure, &report.namespace)
+        .await
+        .expect("the namespace is looked up");
+    assert!(left.is_empty(), "a clean run left {left:?}");
 }
 
 /// Settles a small run, then breaks the world in two ways the services never would and
@@ -91,7 +99,7 @@ async fn the_checker_reports_tampered_books_and_bogus_events() {
     let mut run = CheckoutRun::start(config, &mut progress)
         .await
         .expect("the run starts");
-    let outcome = run.wait(&mut progress).await.expect("the run is watched");
+    let outcome = run.wait(&mut progress).await;
     run.stop().await;
     assert!(
         matches!(outcome, WaitOutcome::Settled { .. }),
@@ -99,6 +107,11 @@ async fn the_checker_reports_tampered_books_and_bogus_events() {
     );
     let clean = run.check().await.expect("the run is checked");
     assert_eq!(clean.findings, vec![], "the untampered run is clean");
+    assert_eq!(
+        clean.unchecked,
+        Vec::<String>::new(),
+        "everything was checked"
+    );
 
     // 1. The provider captures a second time for a completed order (a fresh key: what a
     //    non-idempotent payment handler would send).
@@ -290,7 +303,7 @@ async fn foreign_poison_messages_are_dead_lettered_and_the_run_stays_clean() {
             .expect("produce a poison message");
     }
 
-    let outcome = run.wait(&mut progress).await.expect("the run is watched");
+    let outcome = run.wait(&mut progress).await;
     assert!(
         matches!(outcome, WaitOutcome::Settled { .. }),
         "poison messages do not stop the checkout: {outcome:?}"
@@ -349,4 +362,188 @@ async fn an_unreachable_broker_fails_naming_it_and_leaves_no_schema() {
             .expect("query");
     assert!(!exists, "a failed run left schema {namespace} behind");
     pool.close().await;
+}
+
+/// A name no other run uses: OS entropy through the production runtime.
+fn unique_namespace(what: &str) -> String {
+    let entropy = reprise_tokio::TokioRuntime::try_current().expect("in tokio");
+    format!(
+        "live_{what}_{:x}",
+        reprise_core::Entropy::next_u64(&entropy) >> 24
+    )
+}
+
+/// A clean run kept on purpose: `check` passes on it from durable truth alone and says
+/// what it cannot check; a second run is refused its namespace; `clean` removes the
+/// schema, every topic (`.dlq` included) and every group, and a second `clean` finds
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_run_is_checked_from_durable_truth_then_cleaned_completely() {
+    let Some(config) = config(8) else { return };
+    let namespace = unique_namespace("kept");
+    let config = config
+        .with_seed(9)
+        .with_timeout(Duration::from_secs(150))
+        .with_namespace(namespace.clone())
+        .with_keep_schema(true);
+    let report = match run_checkout(config.clone()).await {
+        Ok(report) => report,
+        Err(error) => panic!("the run failed: {error}"),
+    };
+    assert!(report.schema_kept, "keep_schema keeps the namespace");
+    assert_eq!(report.namespace, namespace);
+
+    let checked = admin::check_namespace(&config, &namespace)
+        .await
+        .expect("the namespace is checked");
+    eprintln!("{checked}");
+    assert!(checked.holds(), "{checked}");
+    assert_eq!(checked.findings, vec![]);
+    let record = checked.record.expect("the run recorded its parameters");
+    assert_eq!((record.seed, record.orders), (9, 8));
+    assert_eq!(checked.completed + checked.compensated, 8, "{checked}");
+    let bus = checked.bus.clone().expect("the broker was read");
+    assert!(bus.acknowledged_verified > 0, "{checked}");
+    assert!(
+        checked
+            .checked
+            .iter()
+            .any(|c| c.contains("every planned order placed")),
+        "the liveness checks ran against the recorded workload: {checked}"
+    );
+    assert_eq!(
+        checked.unchecked.len(),
+        1,
+        "only the provider's own books are out of reach: {checked}"
+    );
+    assert!(checked.unchecked[0].contains("provider's own books"));
+
+    // The namespace holds a run: a second one is refused before anything changes.
+    let error = run_checkout(config.clone().with_keep_schema(false))
+        .await
+        .expect_err("the namespace is in use");
+    assert!(matches!(error, LiveError::NamespaceInUse { .. }), "{error}");
+    assert!(
+        error.to_string().contains("reprise real clean --namespace"),
+        "{error}"
+    );
+
+    let cleaned = admin::clean_namespace(&config, &namespace)
+        .await
+        .expect("the namespace is removed");
+    eprintln!("{cleaned}");
+    assert!(cleaned.schema_dropped);
+    assert!(
+        cleaned.topics_deleted.len() >= 10,
+        "5 topics and their dead-letter topics: {cleaned}"
+    );
+    assert!(
+        cleaned
+            .topics_deleted
+            .iter()
+            .any(|t| t == &format!("{namespace}.{}.dlq", topics::ORDERS)),
+        "{cleaned}"
+    );
+    assert!(
+        cleaned.groups_deleted.len() >= groups::ALL.len(),
+        "{cleaned}"
+    );
+    let left = admin::footprint(&config, &namespace)
+        .await
+        .expect("looked up");
+    assert!(left.is_empty(), "clean left {left:?}");
+    let again = admin::clean_namespace(&config, &namespace)
+        .await
+        .expect_err("nothing left to remove");
+    assert!(
+        matches!(again, LiveError::NoSuchNamespace { .. }),
+        "{again}"
+    );
+}
+
+/// `check` and `clean` of a name with nothing behind it fail, saying so, and create
+/// nothing; a name outside the namespace pattern is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_and_clean_of_a_missing_namespace_fail_and_create_nothing() {
+    let Some(config) = config(1) else { return };
+    let namespace = unique_namespace("missing");
+    let error = admin::check_namespace(&config, &namespace)
+        .await
+        .expect_err("no such namespace");
+    assert!(
+        matches!(error, LiveError::NoSuchNamespace { .. }),
+        "{error}"
+    );
+    let error = admin::clean_namespace(&config, &namespace)
+        .await
+        .expect_err("no such namespace");
+    assert!(error.to_string().contains("does not exist"), "{error}");
+    let left = admin::footprint(&config, &namespace)
+        .await
+        .expect("looked up");
+    assert!(left.is_empty(), "{left:?}");
+    for name in ["public", "shop", "live-x", "LIVE_X"] {
+        let error = admin::clean_namespace(&config, name)
+            .await
+            .expect_err("not a run's namespace");
+        assert!(error.to_string().contains("live_[a-z0-9_]*"), "{error}");
+    }
+}
+
+/// An interrupted run stops its services, checks what it can, and comes back
+/// incomplete with its report and namespace (kept), which `clean` then removes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_run_reports_what_it_saw_and_keeps_its_namespace() {
+    let Some(config) = config(40) else { return };
+    let config = config.with_seed(4).with_timeout(Duration::from_secs(150));
+    let infrastructure = config.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let mut tx = Some(tx);
+    // Interrupted at the first progress report after orders start flowing.
+    let progress = move |p: &Progress| {
+        eprintln!("{p:?}");
+        if matches!(p, Progress::Waiting { placed, .. } if *placed > 0)
+            && let Some(tx) = tx.take()
+        {
+            let _ = tx.send(());
+        }
+    };
+    let interrupt = async move {
+        let _ = rx.await;
+        "SIGINT".to_owned()
+    };
+    let error = run_checkout_until(config, progress, interrupt)
+        .await
+        .expect_err("an interrupted run is incomplete");
+    let LiveError::Incomplete { cause, report } = &error else {
+        panic!("expected an incomplete run, got {error}");
+    };
+    eprintln!("{report}");
+    assert!(cause.contains("SIGINT"), "{cause}");
+    assert_eq!(report.ended_early.as_deref(), Some("interrupted by SIGINT"));
+    assert!(report.schema_kept);
+    assert!(
+        report.orders_placed > 0 && report.orders_placed < 40,
+        "{report}"
+    );
+    assert_eq!(report.findings, vec![], "nothing broke: {report}");
+    assert!(
+        report
+            .unchecked
+            .iter()
+            .any(|u| u.contains("every saga terminal")),
+        "the liveness checks are skipped, and said to be: {report}"
+    );
+    let text = report.to_string();
+    assert!(
+        text.contains(&format!(
+            "reprise real clean --namespace {}",
+            report.namespace
+        )),
+        "{text}"
+    );
+    let cleaned = admin::clean_namespace(&infrastructure, &report.namespace)
+        .await
+        .expect("the kept namespace is removed");
+    assert!(cleaned.schema_dropped, "{cleaned}");
 }
