@@ -54,3 +54,53 @@ fn kafka_properties_are_read_from_the_environment() {
         stderr(&output)
     );
 }
+
+/// `reprise real <args>` with services that do not exist: whatever must be refused is
+/// refused before any connection.
+fn real_command(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_reprise"))
+        .arg("real")
+        .args(args)
+        .env("DATABASE_URL", "postgres://u:p@127.0.0.1:1/nowhere")
+        .env("KAFKA_BOOTSTRAP", "127.0.0.1:1")
+        .env_remove("KAFKA_PROPERTIES")
+        .output()
+        .expect("the reprise binary runs")
+}
+
+#[test]
+fn only_a_runs_namespace_can_be_used_checked_or_cleaned() {
+    for args in [
+        &["clean", "--namespace", "public"][..],
+        &["check", "--namespace", "public"],
+        &["clean", "--namespace", "shop"],
+        &["checkout", "--namespace", "Live_x"],
+    ] {
+        let output = real_command(args);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains("live_[a-z0-9_]*"),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+    }
+}
+
+#[test]
+fn check_and_clean_name_the_unreachable_database() {
+    for command in ["check", "clean"] {
+        let output = real_command(&[command, "--namespace", "live_gone"]);
+        assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+        // The broker is asked first (clean) or the database (check); either is named.
+        assert!(
+            stderr(&output).contains("127.0.0.1:1"),
+            "{command}: {}",
+            stderr(&output)
+        );
+    }
+}
