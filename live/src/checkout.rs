@@ -80,6 +80,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// Events per `read_all`.
 const READ_BATCH: usize = 1000;
 /// How long the final check keeps retrying a store that does not answer.
+/// (30 s: [`CheckoutRun::check`] says so.)
 pub(crate) const CHECK_PATIENCE: Duration = Duration::from_secs(30);
 /// Bound on the broker probe before the consumer checks.
 const BROKER_PROBE: Duration = Duration::from_secs(10);
@@ -699,7 +700,7 @@ impl CheckoutRun {
     /// the broker. Call after [`stop`](Self::stop), so nothing changes underneath.
     ///
     /// # Errors
-    /// The store not answering for [`CHECK_PATIENCE`], or refusing (findings are in
+    /// The store not answering for 30 s, or refusing (findings are in
     /// [`Checked::findings`]; a broker that cannot be read leaves the consumer checks in
     /// [`Checked::unchecked`]).
     pub async fn check(&self) -> Result<Checked, LiveError> {
