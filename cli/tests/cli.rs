@@ -264,3 +264,60 @@ fn a_shrunk_plan_replays_from_its_json_file() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn explore_finds_a_deep_bug_repeats_itself_and_prints_a_replay_that_fails_the_same_way() {
+    let dir = std::env::temp_dir().join(format!("reprise-cli-explore-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let dir_arg = dir.display().to_string();
+    let args = [
+        "explore",
+        "checkout",
+        "--bug",
+        "tracker-blind-write",
+        "--runs",
+        "128",
+        "--seed",
+        "3",
+        "--jobs",
+        "2",
+        "--plans-dir",
+        &dir_arg,
+    ];
+    let first = reprise(&args);
+    let second = reprise(&args);
+    let text = stdout(&first);
+    assert_eq!(first.status.code(), Some(1), "a failure exits 1:\n{text}");
+    assert_eq!(
+        text,
+        stdout(&second),
+        "the same explorer seed, the same report"
+    );
+    assert!(
+        text.contains("no order is both shipped and refunded"),
+        "{text}"
+    );
+    let found = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("run ") && l.contains("hash="))
+        .unwrap_or_else(|| panic!("no failing run listed:\n{text}"));
+    let hash = found
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("hash="))
+        .expect("the failing run's hash");
+    let replay = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("replay:"))
+        .unwrap_or_else(|| panic!("no replay command:\n{text}"))
+        .trim();
+    let words: Vec<&str> = replay.split_whitespace().collect();
+    assert_eq!(words[0], "reprise", "{replay}");
+    let replayed = reprise(&words[1..]);
+    assert_eq!(replayed.status.code(), Some(1), "{}", stdout(&replayed));
+    assert!(
+        stdout(&replayed).contains(&format!("hash={hash}")),
+        "the replay is the same run ({hash}):\n{}",
+        stdout(&replayed)
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -33,6 +33,7 @@
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 pub mod diff;
+pub mod explore;
 pub mod merge;
 pub mod registry;
 pub mod shard;
@@ -57,6 +58,9 @@ pub enum SimCommand {
     /// Run one seed; `--trace` prints every scheduling decision, message, fault and transition.
     Run {
         scenario: String,
+        /// One of the scenario's planted bugs: runs `<scenario>-bug-<BUG>`.
+        #[arg(long)]
+        bug: Option<String>,
         #[arg(long)]
         seed: u64,
         /// A named plan (see `list`) or a path to a plan in JSON.
@@ -101,6 +105,9 @@ pub enum SimCommand {
     /// nondeterministic seed included).
     Sweep {
         scenario: String,
+        /// One of the scenario's planted bugs: sweeps `<scenario>-bug-<BUG>`.
+        #[arg(long)]
+        bug: Option<String>,
         #[arg(long, default_value_t = 1000)]
         seeds: u64,
         #[arg(long, default_value_t = 1)]
@@ -124,6 +131,42 @@ pub enum SimCommand {
         /// were) and which BUGGIFY points never fired.
         #[arg(long)]
         coverage: bool,
+    },
+    /// Spend a budget of runs near the runs that reached new coverage — a corpus of
+    /// interesting (seed, plan) pairs, mutated — instead of on independent seeds. Stops at
+    /// the first failure (exit 1) and prints the command that replays it; the same
+    /// `--seed` gives the same exploration.
+    Explore {
+        scenario: String,
+        /// One of the scenario's planted bugs: explores `<scenario>-bug-<BUG>`.
+        #[arg(long)]
+        bug: Option<String>,
+        /// Runs to spend at most.
+        #[arg(long, default_value_t = 2000)]
+        runs: u64,
+        /// The explorer's own seed (not a simulation seed).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The base plan fresh runs draw (a named plan or FILE.json).
+        #[arg(long, default_value = "swarm")]
+        plan: String,
+        /// Go on after the first failure, to the end of the budget.
+        #[arg(long)]
+        keep_going: bool,
+        /// Worker threads (the report does not depend on them).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// The report as JSON: on stdout (`--json`), or written to FILE.
+        #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
+        json: Option<std::path::PathBuf>,
+        /// Where the plans of failing runs are written (as `<name>.json`).
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        plans_dir: std::path::PathBuf,
+        /// Measure instead: TRIALS explorations (explorer seeds S, S+1, …) against TRIALS
+        /// plain sweeps of the base plan (from seeds 0, 100000, …), each with the budget
+        /// of `--runs`; prints the runs to the first failure of each and the medians.
+        #[arg(long, value_name = "TRIALS", num_args = 0..=1, default_missing_value = "5")]
+        compare_swarm: Option<u64>,
     },
     /// Merge the `--json FILE` results of a sweep's shards into the summary of the whole
     /// sweep; exits non-zero if any seed failed.
@@ -213,13 +256,14 @@ pub fn execute(command: SimCommand, registry: &Registry) -> Result<ExitCode, Str
         }
         SimCommand::Run {
             scenario,
+            bug,
             seed,
             plan,
             trace,
             save_trace,
         } => run_one(
             registry,
-            &scenario,
+            &with_bug(&scenario, bug.as_deref()),
             seed,
             &plan,
             trace,
@@ -256,6 +300,7 @@ pub fn execute(command: SimCommand, registry: &Registry) -> Result<ExitCode, Str
         }
         SimCommand::Sweep {
             scenario,
+            bug,
             seeds,
             start,
             plan,
@@ -267,6 +312,7 @@ pub fn execute(command: SimCommand, registry: &Registry) -> Result<ExitCode, Str
         } => {
             let determinism = DeterminismSample::parse(&determinism)?;
             let shard = shard.as_deref().map(Shard::parse).transpose()?;
+            let scenario = with_bug(&scenario, bug.as_deref());
             let (scenario, config) = checked_setup(registry, &scenario, &plan, start, seeds)?;
             let share = shard.map_or(seeds, |s| s.share(seeds));
             let request = sweep::SweepRequest {
@@ -292,6 +338,61 @@ pub fn execute(command: SimCommand, registry: &Registry) -> Result<ExitCode, Str
             json,
             coverage,
         } => merge_files(registry, &files, json.as_deref(), coverage),
+        SimCommand::Explore {
+            scenario,
+            bug,
+            runs,
+            seed,
+            plan,
+            keep_going,
+            jobs,
+            json,
+            plans_dir,
+            compare_swarm,
+        } => {
+            let scenario = with_bug(&scenario, bug.as_deref());
+            let (scenario, config) = checked_setup(registry, &scenario, &plan, 0, runs)?;
+            let request = explore::ExploreRequest {
+                base: config.plan,
+                runs,
+                seed,
+                keep_going,
+                jobs: jobs_for(jobs, runs)?,
+                plans_dir: Some(plans_dir),
+                commands: Commands {
+                    program: registry.program(),
+                    plan: &plan,
+                },
+                quiet: is_stdout(json.as_deref()),
+            };
+            if let Some(trials) = compare_swarm {
+                if trials == 0 {
+                    return Err("--compare-swarm 0 compares nothing: give at least 1".into());
+                }
+                let results = explore::compare_with_swarm(scenario, &request, trials)?;
+                if is_stdout(json.as_deref()) {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&results).expect("plain data")
+                    );
+                } else {
+                    explore::print_comparison(scenario.name(), &plan, &results, runs);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let outcome = explore::explore(scenario, &request)?;
+            match json.as_deref() {
+                Some(path) if is_stdout(Some(path)) => println!("{}", explore::to_json(&outcome)),
+                Some(path) => {
+                    explore::print_outcome(&outcome);
+                    std::fs::write(path, explore::to_json(&outcome) + "\n")
+                        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                    eprintln!("exploration written to {}", path.display());
+                }
+                None => explore::print_outcome(&outcome),
+            }
+            Ok(exit(outcome.failures.is_empty()))
+        }
         SimCommand::CheckDeterminism {
             scenario,
             seeds,
@@ -316,6 +417,15 @@ pub fn execute(command: SimCommand, registry: &Registry) -> Result<ExitCode, Str
             println!("{}", plan.to_json());
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// The scenario `--bug` names: `<scenario>-bug-<bug>`, the name planted-bug variants are
+/// registered under (or the scenario itself without `--bug`).
+fn with_bug(scenario: &str, bug: Option<&str>) -> String {
+    match bug {
+        Some(bug) => format!("{scenario}-bug-{bug}"),
+        None => scenario.to_owned(),
     }
 }
 
