@@ -3,8 +3,9 @@
 //!
 //! ```text
 //! reprise list
-//! reprise run <scenario> --seed N [--plan P] [--trace] [--save-trace FILE]
-//! reprise sweep <scenario> --seeds N [--start S] [--plan P] [--jobs J] [--json [FILE]] [--determinism all|none|N] [--shard K/N] [--coverage]
+//! reprise run <scenario> [--bug B] --seed N [--plan P] [--trace] [--save-trace FILE]
+//! reprise sweep <scenario> [--bug B] --seeds N [--start S] [--plan P] [--jobs J] [--json [FILE]] [--determinism all|none|N] [--shard K/N] [--coverage]
+//! reprise explore <scenario> [--bug B] [--runs N] [--seed S] [--plan P] [--keep-going] [--jobs J] [--json [FILE]] [--plans-dir DIR] [--compare-swarm [T]]
 //! reprise merge FILE... [--json [FILE]] [--coverage]
 //! reprise diff [<scenario>] [--seed A] [--seed-b B] [--plan P] [--plan-b Q] [--trace-a FILE] [--trace-b FILE] [--context N]
 //! reprise check-determinism <scenario> --seeds N [--start S] [--plan P] [--jobs J]

@@ -1,8 +1,8 @@
 //! # reprise-runner
 //!
 //! The simulation command line as a library: one call turns a crate's scenarios into a
-//! program with `list`, `run`, `sweep`, `merge`, `diff`, `check-determinism`, `shrink`
-//! and `plan` —
+//! program with `list`, `run`, `sweep`, `explore`, `merge`, `diff`, `check-determinism`,
+//! `shrink` and `plan` —
 //! progress bars, `--json`, parallel sweeps in bounded memory, panics reported as failing
 //! seeds, sampled determinism checks, and failure messages whose replay and shrink
 //! commands name *that* program, so they work as printed.
