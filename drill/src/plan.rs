@@ -151,7 +151,7 @@ pub struct DrillPlan {
 pub const NAMES: [(&str, &str); 8] = [
     (
         "smoke",
-        "one replica kill, one PostgreSQL restart, one broker restart, one poison batch (~2 min; CI)",
+        "one replica kill, one PostgreSQL restart, the broker cut off, one poison batch (~2 min; CI)",
     ),
     (
         "process-kill",
@@ -244,7 +244,18 @@ impl DrillPlan {
             network(Link::Postgres, LinkFault::Blackhole, 5),
         ];
         let (cycle, gap): (Vec<Fault>, Duration) = match name {
-            "smoke" => (vec![kill(1), pg, broker, Fault::Poison], secs(22)),
+            // The broker is cut off at the network, not killed: tansu 0.6 does not survive
+            // `kill -9` under load (see `broker`), and CI must not fail on the broker's
+            // defect. `broker-restart` and `full` kill it.
+            "smoke" => (
+                vec![
+                    kill(1),
+                    pg,
+                    network(Link::Broker, LinkFault::Blackhole, 8),
+                    Fault::Poison,
+                ],
+                secs(22),
+            ),
             "process-kill" => (vec![kill(0), kill(1)], secs(30)),
             "postgres-restart" => (vec![pg], secs(40)),
             "broker-restart" => (vec![broker], secs(40)),
@@ -303,6 +314,14 @@ impl DrillPlan {
         })
     }
 
+    /// Whether the plan kills the broker (and so needs durable broker storage).
+    #[must_use]
+    pub fn kills_broker(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|step| matches!(step.fault, Fault::BrokerRestart { .. }))
+    }
+
     /// When the last fault heals, from the start of the load.
     #[must_use]
     pub fn last_heal(&self) -> Duration {
@@ -348,7 +367,7 @@ mod tests {
     }
 
     #[test]
-    fn smoke_is_one_of_each_of_kill_postgres_broker_and_poison() {
+    fn smoke_is_a_kill_a_postgres_restart_a_broker_cut_and_poison() {
         let plan = DrillPlan::named("smoke", Some(secs(9999))).unwrap();
         let kinds: Vec<&str> = plan
             .steps
@@ -356,13 +375,27 @@ mod tests {
             .map(|step| match step.fault {
                 Fault::KillReplica { .. } => "kill",
                 Fault::PostgresRestart { .. } => "postgres",
-                Fault::BrokerRestart { .. } => "broker",
+                Fault::Network {
+                    link: Link::Broker,
+                    fault: LinkFault::Blackhole,
+                    ..
+                } => "broker",
                 Fault::Poison => "poison",
                 _ => "other",
             })
             .collect();
         assert_eq!(kinds, ["kill", "postgres", "broker", "poison"]);
         assert_eq!(plan.duration, secs(110), "the smoke plan's length is fixed");
+        assert!(
+            !plan.kills_broker(),
+            "CI runs the smoke on the memory broker"
+        );
+        assert!(
+            DrillPlan::named("broker-restart", None)
+                .unwrap()
+                .kills_broker()
+        );
+        assert!(DrillPlan::named("full", None).unwrap().kills_broker());
     }
 
     #[test]

@@ -80,6 +80,8 @@ pub struct DrillReport {
     pub terminal: usize,
     pub completed: usize,
     pub cancelled: usize,
+    /// Cancelled orders by the reason the shop gives.
+    pub cancelled_reasons: BTreeMap<String, usize>,
     /// From the last heal until every acknowledged order was terminal; `None` if some
     /// never were within the bound.
     pub settled_after_last_heal_secs: Option<f64>,
@@ -155,11 +157,23 @@ impl fmt::Display for DrillReport {
         )?;
         writeln!(
             f,
-            "acknowledged orders terminal: {} of {} (completed {}, cancelled {}); {}",
+            "acknowledged orders terminal: {} of {} (completed {}, cancelled {}{}); {}",
             self.terminal,
             self.load.acknowledged,
             self.completed,
             self.cancelled,
+            if self.cancelled_reasons.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ": {}",
+                    self.cancelled_reasons
+                        .iter()
+                        .map(|(reason, n)| format!("{reason} {n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            },
             self.settled_after_last_heal_secs.map_or(
                 format!(
                     "NOT all terminal {:.0}s after the last heal",

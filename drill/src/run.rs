@@ -74,6 +74,11 @@ impl DrillOptions {
                 "the plan kills a replica that does not exist".into(),
             ));
         }
+        if self.plan.kills_broker() && self.tansu.storage != crate::broker::BrokerStorage::Sqlite {
+            return Err(DrillError::Setup(
+                "the plan kills the broker: it needs durable broker storage (REPRISE_TANSU_DURABLE_BIN)".into(),
+            ));
+        }
         if !self.shop_bin.is_file() {
             return Err(DrillError::Setup(format!(
                 "no reprise-shop binary at {} (build it: cargo build -p reprise-shop, or pass --shop-bin)",
@@ -185,7 +190,8 @@ async fn setup(
     )
     .await?;
     progress(format!(
-        "broker (tansu, SQLite storage) on {}, advertised through its proxy on 127.0.0.1:{broker_proxy_port}",
+        "broker (tansu, {:?} storage) on {}, advertised through its proxy on 127.0.0.1:{broker_proxy_port}",
+        options.tansu.storage,
         broker.listen()
     ));
 
@@ -382,6 +388,13 @@ async fn watch_exits(
     if let Some(status) = world.broker.exited() {
         record(exits, "the broker", status, String::new());
         let _ = world.broker.restart().await;
+    }
+    // Only the first panic of a burst: a dead storage task makes every later request
+    // panic too.
+    if let Some(panic) = world.broker.new_panics().into_iter().next() {
+        exits.push(format!(
+            "the broker panicked at {at:.1}s after: {last_fault}: {panic}"
+        ));
     }
 }
 
@@ -600,6 +613,17 @@ async fn drive(
 
     let completed = finals.values().filter(|f| f.status == "completed").count();
     let cancelled = finals.values().filter(|f| f.status == "cancelled").count();
+    let mut cancelled_reasons = std::collections::BTreeMap::new();
+    for order in finals.values().filter(|f| f.status == "cancelled") {
+        *cancelled_reasons
+            .entry(
+                order
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "no reason given".into()),
+            )
+            .or_default() += 1;
+    }
     Ok(DrillReport {
         plan: options.plan.name.to_string(),
         simulator_plan: options.plan.simulator_plan.map(str::to_owned),
@@ -612,6 +636,7 @@ async fn drive(
         terminal: completed + cancelled,
         completed,
         cancelled,
+        cancelled_reasons,
         settled_after_last_heal_secs: settled.map(|d| d.as_secs_f64()),
         settle_bound_secs: SETTLE_BOUND.as_secs_f64(),
         audit,
