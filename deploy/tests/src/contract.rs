@@ -198,7 +198,10 @@ pub const METRICS: &[Metric] = &[
     Metric::gauge("reprise_bus_consumer_lag", &["group", "topic", "partition"]),
     Metric::gauge("reprise_bus_uncommitted_messages", &["group"]),
     Metric::counter("reprise_bus_dead_letters_total", &["topic"]),
-    Metric::counter("reprise_bus_dead_letter_failures_total", &["topic", "group"]),
+    Metric::counter(
+        "reprise_bus_dead_letter_failures_total",
+        &["topic", "group"],
+    ),
     Metric::counter("reprise_bus_dead_letters_replayed_total", &["topic"]),
     Metric::counter("reprise_bus_handler_retries_total", &["topic"]),
     // docs/database.md (reprise-postgres).

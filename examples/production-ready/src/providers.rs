@@ -37,8 +37,8 @@ use reprise_core::{Clock, Entropy};
 use reprise_scenarios::checkout::gateway::{ChargeRequest, ProviderBooks, ProviderCharge};
 use reprise_scenarios::checkout::{CarrierModel, CarrierOptions, PaymentProvider};
 use reprise_tokio::TokioRuntime;
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::gateway::{RefundRequest, ShipmentRegistered, ShipmentRequest};
 use crate::problem::{Problem, json};
