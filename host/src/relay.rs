@@ -348,7 +348,7 @@ async fn lead(
                 }
                 continue;
             }
-            if next - 1 > saved && save_checkpoint(platform, &checkpoint, next - 1).await {
+            if next - 1 > saved && save_checkpoint(platform, name, &checkpoint, next - 1).await {
                 saved = next - 1;
             }
             platform.sleep(idle_pause).await;
@@ -425,7 +425,7 @@ async fn lead(
             if buggify(POINT_PAUSE_BEFORE_CHECKPOINT) {
                 platform.sleep(buggify_pause(platform)).await;
             }
-            if save_checkpoint(platform, &checkpoint, last_position).await {
+            if save_checkpoint(platform, name, &checkpoint, last_position).await {
                 saved = last_position;
             }
         }
@@ -464,7 +464,7 @@ async fn wait_for_appends(
         Some(position) => {
             let quiet = platform.runtime.sleep(options.max_idle_pause);
             if let Some(appended) = first_or_rest(appended, quiet).await {
-                saved = save_checkpoint(platform, checkpoint, position).await;
+                saved = save_checkpoint(platform, &options.name, checkpoint, position).await;
                 appended.await;
             }
         }
@@ -502,7 +502,12 @@ fn buggify_pause(platform: &Platform) -> Duration {
 
 /// Saves the relay's position; `false` if the store did not confirm it. A lost
 /// checkpoint only means republishing from an older position.
-async fn save_checkpoint(platform: &Platform, checkpoint: &StreamId, position: u64) -> bool {
+async fn save_checkpoint(
+    platform: &Platform,
+    relay: &str,
+    checkpoint: &StreamId,
+    position: u64,
+) -> bool {
     let snapshot = Snapshot {
         stream: checkpoint.clone(),
         version: position,
@@ -511,7 +516,7 @@ async fn save_checkpoint(platform: &Platform, checkpoint: &StreamId, position: u
     };
     let saved = platform.store.save_snapshot(snapshot).await.is_ok();
     if !saved {
-        error_counter(checkpoint.as_str(), "checkpoint").increment(1);
+        error_counter(relay, "checkpoint").increment(1);
     }
     saved
 }
