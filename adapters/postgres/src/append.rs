@@ -86,7 +86,7 @@ FROM checked";
 const EXPECTATION_FAILED: &str = "RP409";
 
 /// `ExpectedVersion` as the statement's `kind` / `expected` columns.
-fn expectation_columns(expected: ExpectedVersion) -> (i16, i64) {
+pub(crate) fn expectation_columns(expected: ExpectedVersion) -> (i16, i64) {
     match expected {
         ExpectedVersion::Any => (0, 0),
         ExpectedVersion::NoStream => (1, 0),

@@ -58,6 +58,57 @@ pub struct PgConfig {
     /// next poll.
     pub notify: bool,
     pub migrations: MigrationMode,
+    /// How concurrent appends are coalesced into one transaction (see [`GroupCommit`]).
+    pub group_commit: GroupCommit,
+}
+
+/// Largest [`GroupCommit::max_group_size`] accepted: one group is one statement whose
+/// parameter arrays grow with it; far beyond this a group only adds latency.
+pub const MAX_GROUP_SIZE: usize = 4_096;
+
+/// Group commit settings: concurrent `append` calls of one store are committed together, in
+/// one statement and one transaction, each caller still getting its own outcome (the design
+/// is in `adapters/postgres/src/group.rs` and `docs/database.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupCommit {
+    /// The most appends (callers) one group carries. `1` turns group commit off: every
+    /// append runs its own statement on its own pooled connection, as before.
+    pub max_group_size: usize,
+    /// How long the committer waits for more callers once it has one, unless the group is
+    /// full. Zero (the default) adds no latency: a group is whatever queued while the
+    /// previous group was being committed — the classic group commit.
+    pub max_wait: Duration,
+    /// How long a group's statement may wait for a stream row lock held by a transaction
+    /// outside the group (an `append_in` transaction, another process) before the group is
+    /// split into individual appends (the statement's own `lock_timeout`). Bounds how long one locked stream can hold up the
+    /// callers of unrelated streams that share its group.
+    pub max_lock_wait: Duration,
+}
+
+impl Default for GroupCommit {
+    fn default() -> Self {
+        GroupCommit {
+            max_group_size: 128,
+            max_wait: Duration::ZERO,
+            max_lock_wait: Duration::from_millis(100),
+        }
+    }
+}
+
+impl GroupCommit {
+    /// Group commit off: one statement and one connection per append.
+    #[must_use]
+    pub fn off() -> Self {
+        GroupCommit {
+            max_group_size: 1,
+            ..GroupCommit::default()
+        }
+    }
+
+    #[must_use]
+    pub fn enabled(&self) -> bool {
+        self.max_group_size > 1
+    }
 }
 
 impl PgConfig {
@@ -77,6 +128,7 @@ impl PgConfig {
             visibility_wait: Duration::from_secs(1),
             notify: true,
             migrations: MigrationMode::Apply,
+            group_commit: GroupCommit::default(),
         }
     }
 
@@ -113,6 +165,15 @@ impl PgConfig {
     #[must_use]
     pub fn with_notify(mut self, notify: bool) -> Self {
         self.notify = notify;
+        self
+    }
+
+    /// Group commit: at most `max_group_size` appends per transaction, gathered for at most
+    /// `max_wait` (zero: only what queued while the previous group committed).
+    #[must_use]
+    pub fn with_group_commit(mut self, max_group_size: usize, max_wait: Duration) -> Self {
+        self.group_commit.max_group_size = max_group_size;
+        self.group_commit.max_wait = max_wait;
         self
     }
 
@@ -167,6 +228,24 @@ impl PgConfig {
                 "acquire_timeout ({:?}) must be shorter than operation_timeout ({:?})",
                 self.acquire_timeout, self.operation_timeout
             ));
+        }
+        let group = &self.group_commit;
+        if group.max_group_size == 0 || group.max_group_size > MAX_GROUP_SIZE {
+            return invalid(format!(
+                "group_commit.max_group_size must be 1..={MAX_GROUP_SIZE} (1 turns group \
+                 commit off), got {}",
+                group.max_group_size
+            ));
+        }
+        // A caller waits for its group inside its own operation timeout.
+        if group.max_wait >= self.operation_timeout {
+            return invalid(format!(
+                "group_commit.max_wait ({:?}) must be shorter than operation_timeout ({:?})",
+                group.max_wait, self.operation_timeout
+            ));
+        }
+        if group.enabled() && group.max_lock_wait < Duration::from_millis(1) {
+            return invalid("group_commit.max_lock_wait must be at least 1 ms".into());
         }
         if !(self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")) {
             return invalid("url must start with postgres:// or postgresql://".into());
@@ -247,6 +326,7 @@ impl fmt::Debug for PgConfig {
             .field("visibility_wait", &self.visibility_wait)
             .field("notify", &self.notify)
             .field("migrations", &self.migrations)
+            .field("group_commit", &self.group_commit)
             .finish()
     }
 }
@@ -285,6 +365,18 @@ mod tests {
             (
                 PgConfig::new(URL).with_max_connections(u32::MAX),
                 "max_connections",
+            ),
+            (
+                PgConfig::new(URL).with_group_commit(0, Duration::ZERO),
+                "max_group_size",
+            ),
+            (
+                PgConfig::new(URL).with_group_commit(MAX_GROUP_SIZE + 1, Duration::ZERO),
+                "max_group_size",
+            ),
+            (
+                PgConfig::new(URL).with_group_commit(8, Duration::from_secs(10)),
+                "max_wait",
             ),
         ];
         for (config, needle) in cases {

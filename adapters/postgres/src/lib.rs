@@ -50,6 +50,11 @@
 //! answer as the core contract says: the same batch again is acknowledged with
 //! `was_duplicate`, a partly known batch is `DuplicateEventId`, anything else is `Conflict`.
 //!
+//! Concurrent appends of one store are group-committed: the appends that queued while the
+//! previous group was committing are written by one statement that decides every caller
+//! first (conflicts and duplicates are excluded, not fatal) and commits the rest at once.
+//! `group.rs` explains the design and its failure handling.
+//!
 //! ## Modules
 //! - [`config`]: connection, pool and timeout settings, validated at construction.
 //! - [`schema`]: embedded migrations; refuses to run against an unknown newer schema.
@@ -58,6 +63,9 @@
 //! - [`dead_letter`]: [`PgDeadLetterQueue`], the core's dead-letter queue on the
 //!   `dead_letters` table (race-safe resolution, exact round trip).
 //! - `append` (private): the append statement and the diagnosis of its failures.
+//! - `group` (private): group commit — concurrent appends committed by one statement, each
+//!   caller with its own outcome ([`GroupCommit`] configures it, [`GroupCommitStats`]
+//!   counts it).
 //! - `read` (private): stream reads and global reads below the visibility horizon.
 //! - [`pool`]: pool statistics and metrics (size, idle, acquire wait).
 //! - [`subscription`]: checkpointed catch-up subscriptions woken by `LISTEN/NOTIFY`
@@ -86,15 +94,17 @@ pub mod store;
 pub mod subscription;
 
 mod append;
+mod group;
 mod headers;
 mod notifier;
 mod read;
 mod rows;
 
-pub use config::{MigrationMode, PgConfig};
+pub use config::{GroupCommit, MigrationMode, PgConfig};
 pub use dead_letter::PgDeadLetterQueue;
 pub use error::PgError;
 pub use error::SetupError;
+pub use group::{APPEND_GROUP_SIZE, APPEND_GROUP_SPLITS, APPEND_GROUPS, GroupCommitStats};
 pub use lease::PgLease;
 pub use pool::PoolStats;
 pub use store::PgEventStore;

@@ -21,6 +21,7 @@ use tracing::Instrument;
 use crate::append::{current_version, diagnose, write_batch};
 use crate::config::PgConfig;
 use crate::error::{SetupError, classify};
+use crate::group::{GroupCommitStats, GroupCommitter, single_append};
 use crate::notifier::Notifier;
 use crate::pool::{InstrumentedPool, PoolStats};
 use crate::read::{committed_prefix, stream_events};
@@ -40,11 +41,13 @@ pub struct PgEventStore {
 
 #[derive(Debug)]
 struct Inner {
-    pool: InstrumentedPool,
+    pool: Arc<InstrumentedPool>,
     config: PgConfig,
     channel: String,
     /// Present when `config.notify`: wakes subscriptions after each committed append.
     notifier: Option<Notifier>,
+    /// Present when group commit is on (`config.group_commit.max_group_size > 1`).
+    committer: Option<GroupCommitter>,
 }
 
 impl PgEventStore {
@@ -95,12 +98,24 @@ impl PgEventStore {
         let notifier = config
             .notify
             .then(|| Notifier::start(pool.clone(), channel.clone()));
+        let pool = Arc::new(InstrumentedPool::new(pool, config.schema.clone()));
+        let committer = if config.group_commit.enabled() {
+            Some(GroupCommitter::new(
+                Arc::clone(&pool),
+                config.group_commit,
+                config.operation_timeout,
+                config.schema.clone(),
+            ))
+        } else {
+            None
+        };
         Ok(PgEventStore {
             inner: Arc::new(Inner {
-                pool: InstrumentedPool::new(pool, config.schema.clone()),
+                pool,
                 config,
                 channel,
                 notifier,
+                committer,
             }),
         })
     }
@@ -125,6 +140,16 @@ impl PgEventStore {
     #[must_use]
     pub fn channel(&self) -> &str {
         &self.inner.channel
+    }
+
+    /// Group commit counters (all zero with group commit off).
+    #[must_use]
+    pub fn group_commit_stats(&self) -> GroupCommitStats {
+        self.inner
+            .committer
+            .as_ref()
+            .map(GroupCommitter::stats)
+            .unwrap_or_default()
     }
 
     /// Closes the pool: waits for connections in use to be returned, then closes them all.
@@ -253,23 +278,26 @@ impl Inner {
         self.config.notify.then_some(self.channel.as_str())
     }
 
-    /// One autocommit statement (see `append.rs`): one round trip, commit included.
-    async fn append(&self, batch: &AppendBatch) -> Result<AppendReceipt, StoreError> {
-        check_batch(batch)?;
+    /// Through the group committer (`group.rs`), or with group commit off one autocommit
+    /// statement on its own connection (`append.rs`): one round trip, commit included.
+    async fn append(&self, batch: AppendBatch) -> Result<AppendReceipt, StoreError> {
+        check_batch(&batch)?;
         let started = Instant::now();
-        let mut connection = self.pool.acquire().await?;
-        let receipt = match write_batch(&mut connection, batch, None).await {
-            Ok(receipt) => receipt,
-            Err(error) => return diagnose(&mut connection, batch, &error, true).await,
+        let events = batch.event_count() as u64;
+        let receipt = match &self.committer {
+            Some(committer) => committer.append(batch).await?,
+            None => single_append(&self.pool, &batch).await?,
         };
+        if receipt.was_duplicate {
+            return Ok(receipt);
+        }
         if let Some(notifier) = &self.notifier {
             notifier.poke();
         }
         let schema = self.config.schema.clone();
         metrics::histogram!(APPEND_DURATION, "schema" => schema.clone())
             .record(started.elapsed().as_secs_f64());
-        metrics::counter!(EVENTS_APPENDED, "schema" => schema)
-            .increment(batch.event_count() as u64);
+        metrics::counter!(EVENTS_APPENDED, "schema" => schema).increment(events);
         Ok(receipt)
     }
 
@@ -301,7 +329,7 @@ impl EventStore for PgEventStore {
         Box::pin(async move {
             let inner = Arc::clone(&store.inner);
             store
-                .bounded(async move { inner.append(&batch).await })
+                .bounded(async move { inner.append(batch).await })
                 .await
         })
     }

@@ -18,6 +18,41 @@ async fn the_core_event_store_conformance_suite_passes() {
     drop_schema(&store).await;
 }
 
+/// The same suite with group commit off (one statement per append, the pre-group path) and
+/// with a gathering wait (groups formed by time, not only by backlog).
+#[tokio::test]
+async fn the_conformance_suite_passes_without_group_commit_and_with_a_gathering_wait() {
+    use std::time::Duration;
+
+    use reprise_postgres::GroupCommit;
+
+    use crate::support::{config, connect};
+
+    for (name, config) in [
+        (
+            "conformance_off",
+            config("conformance_off")
+                .with_group_commit(GroupCommit::off().max_group_size, Duration::ZERO),
+        ),
+        (
+            "conformance_wait",
+            config("conformance_wait").with_group_commit(16, Duration::from_millis(2)),
+        ),
+    ] {
+        let store = connect(config).await;
+        event_store_suite(Arc::new(store.clone()), &unique_schema(name))
+            .await
+            .unwrap();
+        let stats = store.group_commit_stats();
+        if name == "conformance_off" {
+            assert_eq!(stats.groups, 0, "{stats:?}");
+        } else {
+            assert!(stats.groups > 0, "{stats:?}");
+        }
+        drop_schema(&store).await;
+    }
+}
+
 #[tokio::test]
 async fn recorded_events_carry_server_time_metadata_and_the_exact_payload() {
     use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -13,6 +13,7 @@ mod conformance;
 mod dead_letter;
 mod errors;
 mod gap_free;
+mod group_commit;
 mod lease;
 mod migrations;
 mod subscription;
