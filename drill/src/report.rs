@@ -86,6 +86,9 @@ pub struct DrillReport {
     /// never were within the bound.
     pub settled_after_last_heal_secs: Option<f64>,
     pub settle_bound_secs: f64,
+    /// From the last heal until no replica had consumer lag or uncommitted messages (the
+    /// sagas' bookkeeping done); `None` if the bus never went quiet within the bound.
+    pub quiet_after_last_heal_secs: Option<f64>,
     pub audit: Audit,
     pub poison: Vec<Produced>,
     /// Every violation, named; empty when the drill passed.
@@ -181,6 +184,14 @@ impl fmt::Display for DrillReport {
                 ),
                 |s| format!("all terminal {s:.1}s after the last heal")
             )
+        )?;
+        writeln!(
+            f,
+            "bus quiet (no lag, nothing uncommitted): {}",
+            self.quiet_after_last_heal_secs
+                .map_or("not within the bound".to_string(), |s| format!(
+                    "{s:.1}s after the last heal"
+                ))
         )?;
         writeln!(
             f,

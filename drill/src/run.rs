@@ -550,6 +550,21 @@ async fn drive(
         deadline,
     )
     .await;
+    progress(format!(
+        "{:>6.1}s  acknowledged orders terminal: {}; waiting for the bus to go quiet",
+        started.elapsed().as_secs_f64(),
+        settled.map_or("not all".to_string(), |d| format!(
+            "after {:.1}s",
+            d.as_secs_f64()
+        ))
+    ));
+    let quiet = check::await_quiet(
+        http,
+        &world.replica_urls,
+        last_heal,
+        deadline.max(Instant::now() + Duration::from_secs(15)),
+    )
+    .await;
     watch_exits(world, started, &last_fault, &mut exits).await;
 
     let mut findings: Vec<String> = Vec::new();
@@ -649,6 +664,7 @@ async fn drive(
         cancelled,
         cancelled_reasons,
         settled_after_last_heal_secs: settled.map(|d| d.as_secs_f64()),
+        quiet_after_last_heal_secs: quiet.map(|d| d.as_secs_f64()),
         settle_bound_secs: SETTLE_BOUND.as_secs_f64(),
         audit,
         poison,
