@@ -86,8 +86,8 @@ pub struct DrillReport {
     /// never were within the bound.
     pub settled_after_last_heal_secs: Option<f64>,
     pub settle_bound_secs: f64,
-    /// From the last heal until no replica had consumer lag or uncommitted messages (the
-    /// sagas' bookkeeping done); `None` if the bus never went quiet within the bound.
+    /// From the last heal until the log stopped growing (the sagas' bookkeeping done);
+    /// `None` if it never did within the bound.
     pub quiet_after_last_heal_secs: Option<f64>,
     pub audit: Audit,
     pub poison: Vec<Produced>,
@@ -187,7 +187,7 @@ impl fmt::Display for DrillReport {
         )?;
         writeln!(
             f,
-            "bus quiet (no lag, nothing uncommitted): {}",
+            "log quiet (nothing appended for 5 s): {}",
             self.quiet_after_last_heal_secs
                 .map_or("not within the bound".to_string(), |s| format!(
                     "{s:.1}s after the last heal"

@@ -551,7 +551,7 @@ async fn drive(
     )
     .await;
     progress(format!(
-        "{:>6.1}s  acknowledged orders terminal: {}; waiting for the bus to go quiet",
+        "{:>6.1}s  acknowledged orders terminal: {}; waiting for the log to stop growing",
         started.elapsed().as_secs_f64(),
         settled.map_or("not all".to_string(), |d| format!(
             "after {:.1}s",
@@ -559,12 +559,12 @@ async fn drive(
         ))
     ));
     let quiet = check::await_quiet(
-        http,
-        &world.replica_urls,
+        &world.postgres.url(),
+        SCHEMA,
         last_heal,
-        deadline.max(Instant::now() + Duration::from_secs(15)),
+        deadline.max(Instant::now() + check::QUIET_FOR * 3),
     )
-    .await;
+    .await?;
     watch_exits(world, started, &last_fault, &mut exits).await;
 
     let mut findings: Vec<String> = Vec::new();
