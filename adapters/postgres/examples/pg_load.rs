@@ -5,6 +5,11 @@
 //! ```text
 //! eval "$(sudo scripts/postgres.sh)"
 //! cargo run -p reprise-postgres --release --example pg-load -- --seconds 5
+//! # group commit off vs on, 32 single-event writers:
+//! cargo run -p reprise-postgres --release --example pg-load -- --seconds 5 \
+//!     --scenarios single-concurrent --writers 32 --group-size 1
+//! cargo run -p reprise-postgres --release --example pg-load -- --seconds 5 \
+//!     --scenarios single-concurrent --writers 32
 //! ```
 //!
 //! Every run works in a fresh schema (`bench_<pid>`) that it drops at the end, so it never
@@ -60,6 +65,15 @@ struct Args {
     /// Keep the benchmark schema instead of dropping it.
     #[arg(long)]
     keep: bool,
+    /// Group commit: most appends per transaction (1 turns group commit off).
+    #[arg(long, default_value_t = reprise_postgres::GroupCommit::default().max_group_size)]
+    group_size: usize,
+    /// Group commit: how long to gather a group, in microseconds (0: only what queued).
+    #[arg(long, default_value_t = 0)]
+    group_wait_us: u64,
+    /// Group commit: groups committing at once.
+    #[arg(long, default_value_t = reprise_postgres::GroupCommit::default().max_groups_in_flight)]
+    groups_in_flight: usize,
 }
 
 /// A ~200-byte payload: a typical small domain event.
@@ -253,22 +267,25 @@ async fn main() {
         panic!("no database: pass --database-url or set DATABASE_URL (eval \"$(sudo scripts/postgres.sh)\")")
     });
     let schema = format!("bench_{}", std::process::id());
-    let config = PgConfig::new(database_url)
+    let mut config = PgConfig::new(database_url)
         .with_schema(schema.clone())
         .with_notify(!args.no_notify)
+        .with_group_commit(args.group_size, Duration::from_micros(args.group_wait_us))
         .with_max_connections(
             u32::try_from(args.writers)
                 .unwrap_or(u32::MAX)
                 .saturating_add(2),
         );
+    config.group_commit.max_groups_in_flight = args.groups_in_flight;
     let store = PgEventStore::connect(config)
         .await
         .unwrap_or_else(|e| panic!("connect: {e}"));
     let ids = Arc::new(Ids(AtomicU64::new(1)));
     let duration = Duration::from_secs(args.seconds);
     println!(
-        "pg-load: schema {schema}, {}s per append scenario, notify {}",
-        args.seconds, !args.no_notify
+        "pg-load: schema {schema}, {}s per append scenario, notify {}, group commit: at most {} \
+         per group, wait {} us, {} in flight",
+        args.seconds, !args.no_notify, args.group_size, args.group_wait_us, args.groups_in_flight
     );
 
     let wanted = |name: &str| args.scenarios.iter().any(|s| s == name);
@@ -299,6 +316,17 @@ async fn main() {
         catch_up_scenario(&store, args.page).await;
     }
 
+    let groups = store.group_commit_stats();
+    if groups.groups > 0 {
+        println!(
+            "groups: {} committed, {} appends, mean {:.1} per group, largest {}, {} split",
+            groups.groups,
+            groups.grouped_appends,
+            groups.grouped_appends as f64 / groups.groups as f64,
+            groups.largest_group,
+            groups.splits
+        );
+    }
     let stats = store.pool_stats();
     println!(
         "pool: size {} idle {} max {} | acquires {} timeouts {} | acquire wait max {:?}, mean {:?}",

@@ -83,6 +83,12 @@ pub struct GroupCommit {
     /// split into individual appends (the statement's own `lock_timeout`). Bounds how long one locked stream can hold up the
     /// callers of unrelated streams that share its group.
     pub max_lock_wait: Duration,
+    /// How many groups may be committing at once, each on its own pooled connection and
+    /// on streams no other group in flight touches. A caller that arrives while fewer are
+    /// in flight starts a group at once; beyond that, callers queue and form the next
+    /// groups. More than one keeps both the server's cores and the WAL flush busy. Never
+    /// more than `max_connections` in effect.
+    pub max_groups_in_flight: usize,
 }
 
 impl Default for GroupCommit {
@@ -91,6 +97,7 @@ impl Default for GroupCommit {
             max_group_size: 128,
             max_wait: Duration::ZERO,
             max_lock_wait: Duration::from_millis(100),
+            max_groups_in_flight: 2,
         }
     }
 }
@@ -243,6 +250,9 @@ impl PgConfig {
                 "group_commit.max_wait ({:?}) must be shorter than operation_timeout ({:?})",
                 group.max_wait, self.operation_timeout
             ));
+        }
+        if group.enabled() && group.max_groups_in_flight == 0 {
+            return invalid("group_commit.max_groups_in_flight must be at least 1".into());
         }
         if group.enabled() && group.max_lock_wait < Duration::from_millis(1) {
             return invalid("group_commit.max_lock_wait must be at least 1 ms".into());

@@ -20,9 +20,13 @@
 //! every caller, and repeats until the queue is empty. With `max_wait = 0` (the default)
 //! it never waits: a lone caller pays one channel hop and a task wake-up, microseconds,
 //! and under load the group is whatever arrived during the previous commit — the classic
-//! group commit. One group is in flight at a time per store, on one connection of the
-//! store's pool (`max_group_size` bounds it; the other connections serve reads,
-//! `append_in` and split groups).
+//! group commit. Up to `max_groups_in_flight` groups (default 2) commit at once, each on
+//! its own connection of the store's pool and on streams no other group in flight
+//! touches: with a single group in flight, 8 writers on this 2-core machine measured
+//! *slower* than 8 independent appends (groups averaged 4 callers and the server's second
+//! core and the WAL flush sat idle while one statement ran). A caller that finds a free
+//! slot starts a group at once, so at low concurrency appends run in parallel as before;
+//! once every slot is busy, callers queue and the next groups take them in bulk.
 //!
 //! A caller that gave up (its operation timed out, its future was dropped) already holds
 //! `Timeout` — outcome unknown — so its request is dropped instead of committed.
@@ -127,8 +131,11 @@ struct Request {
 #[derive(Default)]
 struct Queue {
     waiting: VecDeque<Request>,
-    /// A committer task is running (it empties the queue before it stops).
-    running: bool,
+    /// Committer tasks running (each empties the queue of what it may take, then stops).
+    running: usize,
+    /// Streams of the groups being committed: a request touching one waits for the next
+    /// group, so one stream is never in two groups at once.
+    in_flight: HashSet<String>,
 }
 
 /// The queue and committer of one store.
@@ -193,7 +200,11 @@ impl GroupCommitter {
         let start = {
             let mut queue = self.shared.queue.lock();
             queue.waiting.push_back(Request { batch, reply });
-            !std::mem::replace(&mut queue.running, true)
+            let start = queue.running < self.shared.settings.max_groups_in_flight;
+            if start {
+                queue.running += 1;
+            }
+            start
         };
         if start {
             tokio::spawn(run(Arc::clone(&self.shared)));
@@ -233,19 +244,46 @@ impl Shared {
                 }
             }
         }
-        let mut queue = self.queue.lock();
-        let group = take_group(&mut queue.waiting, self.settings.max_group_size);
+        let mut guard = self.queue.lock();
+        let queue = &mut *guard;
+        let group = take_group(
+            &mut queue.waiting,
+            &queue.in_flight,
+            self.settings.max_group_size,
+        );
         if group.is_empty() {
-            // Under the lock: an `append` that queues after this sees `running == false`
-            // and starts a new committer.
-            queue.running = false;
+            // Under the lock: an `append` that queues after this sees a free slot and
+            // starts a committer. A request left behind for a stream in flight is taken by
+            // that group's committer, which looks again when it is done.
+            queue.running -= 1;
             return None;
+        }
+        for request in &group {
+            for append in &request.batch.streams {
+                queue.in_flight.insert(append.stream.as_str().to_owned());
+            }
         }
         Some(group)
     }
 
+    fn done(&self, streams: &[String]) {
+        let mut queue = self.queue.lock();
+        for stream in streams {
+            queue.in_flight.remove(stream);
+        }
+    }
+
     /// Commits `group` and answers every caller.
     async fn commit(self: &Arc<Self>, group: Vec<Request>) {
+        let streams: Vec<String> = group
+            .iter()
+            .flat_map(|r| r.batch.streams.iter().map(|s| s.stream.as_str().to_owned()))
+            .collect();
+        self.commit_group(group).await;
+        self.done(&streams);
+    }
+
+    async fn commit_group(self: &Arc<Self>, group: Vec<Request>) {
         let batches: Vec<&AppendBatch> = group.iter().map(|r| &r.batch).collect();
         let attempt = tokio::time::timeout(self.operation_timeout, async {
             let mut connection = self.pool.acquire().await.map_err(Failure::Acquire)?;
@@ -305,7 +343,7 @@ async fn run(shared: Arc<Shared>) {
     impl Drop for Running<'_> {
         fn drop(&mut self) {
             if !self.1 {
-                self.0.queue.lock().running = false;
+                self.0.queue.lock().running -= 1;
             }
         }
     }
@@ -317,14 +355,18 @@ async fn run(shared: Arc<Shared>) {
 }
 
 /// Takes, in queue order, up to `max` requests whose streams and event ids are disjoint
-/// from each other's, at most [`MAX_EVENTS_PER_TRANSACTION`] events in all. A request that
-/// clashes stays queued, and so does every later request on one of its streams (so writers
-/// of one stream are committed in the order they queued). Requests whose caller is gone
-/// are dropped.
-fn take_group(waiting: &mut VecDeque<Request>, max: usize) -> Vec<Request> {
+/// from each other's and whose streams are not `in_flight`, at most
+/// [`MAX_EVENTS_PER_TRANSACTION`] events in all. A request that clashes stays queued, and
+/// so does every later request on one of its streams (so writers of one stream are
+/// committed in the order they queued). Requests whose caller is gone are dropped.
+fn take_group(
+    waiting: &mut VecDeque<Request>,
+    in_flight: &HashSet<String>,
+    max: usize,
+) -> Vec<Request> {
     let mut group = Vec::new();
     let mut streams: HashSet<String> = HashSet::new();
-    let mut blocked: HashSet<String> = HashSet::new();
+    let mut blocked: HashSet<String> = in_flight.clone();
     let mut ids: HashSet<u128> = HashSet::new();
     let mut events = 0;
     let mut kept = VecDeque::new();
@@ -688,14 +730,14 @@ mod tests {
             queue.push_back(r);
             receivers.push(rx);
         }
-        let first = take_group(&mut queue, 10);
+        let first = take_group(&mut queue, &HashSet::new(), 10);
         assert_eq!(streams_of(&first), ["a", "b", "c"]);
-        let second = take_group(&mut queue, 10);
+        let second = take_group(&mut queue, &HashSet::new(), 10);
         assert_eq!(streams_of(&second), ["a"]);
         assert_eq!(second[0].batch.streams[0].events[0].event_id, EventId(20));
-        let third = take_group(&mut queue, 10);
+        let third = take_group(&mut queue, &HashSet::new(), 10);
         assert_eq!(third[0].batch.streams[0].events[0].event_id, EventId(40));
-        assert!(take_group(&mut queue, 10).is_empty());
+        assert!(take_group(&mut queue, &HashSet::new(), 10).is_empty());
     }
 
     #[test]
@@ -713,10 +755,28 @@ mod tests {
             queue.push_back(r);
             receivers.push(rx);
         }
-        let first = take_group(&mut queue, 2);
+        let first = take_group(&mut queue, &HashSet::new(), 2);
         assert_eq!(streams_of(&first), ["a", "d"]);
-        let second = take_group(&mut queue, 10);
+        let second = take_group(&mut queue, &HashSet::new(), 10);
         assert_eq!(streams_of(&second), ["b", "c", "e"]);
+    }
+
+    #[test]
+    fn streams_in_flight_wait_for_a_later_group() {
+        let mut receivers = Vec::new();
+        let mut queue = VecDeque::new();
+        for (stream, id) in [("a", 1), ("b", 10), ("a", 20)] {
+            let (r, rx) = request(stream, id, 1);
+            queue.push_back(r);
+            receivers.push(rx);
+        }
+        let in_flight: HashSet<String> = ["a".to_owned()].into();
+        assert_eq!(streams_of(&take_group(&mut queue, &in_flight, 10)), ["b"]);
+        assert_eq!(queue.len(), 2);
+        assert_eq!(
+            streams_of(&take_group(&mut queue, &HashSet::new(), 10)),
+            ["a"]
+        );
     }
 
     #[test]
@@ -726,6 +786,9 @@ mod tests {
         drop(rx);
         let (kept, _rx) = request("b", 2, 1);
         queue.extend([gone, kept]);
-        assert_eq!(streams_of(&take_group(&mut queue, 10)), ["b"]);
+        assert_eq!(
+            streams_of(&take_group(&mut queue, &HashSet::new(), 10)),
+            ["b"]
+        );
     }
 }

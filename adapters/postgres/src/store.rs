@@ -100,9 +100,13 @@ impl PgEventStore {
             .then(|| Notifier::start(pool.clone(), channel.clone()));
         let pool = Arc::new(InstrumentedPool::new(pool, config.schema.clone()));
         let committer = if config.group_commit.enabled() {
+            let mut settings = config.group_commit;
+            settings.max_groups_in_flight = settings
+                .max_groups_in_flight
+                .min(config.max_connections as usize);
             Some(GroupCommitter::new(
                 Arc::clone(&pool),
-                config.group_commit,
+                settings,
                 config.operation_timeout,
                 config.schema.clone(),
             ))

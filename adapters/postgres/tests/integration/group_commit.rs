@@ -69,8 +69,17 @@ async fn concurrent_appends_to_distinct_streams_share_transactions_and_get_gap_f
         results.push(task.await.unwrap());
     }
 
-    let all = store.read_all(0, usize::MAX).await.unwrap();
     let total: usize = results.iter().map(|(_, ids, _)| ids.len()).sum();
+    // `read_all` returns a safe prefix: other tests' open transactions (the horizon is
+    // cluster-wide) may hold the rest back for a while.
+    let mut all = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while all.len() < total && Instant::now() < deadline {
+        let from = all
+            .last()
+            .map_or(0, |e: &reprise_core::RecordedEvent| e.position + 1);
+        all.extend(store.read_all(from, usize::MAX).await.unwrap());
+    }
     assert_eq!(all.len(), total, "every event committed and readable");
     let positions: Vec<u64> = all.iter().map(|e| e.position).collect();
     assert!(
