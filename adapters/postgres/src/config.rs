@@ -91,10 +91,14 @@ pub struct GroupCommit {
     pub max_groups_in_flight: usize,
 }
 
+/// Off by default: measured on 2 cores, groups win from ~32 concurrent appenders (1.3–2.5×)
+/// but lose to independent appends at ~8 (about half the rate: a few groups keep fewer
+/// connections busy than eight callers do) — see `docs/performance.md`, "Group commit".
+/// Turn it on with [`PgConfig::with_group_commit`] where many appenders share one store.
 impl Default for GroupCommit {
     fn default() -> Self {
         GroupCommit {
-            max_group_size: 128,
+            max_group_size: 1,
             max_wait: Duration::ZERO,
             max_lock_wait: Duration::from_millis(100),
             max_groups_in_flight: 2,
@@ -103,11 +107,18 @@ impl Default for GroupCommit {
 }
 
 impl GroupCommit {
-    /// Group commit off: one statement and one connection per append.
+    /// Group commit off (the default): one statement and one connection per append.
     #[must_use]
     pub fn off() -> Self {
+        GroupCommit::default()
+    }
+
+    /// Group commit on, with the settings measured in `docs/performance.md`: up to 128
+    /// callers per group, no added wait, two groups in flight.
+    #[must_use]
+    pub fn on() -> Self {
         GroupCommit {
-            max_group_size: 1,
+            max_group_size: 128,
             ..GroupCommit::default()
         }
     }

@@ -25,6 +25,12 @@ async fn grouping_store(test: &str, size: usize, wait: Duration) -> PgEventStore
     connect(config(test).with_group_commit(size, wait)).await
 }
 
+/// The default configuration with group commit turned on (it is off by default).
+fn on(mut config: reprise_postgres::PgConfig) -> reprise_postgres::PgConfig {
+    config.group_commit = GroupCommit::on();
+    config
+}
+
 fn single(stream: &str, expected: ExpectedVersion, ids: &[u128]) -> AppendBatch {
     AppendBatch::single(
         stream.into(),
@@ -43,8 +49,8 @@ async fn transactions(store: &PgEventStore) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_appends_to_distinct_streams_share_transactions_and_get_gap_free_positions() {
     const CALLERS: usize = 48;
-    let store = connect(config("group_distinct")).await;
-    assert_eq!(store.config().group_commit, GroupCommit::default());
+    let store = connect(on(config("group_distinct"))).await;
+    assert_eq!(store.config().group_commit, GroupCommit::on());
     let base = id_base();
     let barrier = Arc::new(tokio::sync::Barrier::new(CALLERS));
     let tasks: Vec<_> = (0..CALLERS)
@@ -310,7 +316,7 @@ async fn a_bad_batch_splits_its_group_and_fails_alone() {
 /// with or behind it for `max_lock_wait` at most, not until that transaction ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_locked_outside_the_group_does_not_hold_up_the_others() {
-    let store = connect(config("group_locked")).await;
+    let store = connect(on(config("group_locked"))).await;
     let lock_wait = store.config().group_commit.max_lock_wait;
     let base = id_base();
     store
@@ -449,7 +455,7 @@ fn observed(outcome: &Result<AppendReceipt, StoreError>) -> Expect {
 /// the stored streams are the model's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grouped_outcomes_match_a_sequential_model() {
-    let store = connect(config("group_model")).await;
+    let store = connect(on(config("group_model"))).await;
     let base = id_base();
     let streams = ["m-a", "m-b", "m-c", "m-d", "m-e", "m-f"];
     let mut model = Model::default();
