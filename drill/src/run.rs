@@ -598,12 +598,6 @@ async fn drive(
             not_terminal.iter().take(5).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
         ));
     }
-    for exit in &exits {
-        findings.push(format!(
-            "crash: {}",
-            exit.lines().next().unwrap_or_default()
-        ));
-    }
 
     // The checks compare a snapshot of the log (the inbox markers) with the offsets the
     // groups committed: with the replicas still consuming, a commit made after the
@@ -629,6 +623,14 @@ async fn drive(
     };
     let audit = check::audit(&sources, http, &acknowledged, &finals).await?;
     findings.extend(audit.findings.iter().cloned());
+    // A broker that panics while the replicas shut down or the checks read it counts too.
+    watch_exits(world, started, &last_fault, &mut exits).await;
+    for exit in &exits {
+        findings.push(format!(
+            "crash: {}",
+            exit.lines().next().unwrap_or_default()
+        ));
+    }
     if (audit.bus_dead_lettered as usize) < poison.len() {
         findings.push(format!(
             "poison: {} messages produced, {} dead-lettered and committed past",
