@@ -148,7 +148,7 @@ pub struct DrillPlan {
 }
 
 /// The names [`DrillPlan::named`] knows, with their descriptions, for `--help` and errors.
-pub const NAMES: [(&str, &str); 8] = [
+pub const NAMES: [(&str, &str); 9] = [
     (
         "smoke",
         "one replica kill, one PostgreSQL restart, the broker cut off, one poison batch (~2 min; CI)",
@@ -181,6 +181,10 @@ pub const NAMES: [(&str, &str); 8] = [
         "full",
         "every fault above in turn, a new one every 25 s (10 minutes by default)",
     ),
+    (
+        "full-no-broker-kill",
+        "as full, without killing the broker (tansu 0.6 does not survive it; see docs/reliability.md)",
+    ),
 ];
 
 const WARM_UP: Duration = Duration::from_secs(15);
@@ -207,7 +211,7 @@ impl DrillPlan {
         };
         let default = match name {
             "smoke" => secs(110),
-            "full" => secs(600),
+            "full" | "full-no-broker-kill" => secs(600),
             _ => secs(150),
         };
         let duration = if name == "smoke" {
@@ -263,17 +267,17 @@ impl DrillPlan {
             "provider-outage" => (vec![outage], secs(40)),
             "poison" => (vec![Fault::Poison], secs(20)),
             _ => {
-                let mut all = vec![
-                    kill(0),
-                    pg,
-                    network_cycle[0],
-                    broker,
+                let mut all = vec![kill(0), pg, network_cycle[0]];
+                if name == "full" {
+                    all.push(broker);
+                }
+                all.extend([
                     outage,
                     network_cycle[1],
                     Fault::Poison,
                     kill(1),
                     network_cycle[2],
-                ];
+                ]);
                 all.extend_from_slice(&network_cycle[3..]);
                 (all, secs(25))
             }
@@ -396,6 +400,11 @@ mod tests {
                 .kills_broker()
         );
         assert!(DrillPlan::named("full", None).unwrap().kills_broker());
+        assert!(
+            !DrillPlan::named("full-no-broker-kill", None)
+                .unwrap()
+                .kills_broker()
+        );
     }
 
     #[test]
