@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use reprise_core::{EventId, EventStore, RecordedEvent};
+use reprise_core::EventId;
 use reprise_host::inbox;
 use reprise_postgres::{MigrationMode, PgConfig, PgEventStore};
 use reprise_scenarios::audit::Finding;
@@ -185,9 +185,10 @@ pub async fn audit(
     let store = PgEventStore::connect(config)
         .await
         .map_err(|e| DrillError::Check(format!("cannot open the shop's store: {e}")))?;
-    let events = read_log(&store)
-        .await
-        .map_err(|e| DrillError::Check(format!("cannot read the log: {e}")))?;
+    let events =
+        reprise_live::read_log(&store, std::time::Instant::now() + Duration::from_secs(30))
+            .await
+            .map_err(|e| DrillError::Check(format!("cannot read the log: {e}")))?;
 
     let answer = http
         .get(
@@ -282,25 +283,5 @@ fn acknowledged_workload(
     CheckoutWorkload {
         stock: Vec::new(),
         orders,
-    }
-}
-
-/// The whole log, positions renumbered 1, 2, 3… (the audit's expectation; the store's own
-/// positions may skip numbers a rolled-back transaction took).
-async fn read_log(store: &PgEventStore) -> Result<Vec<RecordedEvent>, reprise_core::StoreError> {
-    const BATCH: usize = 1_000;
-    let mut events = Vec::new();
-    let mut from = 1;
-    loop {
-        let batch = store.read_all(from, BATCH).await?;
-        let full = batch.len() == BATCH;
-        for mut event in batch {
-            from = event.position + 1;
-            event.position = events.len() as u64 + 1;
-            events.push(event);
-        }
-        if !full {
-            return Ok(events);
-        }
     }
 }

@@ -9,6 +9,7 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use reprise_shop::gateway::error_chain;
 
 /// What one call came back with.
 #[derive(Clone, Debug)]
@@ -119,15 +120,4 @@ impl Http {
             .await
             .map_err(|_| CallError::Timeout)?
     }
-}
-
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

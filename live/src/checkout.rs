@@ -826,7 +826,10 @@ impl Drop for CheckoutRun {
 
 /// Every event of the log in PostgreSQL's order, renumbered densely (see the module
 /// docs), retrying a store that does not answer until `deadline`.
-pub(crate) async fn read_log(
+///
+/// # Errors
+/// The store failing permanently, or still failing at `deadline`.
+pub async fn read_log(
     store: &dyn EventStore,
     deadline: Instant,
 ) -> Result<Vec<RecordedEvent>, LiveError> {

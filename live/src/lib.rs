@@ -113,8 +113,8 @@ use reprise_postgres::SetupError;
 use reprise_scenarios::audit::Finding;
 
 pub use checkout::{
-    Checked, CheckoutRun, Progress, WaitOutcome, fresh_namespace, run_checkout, run_checkout_until,
-    run_checkout_with_progress,
+    Checked, CheckoutRun, Progress, WaitOutcome, fresh_namespace, read_log, run_checkout,
+    run_checkout_until, run_checkout_with_progress,
 };
 
 /// Store connections per service instance (the checker has its own pool).

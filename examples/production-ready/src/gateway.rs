@@ -223,7 +223,8 @@ impl HttpService {
 }
 
 /// `error` and its sources, `: `-separated (hyper-util's errors say little on their own).
-fn error_chain(error: &dyn std::error::Error) -> String {
+#[must_use]
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
