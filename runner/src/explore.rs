@@ -919,20 +919,14 @@ pub fn print_outcome(outcome: &ExploreOutcome) {
     println!("\nfailures:");
     for failure in &outcome.failures {
         println!(
-            "  run {}: seed={} hash={}  {}{}",
+            "  run {}: seed={} {}",
             failure.run,
             failure.seed,
-            if failure.hash.is_empty() {
-                "-"
-            } else {
-                &failure.hash
-            },
-            failure.invariant.as_deref().unwrap_or(&failure.outcome),
-            if failure.entities.is_empty() {
-                String::new()
-            } else {
-                format!(" [{}]", failure.entities.join(", "))
-            }
+            crate::sweep::failure_summary(
+                &failure.hash,
+                failure.invariant.as_deref().unwrap_or(&failure.outcome),
+                &failure.entities
+            )
         );
         println!("      found by: {}", failure.origin);
         if let Some(file) = &failure.plan_file {

@@ -670,19 +670,13 @@ pub fn print_summary(
     println!("\nfailing seeds:");
     for failure in &outcome.failures {
         println!(
-            "  seed={} hash={}  {}{}",
+            "  seed={} {}",
             failure.seed,
-            if failure.hash.is_empty() {
-                "-"
-            } else {
-                &failure.hash
-            },
-            failure.invariant.as_deref().unwrap_or(&failure.outcome),
-            if failure.entities.is_empty() {
-                String::new()
-            } else {
-                format!(" [{}]", failure.entities.join(", "))
-            }
+            failure_summary(
+                &failure.hash,
+                failure.invariant.as_deref().unwrap_or(&failure.outcome),
+                &failure.entities
+            )
         );
         if failure.invariant.is_none() || failure.invariant.as_deref() == Some("determinism") {
             println!("      {}", failure.outcome);
@@ -858,4 +852,14 @@ pub fn check_determinism(
         began.elapsed().as_secs_f64()
     );
     divergent == 0
+}
+
+/// `hash=H  verdict [entities]`, as sweep and explore print a failing run.
+pub(crate) fn failure_summary(hash: &str, verdict: &str, entities: &[String]) -> String {
+    let hash = if hash.is_empty() { "-" } else { hash };
+    if entities.is_empty() {
+        format!("hash={hash}  {verdict}")
+    } else {
+        format!("hash={hash}  {verdict} [{}]", entities.join(", "))
+    }
 }
