@@ -59,6 +59,7 @@ fn plans_help() -> String {
 
 pub fn run(args: &DrillArgs) -> Result<ExitCode, String> {
     let plan = DrillPlan::named(&args.plan, args.duration.map(Duration::from_secs))?;
+    reprise_drill::validate_load(&plan, args.rate, args.replicas).map_err(|e| e.to_string())?;
     let shop_bin = match &args.shop_bin {
         Some(path) => path.clone(),
         None => std::env::current_exe()

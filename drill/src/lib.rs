@@ -57,7 +57,7 @@ mod run;
 
 use std::path::Path;
 
-pub use run::{DrillOptions, run};
+pub use run::{DrillOptions, run, validate_load};
 
 /// Why a drill could not run or finish (a violation is not an error: it is in the
 /// report).

@@ -55,25 +55,7 @@ impl DrillOptions {
     /// # Errors
     /// A rate or replica count out of bounds.
     pub fn validate(&self) -> Result<(), DrillError> {
-        if !(self.rate > 0.0 && self.rate <= 500.0) {
-            return Err(DrillError::Setup(format!(
-                "--rate {} is out of bounds (0, 500] orders/s",
-                self.rate
-            )));
-        }
-        if !(2..=PARTITIONS as usize).contains(&self.replicas) {
-            return Err(DrillError::Setup(format!(
-                "--replicas {} is out of bounds: 2 to {PARTITIONS} (a replica is killed while another serves; each needs a partition)",
-                self.replicas
-            )));
-        }
-        if self.plan.steps.iter().any(|step| {
-            matches!(step.fault, Fault::KillReplica { replica, .. } if replica >= self.replicas)
-        }) {
-            return Err(DrillError::Setup(
-                "the plan kills a replica that does not exist".into(),
-            ));
-        }
+        validate_load(&self.plan, self.rate, self.replicas)?;
         if self.plan.kills_broker() && self.tansu.storage != crate::broker::BrokerStorage::Sqlite {
             return Err(DrillError::Setup(
                 "the plan kills the broker: it needs durable broker storage (REPRISE_TANSU_DURABLE_BIN)".into(),
@@ -87,6 +69,34 @@ impl DrillOptions {
         }
         Ok(())
     }
+}
+
+/// The load's bounds, checked before anything is looked up or started: a bad flag is
+/// named as such, not as a missing broker.
+///
+/// # Errors
+/// A rate or replica count out of bounds, or a plan killing a replica that does not exist.
+pub fn validate_load(plan: &DrillPlan, rate: f64, replicas: usize) -> Result<(), DrillError> {
+    if !(rate > 0.0 && rate <= 500.0) {
+        return Err(DrillError::Setup(format!(
+            "--rate {rate} is out of bounds (0, 500] orders/s"
+        )));
+    }
+    if !(2..=PARTITIONS as usize).contains(&replicas) {
+        return Err(DrillError::Setup(format!(
+            "--replicas {replicas} is out of bounds: 2 to {PARTITIONS} (a replica is killed while another serves; each needs a partition)"
+        )));
+    }
+    if plan
+        .steps
+        .iter()
+        .any(|step| matches!(step.fault, Fault::KillReplica { replica, .. } if replica >= replicas))
+    {
+        return Err(DrillError::Setup(
+            "the plan kills a replica that does not exist".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Everything the drill started.
